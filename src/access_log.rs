@@ -1,0 +1,115 @@
+//! One access-log line per request, written when the response body has been
+//! sent (or abandoned), so bytes and duration are the real ones.
+//!
+//! Only method, path (never the query string), status, bytes, duration, client
+//! address and protocol are logged: no header, so no `Authorization`, `Cookie`,
+//! `PRIVATE-TOKEN` or `JOB-TOKEN` can reach the log.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::ProxyBody;
+use crate::error::BoxError;
+use crate::metrics::{Metrics, RequestLabels, method_label};
+
+/// What is known about a request when it arrives.
+pub struct RequestRecord {
+    pub method: Method,
+    /// Path only: the query string may carry `private_token=`.
+    pub path: String,
+    pub version: Version,
+    pub client: IpAddr,
+    pub start: Instant,
+}
+
+impl RequestRecord {
+    pub fn new(method: &Method, uri: &http::Uri, version: Version, client: IpAddr) -> Self {
+        RequestRecord {
+            method: method.clone(),
+            path: uri.path().to_owned(),
+            version,
+            client,
+            start: Instant::now(),
+        }
+    }
+}
+
+/// Wraps a response body; logs and records metrics once, when it ends or is dropped.
+pub struct LoggedBody {
+    inner: ProxyBody,
+    record: RequestRecord,
+    status: StatusCode,
+    bytes: u64,
+    outcome: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl LoggedBody {
+    pub fn new(inner: ProxyBody, record: RequestRecord, status: StatusCode, metrics: Arc<Metrics>) -> Self {
+        LoggedBody { inner, record, status, bytes: 0, outcome: "aborted", metrics }
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.outcome = "upstream_body_error",
+            Poll::Ready(None) => self.outcome = "complete",
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // hyper drops a body it knows is empty (HEAD, 204, 304) without polling it.
+        if self.outcome == "aborted" && self.inner.is_end_stream() {
+            self.outcome = "complete";
+        }
+        let elapsed = self.record.start.elapsed();
+        let r = &self.record;
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels { method: method_label(&r.method), status: self.status.as_u16() })
+            .inc();
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        self.metrics.response_bytes.inc_by(self.bytes);
+        tracing::info!(
+            target: "access",
+            client = %r.client,
+            method = %r.method,
+            path = %r.path,
+            version = ?r.version,
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            outcome = self.outcome,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! Body types shared by the routes. Bodies are streamed frame by frame; nothing
+//! here ever collects one.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::BoxError;
+
+/// What every route returns and what goes to GitLab.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    boxed(http_body_util::Full::new(bytes.into()))
+}
+
+pub fn empty() -> ProxyBody {
+    boxed(http_body_util::Empty::new())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+pin_project! {
+    /// Fails the body when the peer goes silent for longer than `idle`, so a stuck
+    /// GitLab cannot hold a client forever. Any frame restarts the clock.
+    pub struct IdleTimeoutBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+        idle: Duration,
+    }
+}
+
+impl<B> IdleTimeoutBody<B> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        IdleTimeoutBody { inner, sleep: tokio::time::sleep(idle), idle }
+    }
+}
+
+impl<B> Body for IdleTimeoutBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.sleep.as_mut().reset(Instant::now() + *this.idle);
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_body_fails_after_silence_and_resets_on_data() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        let mut body = std::pin::pin!(IdleTimeoutBody::new(StreamBody::new(stream), Duration::from_secs(10)));
+
+        tokio::time::advance(Duration::from_secs(9)).await;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a")))).await.unwrap();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "a");
+
+        // 9 s after the frame is still within the limit: the clock was reset.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        tx.send(Ok(Frame::data(Bytes::from_static(b"b")))).await.unwrap();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "b");
+
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<IdleTimeout>(), "{err}");
+    }
+}

@@ -1,0 +1,272 @@
+//! Command line and environment: the public interface of the binary.
+//!
+//! Every `serve` option can also come from `GITLAB_OIDC_PROXY_<NAME>`; clap gives
+//! flags precedence over the environment. Values are validated here, at parse
+//! time, so a bad one exits 2 with one line before anything starts.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gitlab-oidc-proxy",
+    version,
+    about = "Reverse proxy for self-managed GitLab that replaces the bundled nginx.",
+    long_about = "Reverse proxy for self-managed GitLab that replaces the bundled nginx. \
+        Every request streams through to GitLab (Workhorse) untouched: git over HTTP, LFS, \
+        uploads, websockets, long polling.\n\n\
+        Logging is filtered with RUST_LOG (default: info), e.g. RUST_LOG=info,access=warn."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy in front of GitLab.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where GitLab (Workhorse) listens: http://host:port, https://host:port or
+    /// unix:/path/to/socket (omnibus: unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket).
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
+    pub upstream: UpstreamTarget,
+
+    /// Extra PEM CA bundle trusted for an https upstream, besides the system roots.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM_CA", value_name = "PEM")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Public listener: plain HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Admin listener: GET /healthz, /readyz, /metrics. Never served on the public listener.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_ADMIN_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// Peers whose X-Forwarded-For / X-Forwarded-Proto / X-Forwarded-Host are believed
+    /// (comma-separated CIDRs or addresses). From anyone else they are replaced.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_TRUSTED_PROXIES",
+        value_name = "CIDR[,CIDR...]",
+        value_delimiter = ',',
+        value_parser = parse_cidr
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// X-Forwarded-Proto sent to GitLab for the plain listener, for TLS terminated in
+    /// front of the proxy. With https, X-Forwarded-Ssl: on is sent too.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_FORWARDED_PROTO",
+        value_name = "PROTO",
+        default_value = "http"
+    )]
+    pub forwarded_proto: Proto,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// How long a client may take to send request headers before it is disconnected.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How long to wait for a connection to GitLab before answering 504.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Longest silence from GitLab, waiting for response headers (then 504) or between
+    /// two pieces of a response body (then the response is cut). Like nginx's
+    /// proxy_read_timeout; there is no limit on a request's total time.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub upstream_idle_timeout: Duration,
+
+    /// Longest silence in both directions on an upgraded connection (websocket,
+    /// web terminal) before it is closed.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPGRADE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub upgrade_idle_timeout: Duration,
+
+    /// On SIGTERM/SIGINT: stop accepting, then give in-flight requests and upgraded
+    /// connections this long to finish before exiting 0.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Where requests go. Parsed once; the passthrough builds request URIs from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    Http { authority: http::uri::Authority },
+    Https { authority: http::uri::Authority },
+    Unix { path: PathBuf },
+}
+
+impl std::fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamTarget::Http { authority } => write!(f, "http://{authority}"),
+            UpstreamTarget::Https { authority } => write!(f, "https://{authority}"),
+            UpstreamTarget::Unix { path } => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Http,
+    Https,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Http => "http",
+            Proto::Https => "https",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Plain seconds (`30`, `0.5`) or a unit suffix (`500ms`, `30s`, `5m`, `1h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return s
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e9)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("'{s}' is not a number of seconds"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30, 500ms, 30s, 5m, 1h"))
+}
+
+/// `http://host[:port]`, `https://host[:port]` or `unix:/absolute/path`. No path,
+/// query or credentials: the proxy forwards the client's path as it came.
+pub fn parse_upstream(s: &str) -> Result<UpstreamTarget, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if !path.starts_with('/') {
+            return Err(format!("'{s}': a unix socket path must be absolute, e.g. unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket"));
+        }
+        return Ok(UpstreamTarget::Unix { path: PathBuf::from(path) });
+    }
+    let uri: http::Uri = s.parse().map_err(|e| format!("'{s}' is not a URL ({e})"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("'{s}' has no host; use http://host:port, https://host:port or unix:/path"))?;
+    if authority.as_str().contains('@') {
+        return Err("the upstream URL must not carry credentials".into());
+    }
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty()) {
+        return Err(format!("'{s}': the upstream URL takes no path or query; requests keep their own path"));
+    }
+    match uri.scheme_str() {
+        Some("http") => Ok(UpstreamTarget::Http { authority }),
+        Some("https") => Ok(UpstreamTarget::Https { authority }),
+        _ => Err(format!("'{s}': scheme must be http, https or unix")),
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address (`192.0.2.1`).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("'{s}' is not a CIDR or IP address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("1.2.3").is_err());
+        assert!(parse_duration("99999999999").is_err());
+    }
+
+    #[test]
+    fn upstreams() {
+        assert_eq!(
+            parse_upstream("http://127.0.0.1:8181"),
+            Ok(UpstreamTarget::Http { authority: "127.0.0.1:8181".parse().unwrap() })
+        );
+        assert_eq!(
+            parse_upstream("https://gitlab.internal"),
+            Ok(UpstreamTarget::Https { authority: "gitlab.internal".parse().unwrap() })
+        );
+        assert_eq!(parse_upstream("http://h:1/"), Ok(UpstreamTarget::Http { authority: "h:1".parse().unwrap() }));
+        assert_eq!(
+            parse_upstream("unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket"),
+            Ok(UpstreamTarget::Unix { path: "/var/opt/gitlab/gitlab-workhorse/sockets/socket".into() })
+        );
+        assert_eq!(parse_upstream("unix:///run/s"), Ok(UpstreamTarget::Unix { path: "/run/s".into() }));
+        assert!(parse_upstream("unix:relative/sock").is_err());
+        assert!(parse_upstream("ftp://h:1").is_err());
+        assert!(parse_upstream("h:1").is_err());
+        assert!(parse_upstream("http://u:secret@h:1").unwrap_err().contains("credentials"));
+        assert!(parse_upstream("http://h:1/gitlab").is_err());
+        assert!(parse_upstream("http://h:1/?a=b").is_err());
+        assert!(parse_upstream("").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(parse_cidr("10.1.2.3/8"), Ok("10.0.0.0/8".parse().unwrap()));
+        assert_eq!(parse_cidr("192.0.2.1"), Ok("192.0.2.1/32".parse().unwrap()));
+        assert_eq!(parse_cidr(" ::1 "), Ok("::1/128".parse().unwrap()));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("example.com").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,477 @@
+//! Header rules of the pass-through, as small pure functions: hop-by-hop removal,
+//! forwarding headers, upgrade detection. Everything here is unit-tested below.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Uri, Version};
+use ipnet::IpNet;
+
+use crate::config::Proto;
+
+/// Connection-level headers (RFC 9110 §7.6.1, plus legacy and proxy ones) that
+/// never cross the proxy in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    // Handled by our own HTTP server already; GitLab sees a plain streamed body.
+    "expect",
+];
+
+/// Headers that a client could use to pose as a proxy: set or believed only from
+/// trusted peers. Rack/Rails read several of these for the request's scheme,
+/// host and address.
+const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-ssl",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-url-scheme",
+    "x-real-ip",
+    "client-ip",
+    "x-client-ip",
+    "true-client-ip",
+];
+
+/// End-to-end headers that a `Connection` header may name but never remove:
+/// dropping them would change what the request means or who it claims to be from.
+const PROTECTED: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "authorization",
+    "cookie",
+];
+
+fn is_protected(name: &HeaderName) -> bool {
+    PROTECTED.contains(&name.as_str()) || FORWARDING.contains(&name.as_str())
+}
+
+/// Header names listed in `Connection` (all its lines, comma-separated).
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header nominates,
+/// except protected end-to-end ones.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in connection_tokens(headers) {
+        if !is_protected(&name) {
+            headers.remove(&name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Response-only extra: `X-Accel-*` are instructions to nginx from Workhorse
+/// (`X-Accel-Buffering: no`); nginx consumes them and so do we (we never buffer).
+pub fn strip_response_internal(headers: &mut HeaderMap) {
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-accel-"))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus
+/// `Upgrade: websocket`), if any. HTTP/2 has no such mechanism.
+pub fn requested_upgrade(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let wants = connection_tokens(headers).iter().any(|t| t == "upgrade");
+    match headers.get(header::UPGRADE) {
+        Some(proto) if wants && !proto.is_empty() => Some(proto.clone()),
+        _ => None,
+    }
+}
+
+/// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// HTTP/2 requests carry the host in `:authority`; HTTP/1.1 GitLab needs `Host`.
+pub fn ensure_host(headers: &mut HeaderMap, uri: &Uri) {
+    if headers.contains_key(header::HOST) {
+        return;
+    }
+    if let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        headers.insert(header::HOST, value);
+    }
+}
+
+/// Who sent the request, as far as the proxy can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The client: the peer, or with trusted proxies the nearest untrusted address
+    /// in `X-Forwarded-For` (nginx `real_ip_recursive on`).
+    pub client: IpAddr,
+    pub proto: Proto,
+}
+
+pub fn is_trusted(addr: IpAddr, trusted: &[IpNet]) -> bool {
+    let addr = canonical(addr);
+    trusted.iter().any(|net| net.contains(&addr))
+}
+
+/// IPv4-mapped IPv6 peers (dual-stack sockets) compare as the IPv4 they are.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    }
+}
+
+/// Rewrites the forwarding headers for the request going to GitLab:
+/// from an untrusted peer every client-supplied forwarding header is dropped and
+/// replaced; from a trusted proxy its `X-Forwarded-For` is appended to and its
+/// `X-Forwarded-Proto` believed.
+pub fn apply_forwarding(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: &[IpNet],
+    listener_proto: Proto,
+) -> Forwarded {
+    let peer = canonical(peer);
+    let forwarded = if is_trusted(peer, trusted) {
+        let prior = joined(headers, "x-forwarded-for");
+        let chain = match prior {
+            Some(prior) if !prior.trim().is_empty() => format!("{}, {peer}", prior.trim()),
+            _ => peer.to_string(),
+        };
+        let client = client_from_chain(&chain, trusted).unwrap_or(peer);
+        let proto = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| match v.split(',').next().map(str::trim) {
+                Some(p) if p.eq_ignore_ascii_case("https") => Some(Proto::Https),
+                Some(p) if p.eq_ignore_ascii_case("http") => Some(Proto::Http),
+                _ => None,
+            })
+            .unwrap_or(listener_proto);
+        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-ssl", "x-real-ip"] {
+            headers.remove(name);
+        }
+        insert(headers, "x-forwarded-for", &chain);
+        Forwarded { client, proto }
+    } else {
+        for name in FORWARDING {
+            headers.remove(*name);
+        }
+        insert(headers, "x-forwarded-for", &peer.to_string());
+        Forwarded { client: peer, proto: listener_proto }
+    };
+    insert(headers, "x-real-ip", &forwarded.client.to_string());
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(forwarded.proto.as_str()));
+    if forwarded.proto == Proto::Https {
+        headers.insert("x-forwarded-ssl", HeaderValue::from_static("on"));
+    }
+    forwarded
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    // Addresses and comma lists of visible ASCII always make valid values; a chain
+    // from a trusted proxy that somehow does not is dropped rather than forwarded.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// All lines of a header joined with ", " (a list may be split across lines).
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let parts: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// Walks `X-Forwarded-For` from the right past trusted proxies; the first
+/// untrusted address is the client. Stops at the first entry that is not an
+/// address (what lies left of it cannot be believed). All trusted: the leftmost.
+fn client_from_chain(chain: &str, trusted: &[IpNet]) -> Option<IpAddr> {
+    let mut last = None;
+    for entry in chain.rsplit(',') {
+        let Some(addr) = parse_forwarded_addr(entry.trim()) else {
+            break;
+        };
+        if !is_trusted(addr, trusted) {
+            return Some(addr);
+        }
+        last = Some(addr);
+    }
+    last
+}
+
+/// Accepts `1.2.3.4`, `2001:db8::1`, `[2001:db8::1]`, `1.2.3.4:567`, `[::1]:567`.
+fn parse_forwarded_addr(s: &str) -> Option<IpAddr> {
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Some(canonical(addr));
+    }
+    if let Ok(sock) = s.parse::<std::net::SocketAddr>() {
+        return Some(canonical(sock.ip()));
+    }
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.parse::<IpAddr>().ok())
+        .map(canonical)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| crate::config::parse_cidr(s).unwrap()).collect()
+    }
+
+    fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+        h.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn strips_standard_hop_by_hop() {
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eA=="),
+            ("proxy-authenticate", "Basic"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("expect", "100-continue"),
+            ("content-type", "text/plain"),
+            ("x-custom", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "left: {h:?}");
+        assert_eq!(get(&h, "content-type"), Some("text/plain"));
+        assert_eq!(get(&h, "x-custom"), Some("kept"));
+    }
+
+    #[test]
+    fn strips_headers_named_in_connection_across_lines() {
+        let mut h = map(&[
+            ("connection", "close, X-Foo"),
+            ("connection", " x-bar ,,"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("x-baz", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-foo").is_none());
+        assert!(h.get("x-bar").is_none());
+        assert_eq!(get(&h, "x-baz"), Some("3"));
+        assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn connection_cannot_remove_protected_headers() {
+        let mut h = map(&[
+            ("connection", "host, authorization, cookie, content-length, content-type, content-encoding, x-forwarded-for, x-real-ip, forwarded"),
+            ("host", "gitlab.example.com"),
+            ("authorization", "Bearer t"),
+            ("cookie", "a=b"),
+            ("content-length", "3"),
+            ("content-type", "text/plain"),
+            ("content-encoding", "gzip"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-real-ip", "192.0.2.1"),
+            ("forwarded", "for=192.0.2.1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 9, "only Connection itself goes: {h:?}");
+        assert_eq!(get(&h, "host"), Some("gitlab.example.com"));
+    }
+
+    #[test]
+    fn garbage_connection_tokens_are_ignored() {
+        let mut h = map(&[("connection", "bad header name, x-a"), ("x-a", "1"), ("x-b", "2")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-a").is_none());
+        assert_eq!(get(&h, "x-b"), Some("2"));
+    }
+
+    #[test]
+    fn response_internal_headers_go() {
+        let mut h = map(&[
+            ("x-accel-buffering", "no"),
+            ("x-accel-redirect", "/x"),
+            ("x-gitlab-meta", "{}"),
+        ]);
+        strip_response_internal(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-gitlab-meta"));
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let ws = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
+        assert_eq!(requested_upgrade(Version::HTTP_11, &ws), Some(HeaderValue::from_static("websocket")));
+        assert_eq!(requested_upgrade(Version::HTTP_2, &ws), None);
+        assert_eq!(requested_upgrade(Version::HTTP_10, &ws), None);
+        let no_conn = map(&[("upgrade", "websocket")]);
+        assert_eq!(requested_upgrade(Version::HTTP_11, &no_conn), None);
+        let no_proto = map(&[("connection", "upgrade")]);
+        assert_eq!(requested_upgrade(Version::HTTP_11, &no_proto), None);
+        let empty = map(&[("connection", "upgrade"), ("upgrade", "")]);
+        assert_eq!(requested_upgrade(Version::HTTP_11, &empty), None);
+
+        let mut h = HeaderMap::new();
+        set_upgrade(&mut h, HeaderValue::from_static("websocket"));
+        assert_eq!(get(&h, "connection"), Some("upgrade"));
+        assert_eq!(get(&h, "upgrade"), Some("websocket"));
+    }
+
+    #[test]
+    fn host_from_authority_only_when_missing() {
+        let uri: Uri = "https://gitlab.example.com:8443/x".parse().unwrap();
+        let mut h = HeaderMap::new();
+        ensure_host(&mut h, &uri);
+        assert_eq!(get(&h, "host"), Some("gitlab.example.com:8443"));
+        let mut h = map(&[("host", "kept.example")]);
+        ensure_host(&mut h, &uri);
+        assert_eq!(get(&h, "host"), Some("kept.example"));
+        let mut h = HeaderMap::new();
+        ensure_host(&mut h, &"/origin-form".parse().unwrap());
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn untrusted_peer_forwarding_headers_are_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-scheme", "https"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("client-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("host", "gitlab.example.com"),
+        ]);
+        let peer: IpAddr = "203.0.113.7".parse().unwrap();
+        let f = apply_forwarding(&mut h, peer, &nets(&["10.0.0.0/8"]), Proto::Http);
+        assert_eq!(f, Forwarded { client: peer, proto: Proto::Http });
+        assert_eq!(get(&h, "x-forwarded-for"), Some("203.0.113.7"));
+        assert_eq!(get(&h, "x-real-ip"), Some("203.0.113.7"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
+        for gone in ["x-forwarded-ssl", "x-forwarded-host", "x-forwarded-port", "x-forwarded-scheme", "forwarded", "client-ip", "true-client-ip"] {
+            assert!(h.get(gone).is_none(), "{gone} survived");
+        }
+        assert_eq!(get(&h, "host"), Some("gitlab.example.com"));
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn https_listener_sets_ssl_on() {
+        let mut h = HeaderMap::new();
+        apply_forwarding(&mut h, "192.0.2.1".parse().unwrap(), &[], Proto::Https);
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
+        assert_eq!(get(&h, "x-forwarded-ssl"), Some("on"));
+    }
+
+    #[test]
+    fn trusted_peer_chain_is_appended_and_client_derived() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.9, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "gitlab.example.com"),
+        ]);
+        let f = apply_forwarding(&mut h, "10.0.0.2".parse().unwrap(), &trusted, Proto::Http);
+        assert_eq!(f.client, "198.51.100.9".parse::<IpAddr>().unwrap());
+        assert_eq!(f.proto, Proto::Https);
+        assert_eq!(get(&h, "x-forwarded-for"), Some("198.51.100.9, 10.1.1.1, 10.0.0.2"));
+        assert_eq!(get(&h, "x-real-ip"), Some("198.51.100.9"));
+        assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
+        assert_eq!(get(&h, "x-forwarded-ssl"), Some("on"));
+        assert_eq!(get(&h, "x-forwarded-host"), Some("gitlab.example.com"), "trusted proxies may set it");
+    }
+
+    #[test]
+    fn trusted_peer_spoofed_left_entries_do_not_win() {
+        // The client put 1.1.1.1 in its own header; the LB appended the real address.
+        let trusted = nets(&["10.0.0.0/8"]);
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1, 198.51.100.9")]);
+        let f = apply_forwarding(&mut h, "10.0.0.2".parse().unwrap(), &trusted, Proto::Http);
+        assert_eq!(f.client, "198.51.100.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn trusted_peer_multi_line_and_odd_entries() {
+        let trusted = nets(&["10.0.0.0/8", "::1"]);
+        let mut h = map(&[("x-forwarded-for", "198.51.100.9:4711"), ("x-forwarded-for", "[2001:db8::5]")]);
+        let f = apply_forwarding(&mut h, "::1".parse().unwrap(), &trusted, Proto::Http);
+        assert_eq!(f.client, "2001:db8::5".parse::<IpAddr>().unwrap());
+        assert_eq!(get(&h, "x-forwarded-for"), Some("198.51.100.9:4711, [2001:db8::5], ::1"));
+
+        let mut h = map(&[("x-forwarded-for", "garbage, 10.9.9.9")]);
+        let f = apply_forwarding(&mut h, "10.0.0.2".parse().unwrap(), &trusted, Proto::Http);
+        assert_eq!(f.client, "10.9.9.9".parse::<IpAddr>().unwrap(), "stops at garbage, keeps last trusted");
+
+        let mut h = HeaderMap::new();
+        let f = apply_forwarding(&mut h, "10.0.0.2".parse().unwrap(), &trusted, Proto::Https);
+        assert_eq!(f.client, "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(get(&h, "x-forwarded-for"), Some("10.0.0.2"));
+        assert_eq!(f.proto, Proto::Https, "listener default without a header");
+    }
+
+    #[test]
+    fn trusted_peer_bad_proto_falls_back() {
+        let trusted = nets(&["127.0.0.1"]);
+        for (given, want) in [("ftp", "http"), ("HTTPS, http", "https"), ("http", "http"), ("", "http")] {
+            let mut h = map(&[("x-forwarded-proto", given), ("x-forwarded-ssl", "on")]);
+            let f = apply_forwarding(&mut h, "127.0.0.1".parse().unwrap(), &trusted, Proto::Http);
+            assert_eq!(f.proto.as_str(), want, "given {given:?}");
+            assert_eq!(h.get("x-forwarded-ssl").is_some(), want == "https", "given {given:?}");
+        }
+    }
+
+    #[test]
+    fn mapped_ipv4_peer_matches_ipv4_cidr() {
+        let trusted = nets(&["127.0.0.0/8"]);
+        let mut h = map(&[("x-forwarded-for", "198.51.100.9")]);
+        let f = apply_forwarding(&mut h, "::ffff:127.0.0.1".parse().unwrap(), &trusted, Proto::Http);
+        assert_eq!(f.client, "198.51.100.9".parse::<IpAddr>().unwrap());
+        assert_eq!(get(&h, "x-forwarded-for"), Some("198.51.100.9, 127.0.0.1"));
+    }
+}

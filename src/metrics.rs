@@ -1,0 +1,124 @@
+//! Prometheus metrics. Labels are bounded: methods outside the standard set
+//! count as `other`, statuses are three digits.
+
+use std::sync::atomic::AtomicU64;
+
+use http::Method;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Histogram,
+    pub response_bytes: Counter,
+    pub upstream_errors: Family<ErrorLabels, Counter>,
+    pub open_connections: Gauge,
+    pub open_tunnels: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub tunnel_bytes: Counter<u64, AtomicU64>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gitlab_oidc_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "Requests answered, by method and status", requests.clone());
+        let request_duration = Histogram::new([0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0]);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to the end of the response body",
+            request_duration.clone(),
+        );
+        let response_bytes = Counter::default();
+        registry.register("http_response_body_bytes", "Response body bytes sent to clients", response_bytes.clone());
+        let upstream_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Requests that failed because of GitLab, by reason",
+            upstream_errors.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register("open_connections", "Client connections open on the public listener", open_connections.clone());
+        let open_tunnels = Gauge::default();
+        registry.register("open_upgraded_connections", "Upgraded connections (websockets) open", open_tunnels.clone());
+        let tunnel_bytes = Counter::default();
+        registry.register("upgraded_bytes", "Bytes relayed on upgraded connections, both directions", tunnel_bytes.clone());
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            response_bytes,
+            upstream_errors,
+            open_connections,
+            open_tunnels,
+            tunnel_bytes,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A fixed label for a method, so a client inventing methods cannot grow the series.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_counters() {
+        let m = Metrics::new();
+        m.requests.get_or_create(&RequestLabels { method: "GET", status: 502 }).inc();
+        m.upstream_errors.get_or_create(&ErrorLabels { reason: "connect_failed" }).inc();
+        let text = m.encode();
+        assert!(text.contains(r#"gitlab_oidc_proxy_http_requests_total{method="GET",status="502"} 1"#), "{text}");
+        assert!(text.contains(r#"gitlab_oidc_proxy_upstream_errors_total{reason="connect_failed"} 1"#), "{text}");
+        assert!(text.contains("# EOF"));
+    }
+
+    #[test]
+    fn unknown_methods_share_a_label() {
+        assert_eq!(method_label(&Method::from_bytes(b"PROPFIND").unwrap()), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"X-RANDOM-1").unwrap()), "other");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+    }
+}

@@ -1,0 +1,240 @@
+//! Forwarding to GitLab: bodies stream both ways untouched, hop-by-hop headers
+//! stay on their hop, and HTTP/1.1 upgrades (websockets) become byte tunnels.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::body::{self, IdleTimeoutBody, ProxyBody};
+use crate::error::{ProxyError, UpstreamError};
+use crate::headers;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+pub struct Passthrough {
+    upstream: Arc<Upstream>,
+    /// Longest silence inside a response body from GitLab.
+    body_idle: Duration,
+    /// Longest silence on an upgraded connection.
+    upgrade_idle: Duration,
+    /// Tunnels outlive their request; shutdown waits for them here.
+    tunnels: TaskTracker,
+    metrics: Arc<Metrics>,
+}
+
+impl Passthrough {
+    pub fn new(
+        upstream: Arc<Upstream>,
+        body_idle: Duration,
+        upgrade_idle: Duration,
+        tunnels: TaskTracker,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Passthrough { upstream, body_idle, upgrade_idle, tunnels, metrics }
+    }
+
+    /// Sends the request to GitLab and returns its response, streaming. The
+    /// forwarding headers have already been set by the router.
+    pub async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let client_version = req.version();
+        let upgrade = headers::requested_upgrade(client_version, req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        headers::ensure_host(&mut parts.headers, &parts.uri);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = upgrade {
+            headers::set_upgrade(&mut parts.headers, protocol);
+        }
+        parts.uri = self.upstream.uri_for(parts.uri.path_and_query());
+        // Workhorse speaks HTTP/1.1, whatever the client spoke.
+        parts.version = Version::HTTP_11;
+
+        let mut resp = self
+            .upstream
+            .send(Request::from_parts(parts, body::boxed(body)))
+            .await
+            .map_err(ProxyError::Upstream)?;
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::Upstream(UpstreamError::Exchange(
+                    "upstream switched protocols without being asked".into(),
+                )));
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let protocol = resp.headers().get(header::UPGRADE).cloned();
+            self.spawn_tunnel(client_upgrade, upstream_upgrade);
+            let (mut parts, _) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            headers::strip_response_internal(&mut parts.headers);
+            if let Some(protocol) = protocol {
+                headers::set_upgrade(&mut parts.headers, protocol);
+            }
+            return Ok(Response::from_parts(parts, body::empty()));
+        }
+
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_response_internal(&mut parts.headers);
+        // Answer in the client's protocol, not GitLab's (an HTTP/1.0 upstream
+        // must not turn the client's connection into HTTP/1.0).
+        parts.version = client_version;
+        Ok(Response::from_parts(parts, body::boxed(IdleTimeoutBody::new(body, self.body_idle))))
+    }
+
+    fn spawn_tunnel(&self, client: OnUpgrade, upstream: OnUpgrade) {
+        let idle = self.upgrade_idle;
+        let metrics = self.metrics.clone();
+        self.tunnels.spawn(async move {
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::warn!(target: "upstream", error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            metrics.open_tunnels.inc();
+            let outcome = relay(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+            metrics.open_tunnels.dec();
+            match outcome {
+                Relay::Closed { bytes } => {
+                    metrics.tunnel_bytes.inc_by(bytes);
+                    tracing::debug!(bytes, "upgraded connection closed");
+                }
+                Relay::Idle => {
+                    tracing::info!(idle_secs = idle.as_secs_f64(), "upgraded connection closed after idling")
+                }
+                Relay::Failed(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+            }
+        });
+    }
+}
+
+enum Relay {
+    Closed { bytes: u64 },
+    Idle,
+    Failed(std::io::Error),
+}
+
+/// Copies bytes both ways until either side closes or both are silent for `idle`.
+async fn relay<A, B>(a: A, b: B, idle: Duration) -> Relay
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut a = Activity { io: a, last: last.clone(), start };
+    let mut b = Activity { io: b, last: last.clone(), start };
+    let watchdog = async {
+        loop {
+            let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut a, &mut b) => match copied {
+            Ok((ab, ba)) => Relay::Closed { bytes: ab + ba },
+            Err(e) => Relay::Failed(e),
+        },
+        () = watchdog => Relay::Idle,
+    }
+}
+
+/// Stamps the time of the last byte read, for the tunnel's idle watchdog.
+struct Activity<T> {
+    io: T,
+    last: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.last.store(ms, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn relay_copies_and_closes_on_idle() {
+        let (client, mut client_far) = tokio::io::duplex(64);
+        let (upstream, mut upstream_far) = tokio::io::duplex(64);
+        let task = tokio::spawn(relay(client, upstream, Duration::from_secs(60)));
+
+        client_far.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        upstream_far.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+
+        // 59 s of silence, then traffic: the tunnel must still be open.
+        tokio::time::advance(Duration::from_secs(59)).await;
+        upstream_far.write_all(b"pong").await.unwrap();
+        client_far.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        assert!(!task.is_finished());
+
+        // Then silence past the limit closes it.
+        match task.await.unwrap() {
+            Relay::Idle => {}
+            _ => panic!("expected the idle watchdog to end the tunnel"),
+        }
+    }
+
+    #[tokio::test]
+    async fn relay_ends_when_a_side_closes() {
+        let (client, mut client_far) = tokio::io::duplex(64);
+        let (upstream, upstream_far) = tokio::io::duplex(64);
+        let task = tokio::spawn(relay(client, upstream, Duration::from_secs(60)));
+        client_far.write_all(b"abc").await.unwrap();
+        drop(upstream_far);
+        drop(client_far);
+        match task.await.unwrap() {
+            Relay::Closed { .. } | Relay::Failed(_) => {}
+            Relay::Idle => panic!("should end on close, not idle"),
+        }
+    }
+}

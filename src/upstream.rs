@@ -1,0 +1,320 @@
+//! The connection pool to GitLab (Workhorse): TCP, TLS or a unix socket, all
+//! through hyper-util's pooled client, with a connect timeout that is told apart
+//! from a refused connection (504 vs 502).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::net::UnixStream;
+
+use crate::body::ProxyBody;
+use crate::config::UpstreamTarget;
+use crate::error::{BoxError, UpstreamError};
+
+/// Settings the pool needs; read from the command line by `main`.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub target: UpstreamTarget,
+    pub extra_ca: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Longest wait for response headers.
+    pub response_timeout: Duration,
+}
+
+pub struct Upstream {
+    client: Pool,
+    scheme: Scheme,
+    authority: http::uri::Authority,
+    response_timeout: Duration,
+}
+
+enum Pool {
+    Tcp(Client<TimeoutConnector<HttpConnector>, ProxyBody>),
+    Tls(Client<TimeoutConnector<HttpsConnector<HttpConnector>>, ProxyBody>),
+    Unix(Client<TimeoutConnector<UnixConnector>, ProxyBody>),
+}
+
+impl Upstream {
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            // Host is the client's, set by the passthrough; never invent one.
+            .set_host(false);
+        let timeout = settings.connect_timeout;
+        let (client, scheme, authority) = match &settings.target {
+            UpstreamTarget::Http { authority } => {
+                let pool = Pool::Tcp(builder.build(TimeoutConnector::new(tcp_connector(), timeout)));
+                (pool, Scheme::HTTP, authority.clone())
+            }
+            UpstreamTarget::Https { authority } => {
+                let tls = tls_client_config(settings.extra_ca.as_deref())?;
+                let https = HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(tcp_connector());
+                let pool = Pool::Tls(builder.build(TimeoutConnector::new(https, timeout)));
+                (pool, Scheme::HTTPS, authority.clone())
+            }
+            UpstreamTarget::Unix { path } => {
+                let unix = UnixConnector { path: Arc::from(path.as_path()) };
+                let pool = Pool::Unix(builder.build(TimeoutConnector::new(unix, timeout)));
+                // Only the pool key: the socket path decides where bytes go.
+                (pool, Scheme::HTTP, http::uri::Authority::from_static("workhorse.sock"))
+            }
+        };
+        Ok(Upstream { client, scheme, authority, response_timeout: settings.response_timeout })
+    }
+
+    /// The URI a request for `path_and_query` is sent to.
+    pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .build()
+            .expect("scheme, authority and path are each valid")
+    }
+
+    /// Sends a request and waits for the response headers (not the body).
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+        let fut = match &self.client {
+            Pool::Tcp(c) => c.request(req),
+            Pool::Tls(c) => c.request(req),
+            Pool::Unix(c) => c.request(req),
+        };
+        match tokio::time::timeout(self.response_timeout, fut).await {
+            Err(_) => Err(UpstreamError::ResponseTimeout),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(err)) => Err(classify(err)),
+        }
+    }
+}
+
+fn classify(err: hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if e.is::<ConnectTimedOut>() {
+            return UpstreamError::ConnectTimeout;
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        UpstreamError::Connect(Box::new(err))
+    } else {
+        UpstreamError::Exchange(Box::new(err))
+    }
+}
+
+fn tcp_connector() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http
+}
+
+fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra_ca {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("--upstream-ca {}: no certificate in the file", path.display()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
+        }
+    } else if added == 0 {
+        return Err("no system CA certificates found for the https upstream; pass --upstream-ca".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Marks a connect attempt that ran out of time, so it maps to 504.
+#[derive(Debug, thiserror::Error)]
+#[error("connect timed out")]
+pub struct ConnectTimedOut;
+
+#[derive(Clone)]
+pub struct TimeoutConnector<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> TimeoutConnector<C> {
+    fn new(inner: C, timeout: Duration) -> Self {
+        TimeoutConnector { inner, timeout }
+    }
+}
+
+type ConnectFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+impl<C> tower_service::Service<Uri> for TimeoutConnector<C>
+where
+    C: tower_service::Service<Uri> + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = ConnectFuture<C::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimedOut) as BoxError),
+            }
+        })
+    }
+}
+
+/// Connects to Workhorse's unix socket whatever the URI says.
+#[derive(Clone)]
+pub struct UnixConnector {
+    path: Arc<Path>,
+}
+
+impl tower_service::Service<Uri> for UnixConnector {
+    type Response = UnixIo;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<UnixIo>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let path = self.path.clone();
+        Box::pin(async move {
+            let stream = UnixStream::connect(&*path)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            Ok(UnixIo(TokioIo::new(stream)))
+        })
+    }
+}
+
+/// A unix stream as hyper IO; a newtype because hyper-util's `Connection` is foreign.
+pub struct UnixIo(TokioIo<UnixStream>);
+
+impl Connection for UnixIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for UnixIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UnixIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(target: &str) -> UpstreamSettings {
+        UpstreamSettings {
+            target: crate::config::parse_upstream(target).unwrap(),
+            extra_ca: None,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn uris_keep_path_and_query() {
+        let up = Upstream::new(&settings("http://127.0.0.1:8181")).unwrap();
+        let pq = PathAndQuery::from_static("/api/v4/jobs/request?x=1");
+        assert_eq!(up.uri_for(Some(&pq)).to_string(), "http://127.0.0.1:8181/api/v4/jobs/request?x=1");
+        assert_eq!(up.uri_for(None).to_string(), "http://127.0.0.1:8181/");
+        let unix = Upstream::new(&settings("unix:/tmp/none.sock")).unwrap();
+        assert_eq!(unix.uri_for(Some(&pq)).path_and_query(), Some(&pq));
+    }
+
+    #[tokio::test]
+    async fn missing_unix_socket_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.sock");
+        let up = Upstream::new(&settings(&format!("unix:{}", path.display()))).unwrap();
+        let req = Request::get(up.uri_for(None)).body(crate::body::empty()).unwrap();
+        match up.send(req).await {
+            Err(UpstreamError::Connect(e)) => {
+                assert!(crate::error::chain(e.as_ref()).contains("absent.sock"), "{e}")
+            }
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unreadable_ca_is_a_clear_error() {
+        let mut s = settings("https://gitlab.internal");
+        s.extra_ca = Some("/nonexistent/ca.pem".into());
+        let err = Upstream::new(&s).err().unwrap();
+        assert!(err.starts_with("--upstream-ca /nonexistent/ca.pem"), "{err}");
+    }
+}
