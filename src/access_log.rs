@@ -52,8 +52,20 @@ pub struct LoggedBody {
 }
 
 impl LoggedBody {
-    pub fn new(inner: ProxyBody, record: RequestRecord, status: StatusCode, metrics: Arc<Metrics>) -> Self {
-        LoggedBody { inner, record, status, bytes: 0, outcome: "aborted", metrics }
+    pub fn new(
+        inner: ProxyBody,
+        record: RequestRecord,
+        status: StatusCode,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        LoggedBody {
+            inner,
+            record,
+            status,
+            bytes: 0,
+            outcome: "aborted",
+            metrics,
+        }
     }
 }
 
@@ -61,7 +73,10 @@ impl Body for LoggedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -95,7 +110,10 @@ impl Drop for LoggedBody {
         let r = &self.record;
         self.metrics
             .requests
-            .get_or_create(&RequestLabels { method: method_label(&r.method), status: self.status.as_u16() })
+            .get_or_create(&RequestLabels {
+                method: method_label(&r.method),
+                status: self.status.as_u16(),
+            })
             .inc();
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
         self.metrics.response_bytes.inc_by(self.bytes);

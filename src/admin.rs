@@ -27,19 +27,24 @@ impl Admin {
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         match (get, req.uri().path()) {
             (true, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (true, "/readyz") if self.draining.is_cancelled() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+            (true, "/readyz") if self.draining.is_cancelled() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
             (true, "/readyz") => text(StatusCode::OK, "ready\n"),
             (true, "/metrics") => {
                 let mut resp = Response::new(body::full(self.metrics.encode()));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
                 );
                 resp
             }
             (false, "/healthz" | "/readyz" | "/metrics") => {
                 let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
                 resp
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -50,8 +55,10 @@ impl Admin {
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(body::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 

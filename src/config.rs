@@ -169,7 +169,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .map(Duration::from_secs_f64)
             .ok_or_else(|| format!("'{s}' is not a number of seconds"));
     }
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30, 500ms, 30s, 5m, 1h"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30, 500ms, 30s, 5m, 1h"))
 }
 
 /// `http://host[:port]`, `https://host[:port]` or `unix:/absolute/path`. No path,
@@ -178,20 +179,28 @@ pub fn parse_upstream(s: &str) -> Result<UpstreamTarget, String> {
     if let Some(path) = s.strip_prefix("unix:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         if !path.starts_with('/') {
-            return Err(format!("'{s}': a unix socket path must be absolute, e.g. unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket"));
+            return Err(format!(
+                "'{s}': a unix socket path must be absolute, e.g. unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket"
+            ));
         }
-        return Ok(UpstreamTarget::Unix { path: PathBuf::from(path) });
+        return Ok(UpstreamTarget::Unix {
+            path: PathBuf::from(path),
+        });
     }
     let uri: http::Uri = s.parse().map_err(|e| format!("'{s}' is not a URL ({e})"))?;
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| format!("'{s}' has no host; use http://host:port, https://host:port or unix:/path"))?;
+    let authority = uri.authority().cloned().ok_or_else(|| {
+        format!("'{s}' has no host; use http://host:port, https://host:port or unix:/path")
+    })?;
     if authority.as_str().contains('@') {
         return Err("the upstream URL must not carry credentials".into());
     }
-    if uri.path_and_query().is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty()) {
-        return Err(format!("'{s}': the upstream URL takes no path or query; requests keep their own path"));
+    if uri
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+    {
+        return Err(format!(
+            "'{s}': the upstream URL takes no path or query; requests keep their own path"
+        ));
     }
     match uri.scheme_str() {
         Some("http") => Ok(UpstreamTarget::Http { authority }),
@@ -234,22 +243,42 @@ mod tests {
     fn upstreams() {
         assert_eq!(
             parse_upstream("http://127.0.0.1:8181"),
-            Ok(UpstreamTarget::Http { authority: "127.0.0.1:8181".parse().unwrap() })
+            Ok(UpstreamTarget::Http {
+                authority: "127.0.0.1:8181".parse().unwrap()
+            })
         );
         assert_eq!(
             parse_upstream("https://gitlab.internal"),
-            Ok(UpstreamTarget::Https { authority: "gitlab.internal".parse().unwrap() })
+            Ok(UpstreamTarget::Https {
+                authority: "gitlab.internal".parse().unwrap()
+            })
         );
-        assert_eq!(parse_upstream("http://h:1/"), Ok(UpstreamTarget::Http { authority: "h:1".parse().unwrap() }));
+        assert_eq!(
+            parse_upstream("http://h:1/"),
+            Ok(UpstreamTarget::Http {
+                authority: "h:1".parse().unwrap()
+            })
+        );
         assert_eq!(
             parse_upstream("unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket"),
-            Ok(UpstreamTarget::Unix { path: "/var/opt/gitlab/gitlab-workhorse/sockets/socket".into() })
+            Ok(UpstreamTarget::Unix {
+                path: "/var/opt/gitlab/gitlab-workhorse/sockets/socket".into()
+            })
         );
-        assert_eq!(parse_upstream("unix:///run/s"), Ok(UpstreamTarget::Unix { path: "/run/s".into() }));
+        assert_eq!(
+            parse_upstream("unix:///run/s"),
+            Ok(UpstreamTarget::Unix {
+                path: "/run/s".into()
+            })
+        );
         assert!(parse_upstream("unix:relative/sock").is_err());
         assert!(parse_upstream("ftp://h:1").is_err());
         assert!(parse_upstream("h:1").is_err());
-        assert!(parse_upstream("http://u:secret@h:1").unwrap_err().contains("credentials"));
+        assert!(
+            parse_upstream("http://u:secret@h:1")
+                .unwrap_err()
+                .contains("credentials")
+        );
         assert!(parse_upstream("http://h:1/gitlab").is_err());
         assert!(parse_upstream("http://h:1/?a=b").is_err());
         assert!(parse_upstream("").is_err());

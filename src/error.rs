@@ -45,11 +45,15 @@ pub enum UpstreamError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Upstream(UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout) => {
-                StatusCode::GATEWAY_TIMEOUT
+            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => {
+                StatusCode::METHOD_NOT_ALLOWED
             }
-            ProxyError::Upstream(UpstreamError::Connect(_) | UpstreamError::Exchange(_)) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(
+                UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout,
+            ) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::Connect(_) | UpstreamError::Exchange(_)) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -69,17 +73,31 @@ impl ProxyError {
         let status = self.status();
         let text = match &self {
             ProxyError::Downstream(DownstreamError::MethodNotAllowed) => "method not allowed\n",
-            ProxyError::Upstream(UpstreamError::ConnectTimeout) => "gateway timeout: GitLab did not accept the connection in time\n",
-            ProxyError::Upstream(UpstreamError::ResponseTimeout) => "gateway timeout: GitLab did not answer in time\n",
+            ProxyError::Upstream(UpstreamError::ConnectTimeout) => {
+                "gateway timeout: GitLab did not accept the connection in time\n"
+            }
+            ProxyError::Upstream(UpstreamError::ResponseTimeout) => {
+                "gateway timeout: GitLab did not answer in time\n"
+            }
             ProxyError::Upstream(_) => "bad gateway: GitLab is unreachable or failed\n",
         };
-        let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())).map_err(|e| match e {}).boxed_unsync());
+        let mut resp = Response::new(
+            Full::new(Bytes::from_static(text.as_bytes()))
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        );
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::METHOD_NOT_ALLOWED {
-            h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
         }
         resp
     }
@@ -88,11 +106,21 @@ impl ProxyError {
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => f.write_str("method not allowed"),
-            ProxyError::Upstream(UpstreamError::Connect(e)) => write!(f, "connect to upstream failed: {}", chain(e.as_ref())),
-            ProxyError::Upstream(UpstreamError::ConnectTimeout) => f.write_str("connect to upstream timed out"),
-            ProxyError::Upstream(UpstreamError::ResponseTimeout) => f.write_str("upstream sent no response headers in time"),
-            ProxyError::Upstream(UpstreamError::Exchange(e)) => write!(f, "upstream exchange failed: {}", chain(e.as_ref())),
+            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => {
+                f.write_str("method not allowed")
+            }
+            ProxyError::Upstream(UpstreamError::Connect(e)) => {
+                write!(f, "connect to upstream failed: {}", chain(e.as_ref()))
+            }
+            ProxyError::Upstream(UpstreamError::ConnectTimeout) => {
+                f.write_str("connect to upstream timed out")
+            }
+            ProxyError::Upstream(UpstreamError::ResponseTimeout) => {
+                f.write_str("upstream sent no response headers in time")
+            }
+            ProxyError::Upstream(UpstreamError::Exchange(e)) => {
+                write!(f, "upstream exchange failed: {}", chain(e.as_ref()))
+            }
         }
     }
 }
@@ -121,20 +149,43 @@ mod tests {
     #[test]
     fn statuses_map_in_one_place() {
         let io = || -> BoxError { Box::new(std::io::Error::other("x")) };
-        assert_eq!(ProxyError::Upstream(UpstreamError::Connect(io())).status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(ProxyError::Upstream(UpstreamError::Exchange(io())).status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(ProxyError::Upstream(UpstreamError::ConnectTimeout).status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(ProxyError::Upstream(UpstreamError::ResponseTimeout).status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(ProxyError::Downstream(DownstreamError::MethodNotAllowed).status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            ProxyError::Upstream(UpstreamError::Connect(io())).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            ProxyError::Upstream(UpstreamError::Exchange(io())).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            ProxyError::Upstream(UpstreamError::ConnectTimeout).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            ProxyError::Upstream(UpstreamError::ResponseTimeout).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            ProxyError::Downstream(DownstreamError::MethodNotAllowed).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 
     #[test]
     fn response_hides_cause() {
-        let err = ProxyError::Upstream(UpstreamError::Connect(Box::new(std::io::Error::other("secret-host:1234 refused"))));
-        assert!(err.to_string().contains("secret-host:1234"), "the log line carries the cause");
+        let err = ProxyError::Upstream(UpstreamError::Connect(Box::new(std::io::Error::other(
+            "secret-host:1234 refused",
+        ))));
+        assert!(
+            err.to_string().contains("secret-host:1234"),
+            "the log line carries the cause"
+        );
         let resp = err.into_response();
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
     }
 
     #[test]
@@ -151,7 +202,10 @@ mod tests {
                 Some(&self.0)
             }
         }
-        let e = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused"));
+        let e = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused",
+        ));
         assert_eq!(chain(&e), "client error (Connect): Connection refused");
     }
 }

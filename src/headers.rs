@@ -120,7 +120,10 @@ pub fn ensure_host(headers: &mut HeaderMap, uri: &Uri) {
     if headers.contains_key(header::HOST) {
         return;
     }
-    if let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+    if let Some(value) = uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
         headers.insert(header::HOST, value);
     }
 }
@@ -174,7 +177,12 @@ pub fn apply_forwarding(
                 _ => None,
             })
             .unwrap_or(listener_proto);
-        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-ssl", "x-real-ip"] {
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-ssl",
+            "x-real-ip",
+        ] {
             headers.remove(name);
         }
         insert(headers, "x-forwarded-for", &chain);
@@ -184,10 +192,16 @@ pub fn apply_forwarding(
             headers.remove(*name);
         }
         insert(headers, "x-forwarded-for", &peer.to_string());
-        Forwarded { client: peer, proto: listener_proto }
+        Forwarded {
+            client: peer,
+            proto: listener_proto,
+        }
     };
     insert(headers, "x-real-ip", &forwarded.client.to_string());
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(forwarded.proto.as_str()));
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(forwarded.proto.as_str()),
+    );
     if forwarded.proto == Proto::Https {
         headers.insert("x-forwarded-ssl", HeaderValue::from_static("on"));
     }
@@ -250,13 +264,18 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|s| crate::config::parse_cidr(s).unwrap()).collect()
+        list.iter()
+            .map(|s| crate::config::parse_cidr(s).unwrap())
+            .collect()
     }
 
     fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -304,7 +323,10 @@ mod tests {
     #[test]
     fn connection_cannot_remove_protected_headers() {
         let mut h = map(&[
-            ("connection", "host, authorization, cookie, content-length, content-type, content-encoding, x-forwarded-for, x-real-ip, forwarded"),
+            (
+                "connection",
+                "host, authorization, cookie, content-length, content-type, content-encoding, x-forwarded-for, x-real-ip, forwarded",
+            ),
             ("host", "gitlab.example.com"),
             ("authorization", "Bearer t"),
             ("cookie", "a=b"),
@@ -322,7 +344,11 @@ mod tests {
 
     #[test]
     fn garbage_connection_tokens_are_ignored() {
-        let mut h = map(&[("connection", "bad header name, x-a"), ("x-a", "1"), ("x-b", "2")]);
+        let mut h = map(&[
+            ("connection", "bad header name, x-a"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+        ]);
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-a").is_none());
         assert_eq!(get(&h, "x-b"), Some("2"));
@@ -342,8 +368,14 @@ mod tests {
 
     #[test]
     fn upgrade_detection() {
-        let ws = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
-        assert_eq!(requested_upgrade(Version::HTTP_11, &ws), Some(HeaderValue::from_static("websocket")));
+        let ws = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(
+            requested_upgrade(Version::HTTP_11, &ws),
+            Some(HeaderValue::from_static("websocket"))
+        );
         assert_eq!(requested_upgrade(Version::HTTP_2, &ws), None);
         assert_eq!(requested_upgrade(Version::HTTP_10, &ws), None);
         let no_conn = map(&[("upgrade", "websocket")]);
@@ -390,11 +422,25 @@ mod tests {
         ]);
         let peer: IpAddr = "203.0.113.7".parse().unwrap();
         let f = apply_forwarding(&mut h, peer, &nets(&["10.0.0.0/8"]), Proto::Http);
-        assert_eq!(f, Forwarded { client: peer, proto: Proto::Http });
+        assert_eq!(
+            f,
+            Forwarded {
+                client: peer,
+                proto: Proto::Http
+            }
+        );
         assert_eq!(get(&h, "x-forwarded-for"), Some("203.0.113.7"));
         assert_eq!(get(&h, "x-real-ip"), Some("203.0.113.7"));
         assert_eq!(get(&h, "x-forwarded-proto"), Some("http"));
-        for gone in ["x-forwarded-ssl", "x-forwarded-host", "x-forwarded-port", "x-forwarded-scheme", "forwarded", "client-ip", "true-client-ip"] {
+        for gone in [
+            "x-forwarded-ssl",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-scheme",
+            "forwarded",
+            "client-ip",
+            "true-client-ip",
+        ] {
             assert!(h.get(gone).is_none(), "{gone} survived");
         }
         assert_eq!(get(&h, "host"), Some("gitlab.example.com"));
@@ -420,11 +466,18 @@ mod tests {
         let f = apply_forwarding(&mut h, "10.0.0.2".parse().unwrap(), &trusted, Proto::Http);
         assert_eq!(f.client, "198.51.100.9".parse::<IpAddr>().unwrap());
         assert_eq!(f.proto, Proto::Https);
-        assert_eq!(get(&h, "x-forwarded-for"), Some("198.51.100.9, 10.1.1.1, 10.0.0.2"));
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            Some("198.51.100.9, 10.1.1.1, 10.0.0.2")
+        );
         assert_eq!(get(&h, "x-real-ip"), Some("198.51.100.9"));
         assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
         assert_eq!(get(&h, "x-forwarded-ssl"), Some("on"));
-        assert_eq!(get(&h, "x-forwarded-host"), Some("gitlab.example.com"), "trusted proxies may set it");
+        assert_eq!(
+            get(&h, "x-forwarded-host"),
+            Some("gitlab.example.com"),
+            "trusted proxies may set it"
+        );
     }
 
     #[test]
@@ -439,14 +492,24 @@ mod tests {
     #[test]
     fn trusted_peer_multi_line_and_odd_entries() {
         let trusted = nets(&["10.0.0.0/8", "::1"]);
-        let mut h = map(&[("x-forwarded-for", "198.51.100.9:4711"), ("x-forwarded-for", "[2001:db8::5]")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.9:4711"),
+            ("x-forwarded-for", "[2001:db8::5]"),
+        ]);
         let f = apply_forwarding(&mut h, "::1".parse().unwrap(), &trusted, Proto::Http);
         assert_eq!(f.client, "2001:db8::5".parse::<IpAddr>().unwrap());
-        assert_eq!(get(&h, "x-forwarded-for"), Some("198.51.100.9:4711, [2001:db8::5], ::1"));
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            Some("198.51.100.9:4711, [2001:db8::5], ::1")
+        );
 
         let mut h = map(&[("x-forwarded-for", "garbage, 10.9.9.9")]);
         let f = apply_forwarding(&mut h, "10.0.0.2".parse().unwrap(), &trusted, Proto::Http);
-        assert_eq!(f.client, "10.9.9.9".parse::<IpAddr>().unwrap(), "stops at garbage, keeps last trusted");
+        assert_eq!(
+            f.client,
+            "10.9.9.9".parse::<IpAddr>().unwrap(),
+            "stops at garbage, keeps last trusted"
+        );
 
         let mut h = HeaderMap::new();
         let f = apply_forwarding(&mut h, "10.0.0.2".parse().unwrap(), &trusted, Proto::Https);
@@ -458,11 +521,20 @@ mod tests {
     #[test]
     fn trusted_peer_bad_proto_falls_back() {
         let trusted = nets(&["127.0.0.1"]);
-        for (given, want) in [("ftp", "http"), ("HTTPS, http", "https"), ("http", "http"), ("", "http")] {
+        for (given, want) in [
+            ("ftp", "http"),
+            ("HTTPS, http", "https"),
+            ("http", "http"),
+            ("", "http"),
+        ] {
             let mut h = map(&[("x-forwarded-proto", given), ("x-forwarded-ssl", "on")]);
             let f = apply_forwarding(&mut h, "127.0.0.1".parse().unwrap(), &trusted, Proto::Http);
             assert_eq!(f.proto.as_str(), want, "given {given:?}");
-            assert_eq!(h.get("x-forwarded-ssl").is_some(), want == "https", "given {given:?}");
+            assert_eq!(
+                h.get("x-forwarded-ssl").is_some(),
+                want == "https",
+                "given {given:?}"
+            );
         }
     }
 
@@ -470,7 +542,12 @@ mod tests {
     fn mapped_ipv4_peer_matches_ipv4_cidr() {
         let trusted = nets(&["127.0.0.0/8"]);
         let mut h = map(&[("x-forwarded-for", "198.51.100.9")]);
-        let f = apply_forwarding(&mut h, "::ffff:127.0.0.1".parse().unwrap(), &trusted, Proto::Http);
+        let f = apply_forwarding(
+            &mut h,
+            "::ffff:127.0.0.1".parse().unwrap(),
+            &trusted,
+            Proto::Http,
+        );
         assert_eq!(f.client, "198.51.100.9".parse::<IpAddr>().unwrap());
         assert_eq!(get(&h, "x-forwarded-for"), Some("198.51.100.9, 127.0.0.1"));
     }

@@ -59,7 +59,10 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo { peer, proto: settings.proto };
+        let conn_info = ConnInfo {
+            peer,
+            proto: settings.proto,
+        };
         let router = router.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();

@@ -63,7 +63,10 @@ fn main() -> ExitCode {
 /// clap's message without the usage block, folded onto one line.
 fn one_line(rendered: &str) -> String {
     let message = rendered.split("\n\nUsage:").next().unwrap_or(rendered);
-    let message = message.split("\n\nFor more information").next().unwrap_or(message);
+    let message = message
+        .split("\n\nFor more information")
+        .next()
+        .unwrap_or(message);
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -78,11 +81,14 @@ async fn serve(args: ServeArgs) -> Result<(), Fail> {
     .map_err(Fail::Config)?;
 
     let bind = |addr| async move {
-        TcpListener::bind(addr).await.map_err(|e| Fail::Runtime(format!("cannot listen on {addr}: {e}")))
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| Fail::Runtime(format!("cannot listen on {addr}: {e}")))
     };
     let public = bind(args.listen).await?;
     let admin_listener = bind(args.admin_listen).await?;
-    let mut signals = Signals::install().map_err(|e| Fail::Runtime(format!("cannot install signal handlers: {e}")))?;
+    let mut signals = Signals::install()
+        .map_err(|e| Fail::Runtime(format!("cannot install signal handlers: {e}")))?;
 
     let draining = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -93,8 +99,15 @@ async fn serve(args: ServeArgs) -> Result<(), Fail> {
         tracker.clone(),
         metrics.clone(),
     );
-    let router = Arc::new(Router::new(passthrough, args.trusted_proxies.clone(), metrics.clone()));
-    let admin = Arc::new(Admin { metrics: metrics.clone(), draining: draining.clone() });
+    let router = Arc::new(Router::new(
+        passthrough,
+        args.trusted_proxies.clone(),
+        metrics.clone(),
+    ));
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        draining: draining.clone(),
+    });
 
     tracing::info!(
         listen = %local(&public),
@@ -104,7 +117,10 @@ async fn serve(args: ServeArgs) -> Result<(), Fail> {
         "listening"
     );
     tokio::spawn(admin::serve(admin_listener, admin));
-    let settings = ListenerSettings { proto: args.forwarded_proto, header_timeout: args.header_timeout };
+    let settings = ListenerSettings {
+        proto: args.forwarded_proto,
+        header_timeout: args.header_timeout,
+    };
     let accepting = tokio::spawn(listener::serve(
         public,
         router,
@@ -115,7 +131,11 @@ async fn serve(args: ServeArgs) -> Result<(), Fail> {
     ));
 
     let signal = signals.recv().await;
-    tracing::info!(signal, grace_secs = args.shutdown_grace.as_secs_f64(), "shutting down: no longer accepting");
+    tracing::info!(
+        signal,
+        grace_secs = args.shutdown_grace.as_secs_f64(),
+        "shutting down: no longer accepting"
+    );
     draining.cancel();
     let _ = accepting.await;
     tracker.close();
@@ -130,6 +150,8 @@ async fn serve(args: ServeArgs) -> Result<(), Fail> {
 }
 
 fn local(listener: &TcpListener) -> String {
-    listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into())
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
-

@@ -37,15 +37,24 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("gitlab_oidc_proxy");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "Requests answered, by method and status", requests.clone());
-        let request_duration = Histogram::new([0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0]);
+        registry.register(
+            "http_requests",
+            "Requests answered, by method and status",
+            requests.clone(),
+        );
+        let request_duration =
+            Histogram::new([0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0]);
         registry.register(
             "http_request_duration_seconds",
             "Time from request to the end of the response body",
             request_duration.clone(),
         );
         let response_bytes = Counter::default();
-        registry.register("http_response_body_bytes", "Response body bytes sent to clients", response_bytes.clone());
+        registry.register(
+            "http_response_body_bytes",
+            "Response body bytes sent to clients",
+            response_bytes.clone(),
+        );
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "upstream_errors",
@@ -53,11 +62,23 @@ impl Metrics {
             upstream_errors.clone(),
         );
         let open_connections = Gauge::default();
-        registry.register("open_connections", "Client connections open on the public listener", open_connections.clone());
+        registry.register(
+            "open_connections",
+            "Client connections open on the public listener",
+            open_connections.clone(),
+        );
         let open_tunnels = Gauge::default();
-        registry.register("open_upgraded_connections", "Upgraded connections (websockets) open", open_tunnels.clone());
+        registry.register(
+            "open_upgraded_connections",
+            "Upgraded connections (websockets) open",
+            open_tunnels.clone(),
+        );
         let tunnel_bytes = Counter::default();
-        registry.register("upgraded_bytes", "Bytes relayed on upgraded connections, both directions", tunnel_bytes.clone());
+        registry.register(
+            "upgraded_bytes",
+            "Bytes relayed on upgraded connections, both directions",
+            tunnel_bytes.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -107,18 +128,39 @@ mod tests {
     #[test]
     fn encodes_counters() {
         let m = Metrics::new();
-        m.requests.get_or_create(&RequestLabels { method: "GET", status: 502 }).inc();
-        m.upstream_errors.get_or_create(&ErrorLabels { reason: "connect_failed" }).inc();
+        m.requests
+            .get_or_create(&RequestLabels {
+                method: "GET",
+                status: 502,
+            })
+            .inc();
+        m.upstream_errors
+            .get_or_create(&ErrorLabels {
+                reason: "connect_failed",
+            })
+            .inc();
         let text = m.encode();
-        assert!(text.contains(r#"gitlab_oidc_proxy_http_requests_total{method="GET",status="502"} 1"#), "{text}");
-        assert!(text.contains(r#"gitlab_oidc_proxy_upstream_errors_total{reason="connect_failed"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"gitlab_oidc_proxy_http_requests_total{method="GET",status="502"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gitlab_oidc_proxy_upstream_errors_total{reason="connect_failed"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("# EOF"));
     }
 
     #[test]
     fn unknown_methods_share_a_label() {
-        assert_eq!(method_label(&Method::from_bytes(b"PROPFIND").unwrap()), "other");
-        assert_eq!(method_label(&Method::from_bytes(b"X-RANDOM-1").unwrap()), "other");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"PROPFIND").unwrap()),
+            "other"
+        );
+        assert_eq!(
+            method_label(&Method::from_bytes(b"X-RANDOM-1").unwrap()),
+            "other"
+        );
         assert_eq!(method_label(&Method::PATCH), "PATCH");
     }
 }

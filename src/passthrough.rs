@@ -38,12 +38,21 @@ impl Passthrough {
         tunnels: TaskTracker,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Passthrough { upstream, body_idle, upgrade_idle, tunnels, metrics }
+        Passthrough {
+            upstream,
+            body_idle,
+            upgrade_idle,
+            tunnels,
+            metrics,
+        }
     }
 
     /// Sends the request to GitLab and returns its response, streaming. The
     /// forwarding headers have already been set by the router.
-    pub async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_version = req.version();
         let upgrade = headers::requested_upgrade(client_version, req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -88,7 +97,10 @@ impl Passthrough {
         // Answer in the client's protocol, not GitLab's (an HTTP/1.0 upstream
         // must not turn the client's connection into HTTP/1.0).
         parts.version = client_version;
-        Ok(Response::from_parts(parts, body::boxed(IdleTimeoutBody::new(body, self.body_idle))))
+        Ok(Response::from_parts(
+            parts,
+            body::boxed(IdleTimeoutBody::new(body, self.body_idle)),
+        ))
     }
 
     fn spawn_tunnel(&self, client: OnUpgrade, upstream: OnUpgrade) {
@@ -111,9 +123,14 @@ impl Passthrough {
                     tracing::debug!(bytes, "upgraded connection closed");
                 }
                 Relay::Idle => {
-                    tracing::info!(idle_secs = idle.as_secs_f64(), "upgraded connection closed after idling")
+                    tracing::info!(
+                        idle_secs = idle.as_secs_f64(),
+                        "upgraded connection closed after idling"
+                    )
                 }
-                Relay::Failed(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+                Relay::Failed(e) => {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error")
+                }
             }
         });
     }
@@ -133,8 +150,16 @@ where
 {
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let mut a = Activity { io: a, last: last.clone(), start };
-    let mut b = Activity { io: b, last: last.clone(), start };
+    let mut a = Activity {
+        io: a,
+        last: last.clone(),
+        start,
+    };
+    let mut b = Activity {
+        io: b,
+        last: last.clone(),
+        start,
+    };
     let watchdog = async {
         loop {
             let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
@@ -185,11 +210,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
         std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -32,16 +32,31 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(passthrough: Passthrough, trusted_proxies: Vec<IpNet>, metrics: Arc<Metrics>) -> Self {
-        Router { passthrough, trusted_proxies, metrics }
+    pub fn new(
+        passthrough: Passthrough,
+        trusted_proxies: Vec<IpNet>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Router {
+            passthrough,
+            trusted_proxies,
+            metrics,
+        }
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
-        let forwarded = headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), &self.trusted_proxies, conn.proto);
+        let forwarded = headers::apply_forwarding(
+            req.headers_mut(),
+            conn.peer.ip(),
+            &self.trusted_proxies,
+            conn.proto,
+        );
         let record = RequestRecord::new(req.method(), req.uri(), req.version(), forwarded.client);
 
         let result = match *req.method() {
-            Method::CONNECT | Method::TRACE => Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed)),
+            Method::CONNECT | Method::TRACE => {
+                Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
+            }
             _ => self.passthrough.forward(req).await,
         };
         let resp = result.unwrap_or_else(|err| self.error_response(err, &record));
@@ -52,7 +67,10 @@ impl Router {
     fn error_response(&self, err: ProxyError, record: &RequestRecord) -> Response<ProxyBody> {
         match &err {
             ProxyError::Upstream(_) => {
-                self.metrics.upstream_errors.get_or_create(&ErrorLabels { reason: err.kind() }).inc();
+                self.metrics
+                    .upstream_errors
+                    .get_or_create(&ErrorLabels { reason: err.kind() })
+                    .inc();
                 tracing::warn!(
                     target: "upstream",
                     reason = err.kind(),

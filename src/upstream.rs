@@ -59,7 +59,8 @@ impl Upstream {
         let timeout = settings.connect_timeout;
         let (client, scheme, authority) = match &settings.target {
             UpstreamTarget::Http { authority } => {
-                let pool = Pool::Tcp(builder.build(TimeoutConnector::new(tcp_connector(), timeout)));
+                let pool =
+                    Pool::Tcp(builder.build(TimeoutConnector::new(tcp_connector(), timeout)));
                 (pool, Scheme::HTTP, authority.clone())
             }
             UpstreamTarget::Https { authority } => {
@@ -73,13 +74,24 @@ impl Upstream {
                 (pool, Scheme::HTTPS, authority.clone())
             }
             UpstreamTarget::Unix { path } => {
-                let unix = UnixConnector { path: Arc::from(path.as_path()) };
+                let unix = UnixConnector {
+                    path: Arc::from(path.as_path()),
+                };
                 let pool = Pool::Unix(builder.build(TimeoutConnector::new(unix, timeout)));
                 // Only the pool key: the socket path decides where bytes go.
-                (pool, Scheme::HTTP, http::uri::Authority::from_static("workhorse.sock"))
+                (
+                    pool,
+                    Scheme::HTTP,
+                    http::uri::Authority::from_static("workhorse.sock"),
+                )
             }
         };
-        Ok(Upstream { client, scheme, authority, response_timeout: settings.response_timeout })
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            response_timeout: settings.response_timeout,
+        })
     }
 
     /// The URI a request for `path_and_query` is sent to.
@@ -87,7 +99,11 @@ impl Upstream {
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(path_and_query.cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .path_and_query(
+                path_and_query
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            )
             .build()
             .expect("scheme, authority and path are each valid")
     }
@@ -139,13 +155,20 @@ fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, St
             .and_then(|it| it.collect::<Result<_, _>>())
             .map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
         if certs.is_empty() {
-            return Err(format!("--upstream-ca {}: no certificate in the file", path.display()));
+            return Err(format!(
+                "--upstream-ca {}: no certificate in the file",
+                path.display()
+            ));
         }
         for cert in certs {
-            roots.add(cert).map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
         }
     } else if added == 0 {
-        return Err("no system CA certificates found for the https upstream; pass --upstream-ca".into());
+        return Err(
+            "no system CA certificates found for the https upstream; pass --upstream-ca".into(),
+        );
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -248,7 +271,11 @@ impl hyper::rt::Read for UnixIo {
 }
 
 impl hyper::rt::Write for UnixIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
@@ -290,7 +317,10 @@ mod tests {
     async fn uris_keep_path_and_query() {
         let up = Upstream::new(&settings("http://127.0.0.1:8181")).unwrap();
         let pq = PathAndQuery::from_static("/api/v4/jobs/request?x=1");
-        assert_eq!(up.uri_for(Some(&pq)).to_string(), "http://127.0.0.1:8181/api/v4/jobs/request?x=1");
+        assert_eq!(
+            up.uri_for(Some(&pq)).to_string(),
+            "http://127.0.0.1:8181/api/v4/jobs/request?x=1"
+        );
         assert_eq!(up.uri_for(None).to_string(), "http://127.0.0.1:8181/");
         let unix = Upstream::new(&settings("unix:/tmp/none.sock")).unwrap();
         assert_eq!(unix.uri_for(Some(&pq)).path_and_query(), Some(&pq));
@@ -301,10 +331,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent.sock");
         let up = Upstream::new(&settings(&format!("unix:{}", path.display()))).unwrap();
-        let req = Request::get(up.uri_for(None)).body(crate::body::empty()).unwrap();
+        let req = Request::get(up.uri_for(None))
+            .body(crate::body::empty())
+            .unwrap();
         match up.send(req).await {
             Err(UpstreamError::Connect(e)) => {
-                assert!(crate::error::chain(e.as_ref()).contains("absent.sock"), "{e}")
+                assert!(
+                    crate::error::chain(e.as_ref()).contains("absent.sock"),
+                    "{e}"
+                )
             }
             other => panic!("expected a connect error, got {other:?}"),
         }
@@ -315,6 +350,9 @@ mod tests {
         let mut s = settings("https://gitlab.internal");
         s.extra_ca = Some("/nonexistent/ca.pem".into());
         let err = Upstream::new(&s).err().unwrap();
-        assert!(err.starts_with("--upstream-ca /nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.starts_with("--upstream-ca /nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 }
