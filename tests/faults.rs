@@ -1,0 +1,282 @@
+//! A failing or slow GitLab, a slow client, shutdown, and what reaches the logs.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_with_one_log_line() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = Proxy::start(&format!("http://127.0.0.1:{port}"), &[]);
+    let resp = client()
+        .get(proxy.url("/explore").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+    let body = body_bytes(resp).await;
+    assert!(body.starts_with(b"bad gateway"), "{body:?}");
+
+    let logs = proxy.wait_for_log(r#""status":502"#).await;
+    let failures: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("request to GitLab failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{logs}");
+    assert!(
+        failures[0].contains("connect_failed") && failures[0].contains("refused"),
+        "{}",
+        failures[0]
+    );
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains(r#"gitlab_oidc_proxy_upstream_errors_total{reason="connect_failed"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn unreachable_unix_socket_is_502() {
+    let (_dir, path) = absent_socket();
+    let proxy = Proxy::start(&format!("unix:{}", path.display()), &[]);
+    let resp = client().get(proxy.url("/").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let logs = proxy.wait_for_log("request to GitLab failed").await;
+    assert!(
+        logs.contains("absent.sock"),
+        "the log names the socket:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn connect_timeout_is_504() {
+    // A listener that never accepts, with its backlog filled, drops further SYNs:
+    // connecting to it hangs the way an unreachable host does.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break,
+        }
+        assert!(fillers.len() < 64, "backlog never filled");
+    }
+    let proxy = Proxy::start(&format!("http://{addr}"), &["--connect-timeout", "300ms"]);
+    let started = Instant::now();
+    let resp = client().get(proxy.url("/").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    proxy.wait_for_log("connect_timeout").await;
+    drop(listener);
+}
+
+#[tokio::test]
+async fn silent_upstream_is_504_after_idle_timeout() {
+    let up = upstream(Transport::Tcp, |_req| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Response::new(empty())
+    })
+    .await;
+    let proxy = Proxy::start(&up.target, &["--upstream-idle-timeout", "500ms"]);
+    let started = Instant::now();
+    let resp = client().get(proxy.url("/").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    proxy.wait_for_log("response_timeout").await;
+}
+
+#[tokio::test]
+async fn slow_header_and_silent_clients_are_disconnected() {
+    let up = upstream(Transport::Tcp, echo).await;
+    let proxy = Proxy::start(&up.target, &["--header-timeout", "500ms"]);
+
+    // Slowloris: starts a request and never finishes the headers.
+    let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: gitlab.example.com\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // Connects and says nothing at all.
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+
+    for (name, stream) in [("slow", &mut slow), ("silent", &mut silent)] {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "{name} client still connected after 5 s");
+    }
+    // A normal client on the same proxy is unaffected.
+    let resp = client().get(proxy.url("/").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_request_then_exits_0() {
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let mut up = upstream(Transport::Tcp, move |_req| {
+        let mut release = release_rx.clone();
+        async move {
+            let _ = release.wait_for(|r| *r).await;
+            Response::new(full("finished after SIGTERM"))
+        }
+    })
+    .await;
+    let mut proxy = Proxy::start(&up.target, &["--shutdown-grace", "20s"]);
+    let url = proxy.url("/group/project.git/git-receive-pack");
+    let in_flight = tokio::spawn(async move {
+        let resp = client()
+            .request(Request::post(url).body(full("pack")).unwrap())
+            .await
+            .unwrap();
+        (resp.status(), body_bytes(resp).await)
+    });
+    up.next_seen().await;
+
+    proxy.signal(libc::SIGTERM);
+    proxy.wait_for_log("shutting down").await;
+    // Not accepting any more; the admin listener says so.
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        while TcpStream::connect(proxy.addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "still accepting after SIGTERM");
+    let ready = client()
+        .get(proxy.admin_url("/readyz").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        proxy.wait_exit(Duration::from_millis(300)).await.is_none(),
+        "exited with a request in flight"
+    );
+
+    release_tx.send(true).unwrap();
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "finished after SIGTERM");
+    let exit = proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("proxy did not exit");
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
+async fn shutdown_grace_bounds_a_stuck_request() {
+    let mut up = upstream(Transport::Tcp, |_req| async {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Response::new(empty())
+    })
+    .await;
+    let mut proxy = Proxy::start(&up.target, &["--shutdown-grace", "500ms"]);
+    let url = proxy.url("/api/v4/jobs/request");
+    let _stuck = tokio::spawn(async move { client().get(url.parse().unwrap()).await });
+    up.next_seen().await;
+    let started = Instant::now();
+    proxy.signal(libc::SIGINT);
+    let exit = proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("proxy did not exit");
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "did not wait for the grace period"
+    );
+    assert!(proxy.logs().contains("grace period over"));
+}
+
+#[tokio::test]
+async fn credentials_never_reach_the_logs() {
+    const SECRETS: [&str; 6] = [
+        "glpat-SECRET1aaaaaaaaaaaa",
+        "SECRET2-session",
+        "SECRET3-private",
+        "SECRET4-job",
+        "SECRET5-query",
+        "SECRET6-basic",
+    ];
+    let up = upstream(Transport::Tcp, echo).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ok = Proxy::start_with_env(&up.target, &[], &[("RUST_LOG", "trace")]);
+    let failing = Proxy::start_with_env(
+        &format!("http://127.0.0.1:{port}"),
+        &[],
+        &[("RUST_LOG", "trace")],
+    );
+    for proxy in [&ok, &failing] {
+        let req = Request::get(proxy.url(&format!(
+            "/api/v4/projects?private_token={}&x=1",
+            SECRETS[4]
+        )))
+        .header("authorization", format!("Bearer {}", SECRETS[0]))
+        .header("cookie", format!("_gitlab_session={}", SECRETS[1]))
+        .header("private-token", SECRETS[2])
+        .header("job-token", SECRETS[3])
+        .body(empty())
+        .unwrap();
+        client().request(req).await.unwrap();
+        // And over HTTP/2, whose codec logs frames at trace level.
+        let req = Request::post(proxy.url("/api/v4/jobs/request"))
+            .header("job-token", SECRETS[3])
+            .header("cookie", format!("_gitlab_session={}", SECRETS[1]))
+            .body(full("{}"))
+            .unwrap();
+        h2c_client().request(req).await.unwrap();
+        let req = Request::get(proxy.url("/"))
+            .header("authorization", format!("Basic {}", SECRETS[5]))
+            .body(empty())
+            .unwrap();
+        client().request(req).await.unwrap();
+    }
+    for proxy in [&ok, &failing] {
+        let logs = proxy.wait_for_log(r#""path":"/api/v4/projects""#).await;
+        proxy.wait_for_log(r#""path":"/""#).await;
+        proxy.wait_for_log(r#""path":"/api/v4/jobs/request""#).await;
+        for secret in SECRETS {
+            assert!(
+                !logs.contains(secret),
+                "{secret} leaked into the log:\n{logs}"
+            );
+        }
+        assert!(
+            !logs.contains("private_token"),
+            "query strings are not logged:\n{logs}"
+        );
+    }
+    // The access line carries what an operator needs.
+    let logs = ok.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(r#""path":"/api/v4/projects""#))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["status"], 200);
+    assert!(
+        v["bytes"].is_u64() && v["duration_ms"].is_number(),
+        "{line}"
+    );
+}

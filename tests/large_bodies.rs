@@ -1,0 +1,86 @@
+//! 1 GiB up and 1 GiB down through the real proxy process, whose peak memory
+//! must stay bounded: proof that no body is buffered.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use support::*;
+
+const GIB: u64 = 1 << 30;
+const CHUNK: usize = 256 * 1024;
+/// Generous against the ~10 MiB the proxy needs at rest; 1 GiB buffered would blow it.
+const PEAK_RSS_LIMIT_KIB: u64 = 96 * 1024;
+
+fn gib_body() -> TestBody {
+    let chunk = Bytes::from(vec![0x5a; CHUNK]);
+    let frames =
+        (0..GIB / CHUNK as u64).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone())));
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_each_way_with_bounded_memory() {
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let up = upstream(Transport::Tcp, move |req| {
+        let counter = counter.clone();
+        async move {
+            if req.method() == http::Method::GET {
+                // Download: no Content-Length, so it streams chunked like an artifact.
+                return Response::new(gib_body());
+            }
+            // Upload: count without keeping anything.
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Response::new(full(counter.load(Ordering::Relaxed).to_string()))
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&up.target, &[]);
+    let client = client();
+
+    let upload = Request::put(proxy.url("/api/v4/projects/1/packages/generic/big/1/blob.bin"))
+        .body(gib_body())
+        .unwrap();
+    let resp = client.request(upload).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_bytes(resp).await, GIB.to_string());
+    assert_eq!(received.load(Ordering::Relaxed), GIB);
+
+    let resp = client
+        .get(
+            proxy
+                .url("/group/project/-/jobs/1/artifacts/download")
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut downloaded = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            assert!(data.iter().all(|b| *b == 0x5a));
+            downloaded += data.len() as u64;
+        }
+    }
+    assert_eq!(downloaded, GIB);
+
+    let peak = proxy.peak_rss_kib();
+    eprintln!("proxy peak RSS after 2 GiB through it: {peak} KiB");
+    assert!(
+        peak < PEAK_RSS_LIMIT_KIB,
+        "peak RSS {peak} KiB exceeds {PEAK_RSS_LIMIT_KIB} KiB"
+    );
+}
