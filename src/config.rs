@@ -29,6 +29,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy in front of GitLab.
+    #[command(
+        after_help = "DURATION values: plain seconds (30) or with a unit (500ms, 30s, 5m, 1h).\n\
+        Logging: RUST_LOG filters (default info; the access log's target is `access`, e.g. RUST_LOG=info,access=warn).\n\
+        Exit status: 0 after a graceful shutdown, 2 for a bad option, 1 when the proxy cannot start."
+    )]
     Serve(ServeArgs),
 }
 
@@ -91,7 +96,8 @@ pub struct ServeArgs {
     )]
     pub log_format: LogFormat,
 
-    /// How long a client may take to send request headers before it is disconnected.
+    /// How long a client may take to send request headers before it is disconnected;
+    /// also how long an idle keep-alive connection is kept open.
     #[arg(long, env = "GITLAB_OIDC_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 

@@ -83,20 +83,20 @@ impl Proxy {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(tx) = tx.as_ref()
-                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                {
+                    let mut logs = sink.lock().unwrap();
+                    logs.push_str(&line);
+                    logs.push('\n');
+                }
+                // The "listening" line is logged once the listeners are bound.
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && v["message"] == "listening"
+                    && let Some(tx) = tx.take()
                 {
                     let listen = v["listen"].as_str().unwrap().parse::<SocketAddr>().unwrap();
                     let admin = v["admin"].as_str().unwrap().parse::<SocketAddr>().unwrap();
                     let _ = tx.send((listen, admin));
                 }
-                if tx.is_some() && line.contains("\"listening\"") {
-                    tx = None;
-                }
-                let mut logs = sink.lock().unwrap();
-                logs.push_str(&line);
-                logs.push('\n');
             }
         });
         let (addr, admin) = match rx.recv_timeout(Duration::from_secs(20)) {

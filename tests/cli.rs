@@ -1,0 +1,239 @@
+//! The command line is a public interface: every option documented with its
+//! environment variable, bad values refused with one line and exit status 2.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::{BIN, Proxy};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+const OPTIONS: [(&str, &str, Option<&str>); 12] = [
+    ("--upstream", "GITLAB_OIDC_PROXY_UPSTREAM", None),
+    ("--upstream-ca", "GITLAB_OIDC_PROXY_UPSTREAM_CA", None),
+    ("--listen", "GITLAB_OIDC_PROXY_LISTEN", Some("0.0.0.0:8080")),
+    (
+        "--admin-listen",
+        "GITLAB_OIDC_PROXY_ADMIN_LISTEN",
+        Some("127.0.0.1:9090"),
+    ),
+    (
+        "--trusted-proxies",
+        "GITLAB_OIDC_PROXY_TRUSTED_PROXIES",
+        None,
+    ),
+    (
+        "--forwarded-proto",
+        "GITLAB_OIDC_PROXY_FORWARDED_PROTO",
+        Some("http"),
+    ),
+    ("--log-format", "GITLAB_OIDC_PROXY_LOG_FORMAT", Some("text")),
+    (
+        "--header-timeout",
+        "GITLAB_OIDC_PROXY_HEADER_TIMEOUT",
+        Some("30s"),
+    ),
+    (
+        "--connect-timeout",
+        "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT",
+        Some("10s"),
+    ),
+    (
+        "--upstream-idle-timeout",
+        "GITLAB_OIDC_PROXY_UPSTREAM_IDLE_TIMEOUT",
+        Some("1h"),
+    ),
+    (
+        "--upgrade-idle-timeout",
+        "GITLAB_OIDC_PROXY_UPGRADE_IDLE_TIMEOUT",
+        Some("1h"),
+    ),
+    (
+        "--shutdown-grace",
+        "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE",
+        Some("30s"),
+    ),
+];
+
+#[test]
+fn help_documents_every_option_with_env_and_default() {
+    let out = run(&["serve", "--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, env, default) in OPTIONS {
+        // Each option's block runs from its flag to the next one.
+        let name = format!("{} ", flag.trim_start_matches('-'));
+        let block = help
+            .split("\n      --")
+            .find(|b| b.starts_with(&name))
+            .unwrap_or_else(|| panic!("{flag} missing from --help:\n{help}"));
+        assert!(
+            block.contains(&format!("[env: {env}=")),
+            "{flag} lacks its env var:\n{block}"
+        );
+        if let Some(default) = default {
+            assert!(
+                block.contains(&format!("[default: {default}]")),
+                "{flag} lacks its default:\n{block}"
+            );
+        }
+    }
+    assert!(help.contains("RUST_LOG"), "{help}");
+    let top = run(&["--help"], &[]);
+    assert!(String::from_utf8(top.stdout).unwrap().contains("serve"));
+}
+
+/// Arguments, environment, and a word the one-line error must contain.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn bad_values_exit_2_with_one_line() {
+    let cases: [Case; 9] = [
+        (&["serve"], &[], "--upstream"),
+        (&["serve", "--upstream", "ftp://gitlab"], &[], "scheme"),
+        (
+            &["serve", "--upstream", "unix:relative.sock"],
+            &[],
+            "absolute",
+        ),
+        (
+            &["serve", "--upstream", "http://u:p@gitlab:80"],
+            &[],
+            "credentials",
+        ),
+        (
+            &[
+                "serve",
+                "--upstream",
+                "http://gitlab:80",
+                "--listen",
+                "nope",
+            ],
+            &[],
+            "--listen",
+        ),
+        (
+            &[
+                "serve",
+                "--upstream",
+                "http://gitlab:80",
+                "--header-timeout",
+                "soon",
+            ],
+            &[],
+            "--header-timeout",
+        ),
+        (
+            &[
+                "serve",
+                "--upstream",
+                "http://gitlab:80",
+                "--trusted-proxies",
+                "10.0.0.0/8,bogus",
+            ],
+            &[],
+            "bogus",
+        ),
+        (
+            &[
+                "serve",
+                "--upstream",
+                "http://gitlab:80",
+                "--forwarded-proto",
+                "gopher",
+            ],
+            &[],
+            "gopher",
+        ),
+        (
+            &["serve", "--upstream", "http://gitlab:80"],
+            &[("GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", "-5")],
+            "--shutdown-grace",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let out = run(args, env);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?} gave more than one line:\n{stderr}"
+        );
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+    }
+    let (_dir, missing) = support::absent_socket();
+    let out = run(
+        &[
+            "serve",
+            "--upstream",
+            "https://gitlab:443",
+            "--upstream-ca",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("--upstream-ca")
+    );
+}
+
+#[test]
+fn occupied_port_exits_1_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(
+        &[
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--listen",
+            &addr,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn environment_configures_and_flags_win() {
+    let env = [
+        ("GITLAB_OIDC_PROXY_FORWARDED_PROTO", "https"),
+        ("GITLAB_OIDC_PROXY_LOG_FORMAT", "text"),
+    ];
+    // Env alone: https. (The harness passes --log-format json, which beats the env's text.)
+    let from_env = Proxy::start_with_env("http://127.0.0.1:1", &[], &env);
+    assert!(
+        from_env.logs().contains(r#""forwarded_proto":"https""#),
+        "{}",
+        from_env.logs()
+    );
+    let flag_wins =
+        Proxy::start_with_env("http://127.0.0.1:1", &["--forwarded-proto", "http"], &env);
+    assert!(
+        flag_wins.logs().contains(r#""forwarded_proto":"http""#),
+        "{}",
+        flag_wins.logs()
+    );
+}
