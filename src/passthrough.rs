@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -142,46 +142,70 @@ enum Relay {
     Failed(std::io::Error),
 }
 
-/// Copies bytes both ways until either side closes or both are silent for `idle`.
+/// Copies bytes both ways until one side closes (a websocket has no use for a
+/// half-open tunnel; holding one would stall a graceful shutdown) or both are
+/// silent for `idle`.
 async fn relay<A, B>(a: A, b: B, idle: Duration) -> Relay
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let mut a = Activity {
-        io: a,
-        last: last.clone(),
+    let seen = Arc::new(Seen::default());
+    let (a_read, mut a_write) = tokio::io::split(a);
+    let (b_read, mut b_write) = tokio::io::split(b);
+    let mut a_read = Activity {
+        io: a_read,
+        seen: seen.clone(),
         start,
     };
-    let mut b = Activity {
-        io: b,
-        last: last.clone(),
+    let mut b_read = Activity {
+        io: b_read,
+        seen: seen.clone(),
         start,
+    };
+    let a_to_b = async {
+        tokio::io::copy(&mut a_read, &mut b_write).await?;
+        b_write.shutdown().await
+    };
+    let b_to_a = async {
+        tokio::io::copy(&mut b_read, &mut a_write).await?;
+        a_write.shutdown().await
     };
     let watchdog = async {
         loop {
-            let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            let last = Duration::from_millis(seen.last_ms.load(Ordering::Relaxed));
+            let deadline = start + last + idle;
             if Instant::now() >= deadline {
                 return;
             }
             tokio::time::sleep_until(deadline).await;
         }
     };
-    tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut a, &mut b) => match copied {
-            Ok((ab, ba)) => Relay::Closed { bytes: ab + ba },
-            Err(e) => Relay::Failed(e),
+    let ended = tokio::select! {
+        done = a_to_b => done,
+        done = b_to_a => done,
+        () = watchdog => return Relay::Idle,
+    };
+    match ended {
+        Ok(()) => Relay::Closed {
+            bytes: seen.bytes.load(Ordering::Relaxed),
         },
-        () = watchdog => Relay::Idle,
+        Err(e) => Relay::Failed(e),
     }
 }
 
-/// Stamps the time of the last byte read, for the tunnel's idle watchdog.
+/// What both directions of a tunnel have read: when last, and how much.
+#[derive(Default)]
+struct Seen {
+    last_ms: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Records reads into `Seen`, for the idle watchdog and the byte metric.
 struct Activity<T> {
     io: T,
-    last: Arc<AtomicU64>,
+    seen: Arc<Seen>,
     start: Instant,
 }
 
@@ -193,35 +217,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
             let ms = self.start.elapsed().as_millis() as u64;
-            self.last.store(ms, Ordering::Relaxed);
+            self.seen.last_ms.store(ms, Ordering::Relaxed);
+            self.seen.bytes.fetch_add(read, Ordering::Relaxed);
         }
         polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -258,13 +260,20 @@ mod tests {
     #[tokio::test]
     async fn relay_ends_when_a_side_closes() {
         let (client, mut client_far) = tokio::io::duplex(64);
-        let (upstream, upstream_far) = tokio::io::duplex(64);
+        let (upstream, mut upstream_far) = tokio::io::duplex(64);
         let task = tokio::spawn(relay(client, upstream, Duration::from_secs(60)));
         client_far.write_all(b"abc").await.unwrap();
+        let mut got = [0u8; 3];
+        upstream_far.read_exact(&mut got).await.unwrap();
+        // GitLab hangs up; the client keeps its end open. The tunnel still ends,
+        // and the client sees the close.
         drop(upstream_far);
-        drop(client_far);
+        let mut rest = Vec::new();
+        client_far.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
         match task.await.unwrap() {
-            Relay::Closed { .. } | Relay::Failed(_) => {}
+            Relay::Closed { bytes } => assert_eq!(bytes, 3),
+            Relay::Failed(e) => panic!("{e}"),
             Relay::Idle => panic!("should end on close, not idle"),
         }
     }

@@ -280,3 +280,43 @@ async fn credentials_never_reach_the_logs() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_lets_an_open_websocket_finish() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (target, _dir, _task) = ws_echo_upstream(Transport::Unix).await;
+    let mut proxy = Proxy::start(&target, &["--shutdown-grace", "20s"]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/-/cable", proxy.addr))
+        .await
+        .unwrap();
+    proxy.signal(libc::SIGTERM);
+    proxy.wait_for_log("shutting down").await;
+    // The tunnel keeps working during the drain...
+    for i in 0..3 {
+        ws.send(Message::text(format!("during drain {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("during drain {i}"))
+        );
+    }
+    assert!(
+        proxy.wait_exit(Duration::from_millis(300)).await.is_none(),
+        "exited under an open websocket"
+    );
+    // ...and once the client closes it the proxy exits at once, well inside the grace.
+    ws.close(None).await.unwrap();
+    let exit = proxy
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("proxy did not exit after the websocket closed");
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        proxy
+            .logs()
+            .contains("all requests and upgraded connections finished")
+    );
+}

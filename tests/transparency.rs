@@ -33,6 +33,7 @@ over_both_transports!(
     response_streams_before_upstream_finishes,
     websocket_echo,
     h2c_client_reaches_http1_upstream,
+    upstream_connections_are_reused,
 );
 
 async fn every_method_reaches_upstream_unchanged(t: Transport) {
@@ -381,4 +382,55 @@ async fn long_held_response_outlives_header_timeout() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(body_bytes(resp).await, "job");
     assert!(started.elapsed() >= Duration::from_millis(2500));
+}
+
+async fn upstream_connections_are_reused(t: Transport) {
+    let up = upstream(t, echo).await;
+    let proxy = Proxy::start(&up.target, &[]);
+    for i in 0..50 {
+        // A fresh client connection each time: only the proxy's pool can reuse.
+        let raw =
+            format!("GET /r/{i} HTTP/1.1\r\nHost: gitlab.example.com\r\nConnection: close\r\n\r\n");
+        let resp = raw_exchange(proxy.addr, raw.as_bytes(), Duration::from_secs(5)).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
+    let opened = up.connections.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        opened <= 2,
+        "50 sequential requests opened {opened} upstream connections"
+    );
+}
+
+#[tokio::test]
+async fn idle_websocket_is_closed_after_upgrade_idle_timeout() {
+    let (target, _dir, _task) = ws_echo_upstream(Transport::Tcp).await;
+    let proxy = Proxy::start(&target, &["--upgrade-idle-timeout", "700ms"]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/-/cable", proxy.addr))
+        .await
+        .unwrap();
+    // Traffic every 300 ms keeps it open well past the limit.
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ws.send(Message::text(format!("keepalive {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("keepalive {i}"))
+        );
+    }
+    // Then silence: the proxy closes the tunnel.
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("tunnel still open after 5 s");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    proxy
+        .wait_for_log("upgraded connection closed after idling")
+        .await;
 }

@@ -222,6 +222,8 @@ pub struct Upstream {
     /// The `--upstream` value for the proxy.
     pub target: String,
     pub seen: mpsc::UnboundedReceiver<Seen>,
+    /// Connections accepted so far (pooling shows as few connections).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     _dir: Option<tempfile::TempDir>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -253,7 +255,10 @@ where
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
     let (tx, seen) = mpsc::unbounded_channel();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
     let serve_one = move |io: TokioIo<_>| {
+        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let handler = handler.clone();
         let tx = tx.clone();
         async move {
@@ -287,6 +292,7 @@ where
             Upstream {
                 target,
                 seen,
+                connections,
                 _dir: None,
                 task,
             }
@@ -306,6 +312,7 @@ where
             Upstream {
                 target,
                 seen,
+                connections,
                 _dir: Some(dir),
                 task,
             }
@@ -359,6 +366,27 @@ where
             (target, Some(dir), task)
         }
     }
+}
+
+/// A websocket upstream that echoes until the peer closes.
+pub async fn ws_echo_upstream(
+    t: Transport,
+) -> (
+    String,
+    Option<tempfile::TempDir>,
+    tokio::task::JoinHandle<()>,
+) {
+    raw_upstream(t, |io| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(io).await else {
+            return;
+        };
+        while let Some(Ok(msg)) = futures_util::StreamExt::next(&mut ws).await {
+            if msg.is_close() || futures_util::SinkExt::send(&mut ws, msg).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
 }
 
 /// A path for a unix socket that nothing listens on.
