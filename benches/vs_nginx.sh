@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Pass-through throughput and latency of gitlab-oidc-proxy against nginx, both in
+# front of the same backend on a unix socket (as Workhorse is), on this machine,
+# in one run. Prints ratios (ours / nginx). Loopback only; stops by itself.
+#
+#   bash benches/vs_nginx.sh            # needs nginx and wrk (apt-get install nginx-light wrk)
+#   DURATION=20 CONNECTIONS=100 bash benches/vs_nginx.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-50}
+for tool in nginx wrk; do
+  command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install nginx-light wrk)" >&2; exit 2; }
+done
+
+cargo build --release --quiet
+bin=target/release/gitlab-oidc-proxy
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/backend.pid" ] && kill "$(cat "$work/backend.pid")" 2>/dev/null || true
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  sleep 0.2
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir -p "$work/www"
+head -c 1024 /dev/urandom >"$work/www/small"
+head -c $((10 << 20)) /dev/urandom >"$work/www/large"
+
+# The backend: nginx serving files on a unix socket, standing in for Workhorse.
+cat >"$work/backend.conf" <<EOF
+worker_processes 1;
+pid $work/backend.pid;
+error_log $work/backend.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen unix:$work/backend.sock; root $work/www; }
+}
+EOF
+
+# The nginx proxy, as omnibus configures it for Workhorse (keepalive added, so
+# the comparison is with a tuned nginx, not a handicapped one).
+nginx_port=18481 ours_port=18482 admin_port=18483
+cat >"$work/nginx.conf" <<EOF
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream gitlab-workhorse { server unix:$work/backend.sock; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    client_max_body_size 0;
+    location / {
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto http;
+      proxy_read_timeout 3600;
+      proxy_connect_timeout 300;
+      proxy_pass http://gitlab-workhorse;
+    }
+  }
+}
+EOF
+
+nginx -c "$work/backend.conf" -p "$work"
+nginx -c "$work/nginx.conf" -p "$work"
+# The access log is off on both sides: this measures forwarding, not log writing.
+RUST_LOG=warn "$bin" serve --upstream "unix:$work/backend.sock" \
+  --listen "127.0.0.1:$ours_port" --admin-listen "127.0.0.1:$admin_port" &
+pids+=($!)
+for _ in $(seq 50); do
+  curl -sf -o /dev/null "http://127.0.0.1:$ours_port/small" && curl -sf -o /dev/null "http://127.0.0.1:$nginx_port/small" && break
+  sleep 0.1
+done
+
+# wrk summary -> "requests/s p50_ms p99_ms"
+measure() {
+  local url=$1 conns=$2
+  wrk -t2 -c"$conns" -d"${DURATION}s" --latency "$url" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec/ { rps = $2 }
+    END { printf "%s %.3f %.3f\n", rps, p50, p99 }'
+}
+
+printf '%-24s %12s %12s %8s %10s %10s %8s\n' scenario nginx_rps ours_rps ratio nginx_p99 ours_p99 ratio
+for scenario in "small 1KiB GET:/small:$CONNECTIONS" "large 10MiB GET:/large:8"; do
+  IFS=: read -r name path conns <<<"$scenario"
+  read -r n_rps _ n_p99 <<<"$(measure "http://127.0.0.1:$nginx_port$path" "$conns")"
+  read -r o_rps _ o_p99 <<<"$(measure "http://127.0.0.1:$ours_port$path" "$conns")"
+  awk -v name="$name" -v nr="$n_rps" -v or="$o_rps" -v np="$n_p99" -v op="$o_p99" 'BEGIN {
+    printf "%-24s %12.0f %12.0f %8.2f %9.2fms %9.2fms %8.2f\n", name, nr, or, or/nr, np, op, op/np }'
+done
+echo "(rps ratio > 1: we serve more; p99 ratio < 1: we answer faster; c=$CONNECTIONS, ${DURATION}s each, $(nproc) cores)"
