@@ -27,6 +27,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# nginx workers run unprivileged: they must be able to read the files and the socket.
+chmod 755 "$work"
 mkdir -p "$work/www"
 head -c 1024 /dev/urandom >"$work/www/small"
 head -c $((10 << 20)) /dev/urandom >"$work/www/large"
@@ -82,13 +84,21 @@ for _ in $(seq 50); do
   curl -sf -o /dev/null "http://127.0.0.1:$ours_port/small" && curl -sf -o /dev/null "http://127.0.0.1:$nginx_port/small" && break
   sleep 0.1
 done
+# Measure only what works: both must return the whole file.
+for port in $nginx_port $ours_port; do
+  for f in small large; do
+    got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$port/$f")
+    [ "$got" = "200 $(stat -c %s "$work/www/$f")" ] || { echo "error: :$port/$f answered '$got'" >&2; exit 1; }
+  done
+done
 
 # wrk summary -> "requests/s p50_ms p99_ms"
 measure() {
   local url=$1 conns=$2
-  wrk -t2 -c"$conns" -d"${DURATION}s" --latency "$url" | awk '
+  wrk -t2 -c"$conns" -d"${DURATION}s" --latency "$url" | tee -a "$work/wrk.log" | awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec/ { rps = $2 }
+    /Non-2xx/ { print "error: " $0 > "/dev/stderr"; exit 1 }
     END { printf "%s %.3f %.3f\n", rps, p50, p99 }'
 }
 
