@@ -257,7 +257,7 @@ where
     let (tx, seen) = mpsc::unbounded_channel();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let accepted = connections.clone();
-    let serve_one = move |io: TokioIo<_>| {
+    let (target, dir, task) = raw_upstream(transport, move |io| {
         accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let handler = handler.clone();
         let tx = tx.clone();
@@ -273,50 +273,18 @@ where
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
+                .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades()
                 .await;
         }
-    };
-    match transport {
-        Transport::Tcp => {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let target = format!("http://{}", listener.local_addr().unwrap());
-            let task = tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve_one.clone()(TokioIo::new(
-                        Box::new(stream) as Box<dyn Io>
-                    )));
-                }
-            });
-            Upstream {
-                target,
-                seen,
-                connections,
-                _dir: None,
-                task,
-            }
-        }
-        Transport::Unix => {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("workhorse.sock");
-            let listener = UnixListener::bind(&path).unwrap();
-            let target = format!("unix:{}", path.display());
-            let task = tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve_one.clone()(TokioIo::new(
-                        Box::new(stream) as Box<dyn Io>
-                    )));
-                }
-            });
-            Upstream {
-                target,
-                seen,
-                connections,
-                _dir: Some(dir),
-                task,
-            }
-        }
+    })
+    .await;
+    Upstream {
+        target,
+        seen,
+        connections,
+        _dir: dir,
+        task,
     }
 }
 
@@ -355,7 +323,7 @@ where
         }
         Transport::Unix => {
             let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("ws.sock");
+            let path = dir.path().join("workhorse.sock");
             let listener = UnixListener::bind(&path).unwrap();
             let target = format!("unix:{}", path.display());
             let task = tokio::spawn(async move {
