@@ -52,12 +52,7 @@ pub struct LoggedBody {
 }
 
 impl LoggedBody {
-    pub fn new(
-        inner: ProxyBody,
-        record: RequestRecord,
-        status: StatusCode,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(inner: ProxyBody, record: RequestRecord, status: StatusCode, metrics: Arc<Metrics>) -> Self {
         LoggedBody {
             inner,
             record,
@@ -73,10 +68,7 @@ impl Body for LoggedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

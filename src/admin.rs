@@ -1,5 +1,6 @@
-//! The admin listener: health, readiness and metrics, on its own address so
-//! none of it is reachable through the public listener.
+//! The admin listener: health, readiness, metrics and a manual refresh of the
+//! OIDC documents, on its own address so none of it is reachable through the
+//! public listener.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,46 +10,89 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, ProxyBody};
 use crate::metrics::Metrics;
+use crate::oidc::cache::Cache;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
+    pub cache: Arc<Cache>,
     /// Fires when the proxy starts draining: readiness turns 503 so load
     /// balancers stop sending new work while in-flight requests finish.
     pub draining: CancellationToken,
 }
 
 impl Admin {
-    pub fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
-        match (get, req.uri().path()) {
-            (true, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (true, "/readyz") if self.draining.is_cancelled() => {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            }
-            (true, "/readyz") => text(StatusCode::OK, "ready\n"),
-            (true, "/metrics") => {
+        match (req.method(), req.uri().path()) {
+            (_, "/healthz") if get => text(StatusCode::OK, "ok\n"),
+            (_, "/readyz") if get => self.readiness(),
+            (_, "/metrics") if get => {
+                self.cache.update_gauges();
                 let mut resp = Response::new(body::full(self.metrics.encode()));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
                 );
                 resp
             }
-            (false, "/healthz" | "/readyz" | "/metrics") => {
-                let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-                resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-                resp
-            }
+            (&Method::POST, "/refresh") => self.refresh().await,
+            (_, "/healthz" | "/readyz" | "/metrics") => not_allowed("GET, HEAD"),
+            (_, "/refresh") => not_allowed("POST"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+
+    /// Ready once both OIDC documents are held, until draining starts.
+    fn readiness(&self) -> Response<ProxyBody> {
+        if self.draining.is_cancelled() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else if !self.cache.warm() {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for the OIDC documents from GitLab\n",
+            )
+        } else {
+            text(StatusCode::OK, "ready\n")
+        }
+    }
+
+    /// Refetches both documents now (after a key rotation) and reports what is held.
+    async fn refresh(&self) -> Response<ProxyBody> {
+        let report = self.cache.refresh().await;
+        let age = |at: tokio::time::Instant| (at.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        let discovery = self.cache.discovery();
+        let keys = self.cache.keys();
+        let body = json!({
+            "discovery": {
+                "refreshed": report.discovery.is_ok(),
+                "error": report.discovery.as_ref().err().map(ToString::to_string),
+                "issuer": discovery.as_ref().map(|d| d.issuer.url.clone()),
+                "published_at": discovery.as_ref().map(|d| d.by_path.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
+                "age_seconds": discovery.as_ref().and_then(|d| d.by_path.first().map(|(_, p)| age(p.fetched_at))),
+            },
+            "keys": {
+                "refreshed": report.keys.is_ok(),
+                "error": report.keys.as_ref().err().map(ToString::to_string),
+                "kids": keys.as_ref().map(|k| k.kids.clone()),
+                "age_seconds": keys.as_ref().map(|k| age(k.doc.fetched_at)),
+            },
+        });
+        let status = if report.ok() {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        let mut resp = Response::new(body::full(format!("{body:#}\n")));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
     }
 }
 
@@ -62,7 +106,14 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     resp
 }
 
-/// Serves until the process exits; admin connections are not part of the drain.
+fn not_allowed(allow: &'static str) -> Response<ProxyBody> {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// Serves until aborted; admin connections are not part of the drain.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -76,8 +127,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let resp = admin.handle(&req);
-                async move { Ok::<_, Infallible>(resp) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(&req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

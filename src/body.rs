@@ -67,10 +67,7 @@ where
     type Data = B::Data;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
@@ -101,32 +98,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_body_fails_after_silence_and_resets_on_data() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
-        let stream =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
-            );
-        let mut body = std::pin::pin!(IdleTimeoutBody::new(
-            StreamBody::new(stream),
-            Duration::from_secs(10)
-        ));
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        let mut body = std::pin::pin!(IdleTimeoutBody::new(StreamBody::new(stream), Duration::from_secs(10)));
 
         tokio::time::advance(Duration::from_secs(9)).await;
-        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
-            .await
-            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a")))).await.unwrap();
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "a");
 
         // 9 s after the frame is still within the limit: the clock was reset.
         tokio::time::advance(Duration::from_secs(9)).await;
-        tx.send(Ok(Frame::data(Bytes::from_static(b"b"))))
-            .await
-            .unwrap();
-        assert_eq!(
-            body.frame().await.unwrap().unwrap().into_data().unwrap(),
-            "b"
-        );
+        tx.send(Ok(Frame::data(Bytes::from_static(b"b")))).await.unwrap();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "b");
 
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.is::<IdleTimeout>(), "{err}");

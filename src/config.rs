@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
+use crate::oidc::discovery::Issuer;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "gitlab-oidc-proxy",
@@ -120,6 +122,49 @@ pub struct ServeArgs {
     /// connections this long to finish before exiting 0.
     #[arg(long, env = "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub oidc: OidcArgs,
+}
+
+/// The OIDC documents the proxy answers itself.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "OIDC discovery and keys")]
+pub struct OidcArgs {
+    /// Path (under the issuer) of the key endpoint that the served discovery
+    /// document's jwks_uri names. The proxy answers it, /oauth/discovery/keys and
+    /// /-/jwks with the union of GitLab's key sets.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_JWKS_PATH", value_name = "PATH", default_value = "/-/jwks", value_parser = parse_jwks_path)]
+    pub jwks_path: String,
+
+    /// GitLab's external_url (relative URL root included). Discovery is fetched
+    /// from its path with its host. Without it, the proxy asks at / and learns
+    /// the issuer from GitLab's answer.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_EXTERNAL_URL", value_name = "URL", value_parser = parse_issuer)]
+    pub external_url: Option<Issuer>,
+
+    /// Another issuer to publish the discovery document for, e.g. the tokens'
+    /// `iss` on a relative-URL-root install (GitLab issue 429159). Served at
+    /// {URL}/.well-known/openid-configuration with `issuer` set to URL.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_ISSUER", value_name = "URL", value_delimiter = ',', value_parser = parse_issuer)]
+    pub issuer: Vec<Issuer>,
+
+    /// Cache-Control max-age on the served documents.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_MAX_AGE", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub max_age: Duration,
+
+    /// How often the documents are refetched from GitLab.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_REFRESH", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub refresh: Duration,
+
+    /// Longest wait for GitLab's answer to one document fetch.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "3s", value_parser = parse_positive_duration)]
+    pub upstream_timeout: Duration,
+
+    /// While GitLab fails, the last good copy is served for this long after
+    /// GitLab last confirmed it; then 503 (Cache-Control: no-store).
+    #[arg(long, env = "GITLAB_OIDC_PROXY_STALE_IF_ERROR", value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub stale_if_error: Duration,
 }
 
 /// Where requests go. Parsed once; the passthrough builds request URIs from it.
@@ -175,8 +220,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .map(Duration::from_secs_f64)
             .ok_or_else(|| format!("'{s}' is not a number of seconds"));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30, 500ms, 30s, 5m, 1h"))
+    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30, 500ms, 30s, 5m, 1h"))
+}
+
+/// A duration above zero (a zero refresh interval would spin).
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err("must be above zero".into())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+pub fn parse_issuer(s: &str) -> Result<Issuer, String> {
+    Issuer::parse(s)
+}
+
+/// An absolute path without query or fragment.
+pub fn parse_jwks_path(s: &str) -> Result<String, String> {
+    let path = s.trim_end_matches('/');
+    let valid = path.starts_with('/')
+        && !path.contains(['?', '#'])
+        && path.parse::<http::uri::PathAndQuery>().is_ok_and(|p| p.path() == path);
+    if valid {
+        Ok(path.to_owned())
+    } else {
+        Err(format!("'{s}' is not an absolute path like /-/jwks"))
+    }
 }
 
 /// `http://host[:port]`, `https://host[:port]` or `unix:/absolute/path`. No path,
@@ -194,9 +266,10 @@ pub fn parse_upstream(s: &str) -> Result<UpstreamTarget, String> {
         });
     }
     let uri: http::Uri = s.parse().map_err(|e| format!("'{s}' is not a URL ({e})"))?;
-    let authority = uri.authority().cloned().ok_or_else(|| {
-        format!("'{s}' has no host; use http://host:port, https://host:port or unix:/path")
-    })?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("'{s}' has no host; use http://host:port, https://host:port or unix:/path"))?;
     if authority.as_str().contains('@') {
         return Err("the upstream URL must not carry credentials".into());
     }
@@ -273,9 +346,7 @@ mod tests {
         );
         assert_eq!(
             parse_upstream("unix:///run/s"),
-            Ok(UpstreamTarget::Unix {
-                path: "/run/s".into()
-            })
+            Ok(UpstreamTarget::Unix { path: "/run/s".into() })
         );
         assert!(parse_upstream("unix:relative/sock").is_err());
         assert!(parse_upstream("ftp://h:1").is_err());
@@ -288,6 +359,17 @@ mod tests {
         assert!(parse_upstream("http://h:1/gitlab").is_err());
         assert!(parse_upstream("http://h:1/?a=b").is_err());
         assert!(parse_upstream("").is_err());
+    }
+
+    #[test]
+    fn jwks_paths() {
+        assert_eq!(parse_jwks_path("/-/jwks"), Ok("/-/jwks".into()));
+        assert_eq!(parse_jwks_path("/oauth/ci/keys/"), Ok("/oauth/ci/keys".into()));
+        for bad in ["jwks", "/a?b", "/a#b", "/", "", "/a b"] {
+            assert!(parse_jwks_path(bad).is_err(), "{bad}");
+        }
+        assert!(parse_positive_duration("0").is_err());
+        assert_eq!(parse_positive_duration("1"), Ok(Duration::from_secs(1)));
     }
 
     #[test]

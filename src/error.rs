@@ -45,15 +45,11 @@ pub enum UpstreamError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => {
-                StatusCode::METHOD_NOT_ALLOWED
+            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Upstream(UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout) => {
+                StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Upstream(
-                UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout,
-            ) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream(UpstreamError::Connect(_) | UpstreamError::Exchange(_)) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Upstream(UpstreamError::Connect(_) | UpstreamError::Exchange(_)) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -76,9 +72,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::ConnectTimeout) => {
                 "gateway timeout: GitLab did not accept the connection in time\n"
             }
-            ProxyError::Upstream(UpstreamError::ResponseTimeout) => {
-                "gateway timeout: GitLab did not answer in time\n"
-            }
+            ProxyError::Upstream(UpstreamError::ResponseTimeout) => "gateway timeout: GitLab did not answer in time\n",
             ProxyError::Upstream(_) => "bad gateway: GitLab is unreachable or failed\n",
         };
         let mut resp = Response::new(
@@ -106,15 +100,11 @@ impl ProxyError {
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => {
-                f.write_str("method not allowed")
-            }
+            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => f.write_str("method not allowed"),
             ProxyError::Upstream(UpstreamError::Connect(e)) => {
                 write!(f, "connect to upstream failed: {}", chain(e.as_ref()))
             }
-            ProxyError::Upstream(UpstreamError::ConnectTimeout) => {
-                f.write_str("connect to upstream timed out")
-            }
+            ProxyError::Upstream(UpstreamError::ConnectTimeout) => f.write_str("connect to upstream timed out"),
             ProxyError::Upstream(UpstreamError::ResponseTimeout) => {
                 f.write_str("upstream sent no response headers in time")
             }
@@ -182,10 +172,7 @@ mod tests {
         );
         let resp = err.into_response();
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(
-            resp.headers()[header::CONTENT_TYPE],
-            "text/plain; charset=utf-8"
-        );
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
     }
 
     #[test]

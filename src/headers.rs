@@ -120,10 +120,7 @@ pub fn ensure_host(headers: &mut HeaderMap, uri: &Uri) {
     if headers.contains_key(header::HOST) {
         return;
     }
-    if let Some(value) = uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
+    if let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
         headers.insert(header::HOST, value);
     }
 }
@@ -154,12 +151,7 @@ fn canonical(addr: IpAddr) -> IpAddr {
 /// from an untrusted peer every client-supplied forwarding header is dropped and
 /// replaced; from a trusted proxy its `X-Forwarded-For` is appended to and its
 /// `X-Forwarded-Proto` believed.
-pub fn apply_forwarding(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    trusted: &[IpNet],
-    listener_proto: Proto,
-) -> Forwarded {
+pub fn apply_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted: &[IpNet], listener_proto: Proto) -> Forwarded {
     let peer = canonical(peer);
     let forwarded = if is_trusted(peer, trusted) {
         let prior = joined(headers, "x-forwarded-for");
@@ -177,12 +169,7 @@ pub fn apply_forwarding(
                 _ => None,
             })
             .unwrap_or(listener_proto);
-        for name in [
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-ssl",
-            "x-real-ip",
-        ] {
+        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-ssl", "x-real-ip"] {
             headers.remove(name);
         }
         insert(headers, "x-forwarded-for", &chain);
@@ -198,10 +185,7 @@ pub fn apply_forwarding(
         }
     };
     insert(headers, "x-real-ip", &forwarded.client.to_string());
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(forwarded.proto.as_str()),
-    );
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(forwarded.proto.as_str()));
     if forwarded.proto == Proto::Https {
         headers.insert("x-forwarded-ssl", HeaderValue::from_static("on"));
     }
@@ -218,11 +202,7 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
 
 /// All lines of a header joined with ", " (a list may be split across lines).
 fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
-    let parts: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let parts: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
@@ -273,9 +253,7 @@ mod tests {
     }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter()
-            .map(|s| crate::config::parse_cidr(s).unwrap())
-            .collect()
+        list.iter().map(|s| crate::config::parse_cidr(s).unwrap()).collect()
     }
 
     fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -344,11 +322,7 @@ mod tests {
 
     #[test]
     fn garbage_connection_tokens_are_ignored() {
-        let mut h = map(&[
-            ("connection", "bad header name, x-a"),
-            ("x-a", "1"),
-            ("x-b", "2"),
-        ]);
+        let mut h = map(&[("connection", "bad header name, x-a"), ("x-a", "1"), ("x-b", "2")]);
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-a").is_none());
         assert_eq!(get(&h, "x-b"), Some("2"));
@@ -368,10 +342,7 @@ mod tests {
 
     #[test]
     fn upgrade_detection() {
-        let ws = map(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "websocket"),
-        ]);
+        let ws = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
         assert_eq!(
             requested_upgrade(Version::HTTP_11, &ws),
             Some(HeaderValue::from_static("websocket"))
@@ -466,10 +437,7 @@ mod tests {
         let f = apply_forwarding(&mut h, "10.0.0.2".parse().unwrap(), &trusted, Proto::Http);
         assert_eq!(f.client, "198.51.100.9".parse::<IpAddr>().unwrap());
         assert_eq!(f.proto, Proto::Https);
-        assert_eq!(
-            get(&h, "x-forwarded-for"),
-            Some("198.51.100.9, 10.1.1.1, 10.0.0.2")
-        );
+        assert_eq!(get(&h, "x-forwarded-for"), Some("198.51.100.9, 10.1.1.1, 10.0.0.2"));
         assert_eq!(get(&h, "x-real-ip"), Some("198.51.100.9"));
         assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
         assert_eq!(get(&h, "x-forwarded-ssl"), Some("on"));
@@ -530,11 +498,7 @@ mod tests {
             let mut h = map(&[("x-forwarded-proto", given), ("x-forwarded-ssl", "on")]);
             let f = apply_forwarding(&mut h, "127.0.0.1".parse().unwrap(), &trusted, Proto::Http);
             assert_eq!(f.proto.as_str(), want, "given {given:?}");
-            assert_eq!(
-                h.get("x-forwarded-ssl").is_some(),
-                want == "https",
-                "given {given:?}"
-            );
+            assert_eq!(h.get("x-forwarded-ssl").is_some(), want == "https", "given {given:?}");
         }
     }
 
@@ -542,12 +506,7 @@ mod tests {
     fn mapped_ipv4_peer_matches_ipv4_cidr() {
         let trusted = nets(&["127.0.0.0/8"]);
         let mut h = map(&[("x-forwarded-for", "198.51.100.9")]);
-        let f = apply_forwarding(
-            &mut h,
-            "::ffff:127.0.0.1".parse().unwrap(),
-            &trusted,
-            Proto::Http,
-        );
+        let f = apply_forwarding(&mut h, "::ffff:127.0.0.1".parse().unwrap(), &trusted, Proto::Http);
         assert_eq!(f.client, "198.51.100.9".parse::<IpAddr>().unwrap());
         assert_eq!(get(&h, "x-forwarded-for"), Some("198.51.100.9, 127.0.0.1"));
     }

@@ -1,18 +1,22 @@
 //! gitlab-oidc-proxy: a streaming reverse proxy for self-managed GitLab.
 //!
-//! Data flows one way: `listener` → `router` → `passthrough` → `upstream`.
+//! Data flows one way: `listener` → `router` → either `oidc` (documents held in
+//! memory) or `passthrough` → `upstream`.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
+pub mod app;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod headers;
 pub mod listener;
 pub mod metrics;
+pub mod oidc;
 pub mod passthrough;
 pub mod router;
 pub mod shutdown;
+pub mod simulator;
 pub mod telemetry;
 pub mod upstream;

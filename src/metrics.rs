@@ -22,6 +22,31 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// `discovery`, `oauth_keys` (/oauth/discovery/keys) or `jwks` (/-/jwks).
+    pub document: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    pub document: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedLabels {
+    pub document: &'static str,
+    /// `fresh`, `stale` (GitLab failing, last good copy served) or `unavailable` (503).
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DocumentLabel {
+    pub document: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -31,6 +56,11 @@ pub struct Metrics {
     pub open_connections: Gauge,
     pub open_tunnels: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub tunnel_bytes: Counter<u64, AtomicU64>,
+    pub oidc_served: Family<ServedLabels, Counter>,
+    pub oidc_fetches: Family<FetchLabels, Counter>,
+    pub oidc_refreshes: Family<RefreshLabels, Counter>,
+    pub oidc_age: Family<DocumentLabel, Gauge<f64, AtomicU64>>,
+    pub oidc_keys: Gauge,
 }
 
 impl Metrics {
@@ -42,8 +72,7 @@ impl Metrics {
             "Requests answered, by method and status",
             requests.clone(),
         );
-        let request_duration =
-            Histogram::new([0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0]);
+        let request_duration = Histogram::new([0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0]);
         registry.register(
             "http_request_duration_seconds",
             "Time from request to the end of the response body",
@@ -79,8 +108,39 @@ impl Metrics {
             "Bytes relayed on upgraded connections, both directions",
             tunnel_bytes.clone(),
         );
+        let oidc_served = Family::<ServedLabels, Counter>::default();
+        registry.register(
+            "oidc_responses",
+            "OIDC documents answered from memory, by document and state",
+            oidc_served.clone(),
+        );
+        let oidc_fetches = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "oidc_upstream_fetches",
+            "Fetches of OIDC documents from GitLab, by document and outcome",
+            oidc_fetches.clone(),
+        );
+        let oidc_refreshes = Family::<RefreshLabels, Counter>::default();
+        registry.register(
+            "oidc_refreshes",
+            "Refreshes of the held documents, by outcome",
+            oidc_refreshes.clone(),
+        );
+        let oidc_age = Family::<DocumentLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "oidc_document_age_seconds",
+            "Seconds since GitLab last confirmed the held document (-1: none held)",
+            oidc_age.clone(),
+        );
+        let oidc_keys = Gauge::default();
+        registry.register("oidc_keys", "Keys in the held key set", oidc_keys.clone());
         Metrics {
             registry,
+            oidc_served,
+            oidc_fetches,
+            oidc_refreshes,
+            oidc_age,
+            oidc_keys,
             requests,
             request_duration,
             response_bytes,
@@ -153,14 +213,8 @@ mod tests {
 
     #[test]
     fn unknown_methods_share_a_label() {
-        assert_eq!(
-            method_label(&Method::from_bytes(b"PROPFIND").unwrap()),
-            "other"
-        );
-        assert_eq!(
-            method_label(&Method::from_bytes(b"X-RANDOM-1").unwrap()),
-            "other"
-        );
+        assert_eq!(method_label(&Method::from_bytes(b"PROPFIND").unwrap()), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"X-RANDOM-1").unwrap()), "other");
         assert_eq!(method_label(&Method::PATCH), "PATCH");
     }
 }

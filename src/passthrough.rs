@@ -49,10 +49,7 @@ impl Passthrough {
 
     /// Sends the request to GitLab and returns its response, streaming. The
     /// forwarding headers have already been set by the router.
-    pub async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    pub async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         let client_version = req.version();
         let upgrade = headers::requested_upgrade(client_version, req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));

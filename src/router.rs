@@ -15,6 +15,7 @@ use crate::config::Proto;
 use crate::error::{DownstreamError, ProxyError};
 use crate::headers;
 use crate::metrics::{ErrorLabels, Metrics};
+use crate::oidc::Oidc;
 use crate::passthrough::Passthrough;
 
 /// What the listener knows about the connection a request came on.
@@ -26,18 +27,16 @@ pub struct ConnInfo {
 }
 
 pub struct Router {
+    oidc: Oidc,
     passthrough: Passthrough,
     trusted_proxies: Vec<IpNet>,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub fn new(
-        passthrough: Passthrough,
-        trusted_proxies: Vec<IpNet>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(oidc: Oidc, passthrough: Passthrough, trusted_proxies: Vec<IpNet>, metrics: Arc<Metrics>) -> Self {
         Router {
+            oidc,
             passthrough,
             trusted_proxies,
             metrics,
@@ -45,19 +44,15 @@ impl Router {
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
-        let forwarded = headers::apply_forwarding(
-            req.headers_mut(),
-            conn.peer.ip(),
-            &self.trusted_proxies,
-            conn.proto,
-        );
+        let forwarded = headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), &self.trusted_proxies, conn.proto);
         let record = RequestRecord::new(req.method(), req.uri(), req.version(), forwarded.client);
 
-        let result = match *req.method() {
-            Method::CONNECT | Method::TRACE => {
-                Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
-            }
-            _ => self.passthrough.forward(req).await,
+        let result = if let Some(answer) = self.oidc.handle(&req).await {
+            Ok(answer)
+        } else if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
+            Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
+        } else {
+            self.passthrough.forward(req).await
         };
         let resp = result.unwrap_or_else(|err| self.error_response(err, &record));
         let status = resp.status();

@@ -59,8 +59,7 @@ impl Upstream {
         let timeout = settings.connect_timeout;
         let (client, scheme, authority) = match &settings.target {
             UpstreamTarget::Http { authority } => {
-                let pool =
-                    Pool::Tcp(builder.build(TimeoutConnector::new(tcp_connector(), timeout)));
+                let pool = Pool::Tcp(builder.build(TimeoutConnector::new(tcp_connector(), timeout)));
                 (pool, Scheme::HTTP, authority.clone())
             }
             UpstreamTarget::Https { authority } => {
@@ -79,11 +78,7 @@ impl Upstream {
                 };
                 let pool = Pool::Unix(builder.build(TimeoutConnector::new(unix, timeout)));
                 // Only the pool key: the socket path decides where bytes go.
-                (
-                    pool,
-                    Scheme::HTTP,
-                    http::uri::Authority::from_static("workhorse.sock"),
-                )
+                (pool, Scheme::HTTP, http::uri::Authority::from_static("workhorse.sock"))
             }
         };
         Ok(Upstream {
@@ -155,10 +150,7 @@ fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, St
             .and_then(|it| it.collect::<Result<_, _>>())
             .map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
         if certs.is_empty() {
-            return Err(format!(
-                "--upstream-ca {}: no certificate in the file",
-                path.display()
-            ));
+            return Err(format!("--upstream-ca {}: no certificate in the file", path.display()));
         }
         for cert in certs {
             roots
@@ -166,9 +158,7 @@ fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, St
                 .map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
         }
     } else if added == 0 {
-        return Err(
-            "no system CA certificates found for the https upstream; pass --upstream-ca".into(),
-        );
+        return Err("no system CA certificates found for the https upstream; pass --upstream-ca".into());
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -271,11 +261,7 @@ impl hyper::rt::Read for UnixIo {
 }
 
 impl hyper::rt::Write for UnixIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
@@ -331,15 +317,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent.sock");
         let up = Upstream::new(&settings(&format!("unix:{}", path.display()))).unwrap();
-        let req = Request::get(up.uri_for(None))
-            .body(crate::body::empty())
-            .unwrap();
+        let req = Request::get(up.uri_for(None)).body(crate::body::empty()).unwrap();
         match up.send(req).await {
             Err(UpstreamError::Connect(e)) => {
-                assert!(
-                    crate::error::chain(e.as_ref()).contains("absent.sock"),
-                    "{e}"
-                )
+                assert!(crate::error::chain(e.as_ref()).contains("absent.sock"), "{e}")
             }
             other => panic!("expected a connect error, got {other:?}"),
         }
@@ -350,9 +331,6 @@ mod tests {
         let mut s = settings("https://gitlab.internal");
         s.extra_ca = Some("/nonexistent/ca.pem".into());
         let err = Upstream::new(&s).err().unwrap();
-        assert!(
-            err.starts_with("--upstream-ca /nonexistent/ca.pem"),
-            "{err}"
-        );
+        assert!(err.starts_with("--upstream-ca /nonexistent/ca.pem"), "{err}");
     }
 }

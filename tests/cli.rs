@@ -25,27 +25,11 @@ const OPTIONS: [(&str, &str, Option<&str>); 12] = [
         "GITLAB_OIDC_PROXY_ADMIN_LISTEN",
         Some("127.0.0.1:9090"),
     ),
-    (
-        "--trusted-proxies",
-        "GITLAB_OIDC_PROXY_TRUSTED_PROXIES",
-        None,
-    ),
-    (
-        "--forwarded-proto",
-        "GITLAB_OIDC_PROXY_FORWARDED_PROTO",
-        Some("http"),
-    ),
+    ("--trusted-proxies", "GITLAB_OIDC_PROXY_TRUSTED_PROXIES", None),
+    ("--forwarded-proto", "GITLAB_OIDC_PROXY_FORWARDED_PROTO", Some("http")),
     ("--log-format", "GITLAB_OIDC_PROXY_LOG_FORMAT", Some("text")),
-    (
-        "--header-timeout",
-        "GITLAB_OIDC_PROXY_HEADER_TIMEOUT",
-        Some("30s"),
-    ),
-    (
-        "--connect-timeout",
-        "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT",
-        Some("10s"),
-    ),
+    ("--header-timeout", "GITLAB_OIDC_PROXY_HEADER_TIMEOUT", Some("30s")),
+    ("--connect-timeout", "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT", Some("10s")),
     (
         "--upstream-idle-timeout",
         "GITLAB_OIDC_PROXY_UPSTREAM_IDLE_TIMEOUT",
@@ -56,11 +40,7 @@ const OPTIONS: [(&str, &str, Option<&str>); 12] = [
         "GITLAB_OIDC_PROXY_UPGRADE_IDLE_TIMEOUT",
         Some("1h"),
     ),
-    (
-        "--shutdown-grace",
-        "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE",
-        Some("30s"),
-    ),
+    ("--shutdown-grace", "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", Some("30s")),
 ];
 
 #[test]
@@ -99,35 +79,15 @@ fn bad_values_exit_2_with_one_line() {
     let cases: [Case; 9] = [
         (&["serve"], &[], "--upstream"),
         (&["serve", "--upstream", "ftp://gitlab"], &[], "scheme"),
+        (&["serve", "--upstream", "unix:relative.sock"], &[], "absolute"),
+        (&["serve", "--upstream", "http://u:p@gitlab:80"], &[], "credentials"),
         (
-            &["serve", "--upstream", "unix:relative.sock"],
-            &[],
-            "absolute",
-        ),
-        (
-            &["serve", "--upstream", "http://u:p@gitlab:80"],
-            &[],
-            "credentials",
-        ),
-        (
-            &[
-                "serve",
-                "--upstream",
-                "http://gitlab:80",
-                "--listen",
-                "nope",
-            ],
+            &["serve", "--upstream", "http://gitlab:80", "--listen", "nope"],
             &[],
             "--listen",
         ),
         (
-            &[
-                "serve",
-                "--upstream",
-                "http://gitlab:80",
-                "--header-timeout",
-                "soon",
-            ],
+            &["serve", "--upstream", "http://gitlab:80", "--header-timeout", "soon"],
             &[],
             "--header-timeout",
         ),
@@ -143,13 +103,7 @@ fn bad_values_exit_2_with_one_line() {
             "bogus",
         ),
         (
-            &[
-                "serve",
-                "--upstream",
-                "http://gitlab:80",
-                "--forwarded-proto",
-                "gopher",
-            ],
+            &["serve", "--upstream", "http://gitlab:80", "--forwarded-proto", "gopher"],
             &[],
             "gopher",
         ),
@@ -185,11 +139,7 @@ fn bad_values_exit_2_with_one_line() {
         &[],
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8(out.stderr)
-            .unwrap()
-            .contains("--upstream-ca")
-    );
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--upstream-ca"));
 }
 
 #[test]
@@ -210,10 +160,7 @@ fn occupied_port_exits_1_with_one_line() {
     );
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot listen on {addr}")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
 }
 
 #[tokio::test]
@@ -229,8 +176,7 @@ async fn environment_configures_and_flags_win() {
         "{}",
         from_env.logs()
     );
-    let flag_wins =
-        Proxy::start_with_env("http://127.0.0.1:1", &["--forwarded-proto", "http"], &env);
+    let flag_wins = Proxy::start_with_env("http://127.0.0.1:1", &["--forwarded-proto", "http"], &env);
     assert!(
         flag_wins.logs().contains(r#""forwarded_proto":"http""#),
         "{}",

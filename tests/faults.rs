@@ -18,10 +18,7 @@ async fn unreachable_upstream_is_502_with_one_log_line() {
         .unwrap()
         .port();
     let proxy = Proxy::start(&format!("http://127.0.0.1:{port}"), &[]);
-    let resp = client()
-        .get(proxy.url("/explore").parse().unwrap())
-        .await
-        .unwrap();
+    let resp = client().get(proxy.url("/explore").parse().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
     let body = body_bytes(resp).await;
@@ -53,10 +50,7 @@ async fn unreachable_unix_socket_is_502() {
     let resp = client().get(proxy.url("/").parse().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     let logs = proxy.wait_for_log("request to GitLab failed").await;
-    assert!(
-        logs.contains("absent.sock"),
-        "the log names the socket:\n{logs}"
-    );
+    assert!(logs.contains("absent.sock"), "the log names the socket:\n{logs}");
 }
 
 #[tokio::test]
@@ -158,10 +152,7 @@ async fn sigterm_drains_in_flight_request_then_exits_0() {
     })
     .await;
     assert!(refused.is_ok(), "still accepting after SIGTERM");
-    let ready = client()
-        .get(proxy.admin_url("/readyz").parse().unwrap())
-        .await
-        .unwrap();
+    let ready = client().get(proxy.admin_url("/readyz").parse().unwrap()).await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         proxy.wait_exit(Duration::from_millis(300)).await.is_none(),
@@ -221,22 +212,15 @@ async fn credentials_never_reach_the_logs() {
         .unwrap()
         .port();
     let ok = Proxy::start_with_env(&up.target, &[], &[("RUST_LOG", "trace")]);
-    let failing = Proxy::start_with_env(
-        &format!("http://127.0.0.1:{port}"),
-        &[],
-        &[("RUST_LOG", "trace")],
-    );
+    let failing = Proxy::start_with_env(&format!("http://127.0.0.1:{port}"), &[], &[("RUST_LOG", "trace")]);
     for proxy in [&ok, &failing] {
-        let req = Request::get(proxy.url(&format!(
-            "/api/v4/projects?private_token={}&x=1",
-            SECRETS[4]
-        )))
-        .header("authorization", format!("Bearer {}", SECRETS[0]))
-        .header("cookie", format!("_gitlab_session={}", SECRETS[1]))
-        .header("private-token", SECRETS[2])
-        .header("job-token", SECRETS[3])
-        .body(empty())
-        .unwrap();
+        let req = Request::get(proxy.url(&format!("/api/v4/projects?private_token={}&x=1", SECRETS[4])))
+            .header("authorization", format!("Bearer {}", SECRETS[0]))
+            .header("cookie", format!("_gitlab_session={}", SECRETS[1]))
+            .header("private-token", SECRETS[2])
+            .header("job-token", SECRETS[3])
+            .body(empty())
+            .unwrap();
         client().request(req).await.unwrap();
         // And over HTTP/2, whose codec logs frames at trace level.
         let req = Request::post(proxy.url("/api/v4/jobs/request"))
@@ -256,15 +240,9 @@ async fn credentials_never_reach_the_logs() {
         proxy.wait_for_log(r#""path":"/""#).await;
         proxy.wait_for_log(r#""path":"/api/v4/jobs/request""#).await;
         for secret in SECRETS {
-            assert!(
-                !logs.contains(secret),
-                "{secret} leaked into the log:\n{logs}"
-            );
+            assert!(!logs.contains(secret), "{secret} leaked into the log:\n{logs}");
         }
-        assert!(
-            !logs.contains("private_token"),
-            "query strings are not logged:\n{logs}"
-        );
+        assert!(!logs.contains("private_token"), "query strings are not logged:\n{logs}");
     }
     // The access line carries what an operator needs.
     let logs = ok.logs();
@@ -275,10 +253,7 @@ async fn credentials_never_reach_the_logs() {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["method"], "GET");
     assert_eq!(v["status"], 200);
-    assert!(
-        v["bytes"].is_u64() && v["duration_ms"].is_number(),
-        "{line}"
-    );
+    assert!(v["bytes"].is_u64() && v["duration_ms"].is_number(), "{line}");
 }
 
 #[tokio::test]
@@ -295,9 +270,7 @@ async fn sigterm_lets_an_open_websocket_finish() {
     proxy.wait_for_log("shutting down").await;
     // The tunnel keeps working during the drain...
     for i in 0..3 {
-        ws.send(Message::text(format!("during drain {i}")))
-            .await
-            .unwrap();
+        ws.send(Message::text(format!("during drain {i}"))).await.unwrap();
         assert_eq!(
             ws.next().await.unwrap().unwrap(),
             Message::text(format!("during drain {i}"))
@@ -314,9 +287,5 @@ async fn sigterm_lets_an_open_websocket_finish() {
         .await
         .expect("proxy did not exit after the websocket closed");
     assert_eq!(exit.code(), Some(0));
-    assert!(
-        proxy
-            .logs()
-            .contains("all requests and upgraded connections finished")
-    );
+    assert!(proxy.logs().contains("all requests and upgraded connections finished"));
 }

@@ -47,60 +47,37 @@ async fn clone_and_push(t: Transport) {
 
     // The project: an initial commit on main plus distinct topic-branch tips.
     let scratch = tmp.path().join("scratch");
-    git.ok(tmp.path(), &["init", "-q", "-b", "main", "scratch"])
-        .await;
+    git.ok(tmp.path(), &["init", "-q", "-b", "main", "scratch"]).await;
     std::fs::write(scratch.join("README"), "initial\n").unwrap();
     git.ok(&scratch, &["add", "README"]).await;
     git.ok(&scratch, &["commit", "-q", "-m", "initial"]).await;
     for i in 0..TOPIC_BRANCHES {
         let msg = format!("topic {i}");
         let oid = git
-            .ok(
-                &scratch,
-                &["commit-tree", "main^{tree}", "-p", "main", "-m", &msg],
-            )
+            .ok(&scratch, &["commit-tree", "main^{tree}", "-p", "main", "-m", &msg])
             .await;
-        git.ok(&scratch, &["branch", &format!("topic-{i}"), oid.trim()])
-            .await;
+        git.ok(&scratch, &["branch", &format!("topic-{i}"), oid.trim()]).await;
     }
     std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
-    git.ok(
-        tmp.path(),
-        &["clone", "-q", "--bare", "scratch", path_str(&bare)],
-    )
-    .await;
+    git.ok(tmp.path(), &["clone", "-q", "--bare", "scratch", path_str(&bare)])
+        .await;
     git.ok(&bare, &["config", "http.receivepack", "true"]).await;
     let initial = git.ok(&bare, &["rev-parse", "refs/heads/main"]).await;
 
-    let backend =
-        PathBuf::from(git.ok(tmp.path(), &["--exec-path"]).await.trim()).join("git-http-backend");
-    let mut up = upstream(t, move |req| {
-        http_backend(req, backend.clone(), root.clone())
-    })
-    .await;
+    let backend = PathBuf::from(git.ok(tmp.path(), &["--exec-path"]).await.trim()).join("git-http-backend");
+    let mut up = upstream(t, move |req| http_backend(req, backend.clone(), root.clone())).await;
     let proxy = Proxy::start(&up.target, &[]);
     let url = proxy.url("/group/project.git");
 
     // Clone through the proxy: protocol v2, with a gzip-encoded fetch request.
     let clone = tmp.path().join("clone");
-    git.ok(tmp.path(), &["clone", "-q", &url, path_str(&clone)])
-        .await;
+    git.ok(tmp.path(), &["clone", "-q", &url, path_str(&clone)]).await;
     assert_eq!(git.ok(&clone, &["rev-parse", "HEAD"]).await, initial);
     let remote_refs = git
-        .ok(
-            &clone,
-            &[
-                "for-each-ref",
-                "--format=%(refname)",
-                "refs/remotes/origin/",
-            ],
-        )
+        .ok(&clone, &["for-each-ref", "--format=%(refname)", "refs/remotes/origin/"])
         .await;
     assert_eq!(
-        remote_refs
-            .lines()
-            .filter(|r| r.contains("/topic-"))
-            .count(),
+        remote_refs.lines().filter(|r| r.contains("/topic-")).count(),
         TOPIC_BRANCHES,
         "{remote_refs}"
     );
@@ -120,10 +97,9 @@ async fn clone_and_push(t: Transport) {
         .collect();
     assert!(fetches.len() >= 2, "ls-refs and fetch: {seen:#?}");
     assert!(
-        fetches.iter().any(|s| s
-            .headers
-            .get("content-encoding")
-            .is_some_and(|v| v == "gzip")),
+        fetches
+            .iter()
+            .any(|s| s.headers.get("content-encoding").is_some_and(|v| v == "gzip")),
         "git gzips an upload-pack request over 1 KiB: {fetches:#?}"
     );
 
@@ -138,12 +114,10 @@ async fn clone_and_push(t: Transport) {
     git.ok(&clone, &["add", "big.bin"]).await;
     git.ok(&clone, &["commit", "-q", "-m", "add big.bin"]).await;
     std::fs::write(clone.join("README"), "initial\nsecond\n").unwrap();
-    git.ok(&clone, &["commit", "-q", "-a", "-m", "edit README"])
-        .await;
+    git.ok(&clone, &["commit", "-q", "-a", "-m", "edit README"]).await;
     let pushed = git.ok(&clone, &["rev-parse", "HEAD"]).await;
     let big_oid = git.ok(&clone, &["rev-parse", "HEAD:big.bin"]).await;
-    git.ok(&clone, &["push", "-q", "origin", "main", ":topic-0"])
-        .await;
+    git.ok(&clone, &["push", "-q", "origin", "main", ":topic-0"]).await;
 
     let seen = drain(&mut up);
     let advert = seen
@@ -157,11 +131,7 @@ async fn clone_and_push(t: Transport) {
         .collect();
     let chunked = uploads
         .iter()
-        .find(|s| {
-            s.headers
-                .get("transfer-encoding")
-                .is_some_and(|v| v == "chunked")
-        })
+        .find(|s| s.headers.get("transfer-encoding").is_some_and(|v| v == "chunked"))
         .unwrap_or_else(|| panic!("the 3 MiB push must arrive chunked: {uploads:#?}"));
     assert!(!chunked.headers.contains_key("content-length"));
     assert_eq!(
@@ -170,10 +140,7 @@ async fn clone_and_push(t: Transport) {
     );
 
     // The bare repository holds exactly what was pushed.
-    assert_eq!(
-        git.ok(&bare, &["rev-parse", "refs/heads/main"]).await,
-        pushed
-    );
+    assert_eq!(git.ok(&bare, &["rev-parse", "refs/heads/main"]).await, pushed);
     assert_eq!(git.ok(&bare, &["rev-parse", "main:big.bin"]).await, big_oid);
     let blob = git.run(&bare, &["cat-file", "blob", "main:big.bin"]).await;
     assert!(blob.status.success());
@@ -183,18 +150,14 @@ async fn clone_and_push(t: Transport) {
         "initial\nsecond\n"
     );
     let gone = git
-        .run(
-            &bare,
-            &["rev-parse", "--verify", "-q", "refs/heads/topic-0"],
-        )
+        .run(&bare, &["rev-parse", "--verify", "-q", "refs/heads/topic-0"])
         .await;
     assert!(!gone.status.success(), "topic-0 was deleted by the push");
     git.ok(&bare, &["fsck", "--full", "--no-dangling"]).await;
 
     // And a fresh clone through the proxy gets it all back.
     let again = tmp.path().join("again");
-    git.ok(tmp.path(), &["clone", "-q", &url, path_str(&again)])
-        .await;
+    git.ok(tmp.path(), &["clone", "-q", &url, path_str(&again)]).await;
     assert_eq!(git.ok(&again, &["rev-parse", "HEAD"]).await, pushed);
     assert!(
         std::fs::read(again.join("big.bin")).unwrap() == big,
@@ -226,12 +189,7 @@ impl Git {
         let mut cmd = std::process::Command::new("git");
         cmd.current_dir(dir)
             .args(["-c", "protocol.version=2"])
-            .args([
-                "-c",
-                "user.name=Proxy Test",
-                "-c",
-                "user.email=test@example.com",
-            ])
+            .args(["-c", "user.name=Proxy Test", "-c", "user.email=test@example.com"])
             .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -284,11 +242,7 @@ fn drain(up: &mut Upstream) -> Vec<Seen> {
 /// Answers one request with `git http-backend` run as a CGI program (RFC 3875):
 /// the request body streams into its stdin, and its stdout, after the CGI header
 /// block, streams back as the response body.
-async fn http_backend(
-    req: Request<Incoming>,
-    backend: PathBuf,
-    root: PathBuf,
-) -> Response<TestBody> {
+async fn http_backend(req: Request<Incoming>, backend: PathBuf, root: PathBuf) -> Response<TestBody> {
     let (parts, mut body) = req.into_parts();
     let mut cmd = tokio::process::Command::new(backend);
     cmd.env_clear()
@@ -342,9 +296,7 @@ async fn http_backend(
             let status = child.wait().await;
             return Response::builder()
                 .status(StatusCode::BAD_GATEWAY)
-                .body(full(format!(
-                    "git http-backend sent no headers: {status:?}"
-                )))
+                .body(full(format!("git http-backend sent no headers: {status:?}")))
                 .unwrap();
         }
         let line = line.trim_end_matches(['\r', '\n']);

@@ -19,8 +19,7 @@ const PEAK_RSS_LIMIT_KIB: u64 = 96 * 1024;
 
 fn gib_body() -> TestBody {
     let chunk = Bytes::from(vec![0x5a; CHUNK]);
-    let frames =
-        (0..GIB / CHUNK as u64).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone())));
+    let frames = (0..GIB / CHUNK as u64).map(move |_| Ok::<_, BoxError>(Frame::data(chunk.clone())));
     StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
 }
 
@@ -58,12 +57,7 @@ async fn one_gib_each_way_with_bounded_memory() {
     assert_eq!(received.load(Ordering::Relaxed), GIB);
 
     let resp = client
-        .get(
-            proxy
-                .url("/group/project/-/jobs/1/artifacts/download")
-                .parse()
-                .unwrap(),
-        )
+        .get(proxy.url("/group/project/-/jobs/1/artifacts/download").parse().unwrap())
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);

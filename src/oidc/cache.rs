@@ -1,0 +1,353 @@
+//! The two documents in memory. Only the refresher talks to GitLab: clients
+//! read the last good copy (never waiting once one exists), and on a cold
+//! cache they wait for the one fetch in flight. A bad answer never replaces a
+//! good copy.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::discovery::{self, Issuer};
+use super::fetch::{Fetcher, Origin};
+use super::{DocError, OidcSettings, jwks};
+use crate::metrics::{FetchLabels, Metrics, RefreshLabels};
+
+/// A document as served: body, strong ETag, and when GitLab last confirmed it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub body: Bytes,
+    pub etag: HeaderValue,
+    pub fetched_at: Instant,
+}
+
+impl Published {
+    fn new(body: Vec<u8>, fetched_at: Instant) -> Self {
+        // Derived from the body alone: every replica computes the same tag.
+        let digest = Sha256::digest(&body);
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let etag = HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a valid header value");
+        Published {
+            body: Bytes::from(body),
+            etag,
+            fetched_at,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct DiscoveryState {
+    /// GitLab's own issuer, from its document.
+    pub issuer: Issuer,
+    /// The document per published issuer: (discovery path, document).
+    pub by_path: Vec<(String, Published)>,
+}
+
+#[derive(Debug)]
+pub struct KeysState {
+    pub doc: Published,
+    pub kids: Vec<String>,
+}
+
+/// The outcome of one refresh, for logs and `POST /refresh`.
+#[derive(Debug)]
+pub struct RefreshReport {
+    pub discovery: Result<(), DocError>,
+    pub keys: Result<(), DocError>,
+}
+
+impl RefreshReport {
+    pub fn ok(&self) -> bool {
+        self.discovery.is_ok() && self.keys.is_ok()
+    }
+}
+
+pub struct Cache {
+    settings: OidcSettings,
+    fetcher: Fetcher,
+    /// Used for `Host` until GitLab's issuer is known.
+    upstream_host: String,
+    discovery: watch::Sender<Option<Arc<DiscoveryState>>>,
+    keys: watch::Sender<Option<Arc<KeysState>>>,
+    /// One refresh at a time, whoever asks (timer, cold client, admin).
+    refreshing: tokio::sync::Mutex<()>,
+    poke_tx: mpsc::Sender<()>,
+    poke_rx: Mutex<Option<mpsc::Receiver<()>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Never refetch more often than this, however often cold clients ask.
+const MIN_GAP: Duration = Duration::from_secs(1);
+
+impl Cache {
+    pub fn new(settings: OidcSettings, fetcher: Fetcher, upstream_host: String, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (poke_tx, poke_rx) = mpsc::channel(1);
+        Arc::new(Cache {
+            settings,
+            fetcher,
+            upstream_host,
+            discovery: watch::Sender::new(None),
+            keys: watch::Sender::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+            poke_tx,
+            poke_rx: Mutex::new(Some(poke_rx)),
+            metrics,
+        })
+    }
+
+    pub fn settings(&self) -> &OidcSettings {
+        &self.settings
+    }
+
+    pub fn discovery(&self) -> Option<Arc<DiscoveryState>> {
+        self.discovery.borrow().clone()
+    }
+
+    pub fn keys(&self) -> Option<Arc<KeysState>> {
+        self.keys.borrow().clone()
+    }
+
+    /// Both documents held: the proxy is ready.
+    pub fn warm(&self) -> bool {
+        self.discovery.borrow().is_some() && self.keys.borrow().is_some()
+    }
+
+    /// Waits (bounded) for a first discovery document, asking for a fetch.
+    pub async fn wait_discovery(&self) -> Option<Arc<DiscoveryState>> {
+        self.wait(&self.discovery).await
+    }
+
+    pub async fn wait_keys(&self) -> Option<Arc<KeysState>> {
+        self.wait(&self.keys).await
+    }
+
+    async fn wait<T>(&self, slot: &watch::Sender<Option<Arc<T>>>) -> Option<Arc<T>> {
+        let mut rx = slot.subscribe();
+        if let Some(held) = rx.borrow_and_update().clone() {
+            return Some(held);
+        }
+        // Coalesced: the channel holds one request, and the refresher runs one fetch at a time.
+        let _ = self.poke_tx.try_send(());
+        let waited = tokio::time::timeout(self.settings.upstream_timeout, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(held)) => held.clone(),
+            _ => None,
+        }
+    }
+
+    /// Refetches both documents now; publishes what validates.
+    pub async fn refresh(&self) -> RefreshReport {
+        let _one_at_a_time = self.refreshing.lock().await;
+        // Key paths sit under GitLab's relative URL root, which discovery tells
+        // when it is not configured: then discovery goes first.
+        let report = if self.root_known() {
+            let (discovery, keys) = tokio::join!(self.refresh_discovery(), self.refresh_keys());
+            RefreshReport { discovery, keys }
+        } else {
+            let discovery = self.refresh_discovery().await;
+            RefreshReport {
+                discovery,
+                keys: self.refresh_keys().await,
+            }
+        };
+        for (document, result) in [("discovery", &report.discovery), ("keys", &report.keys)] {
+            let outcome = if result.is_ok() { "published" } else { "failed" };
+            self.metrics
+                .oidc_refreshes
+                .get_or_create(&RefreshLabels { document, outcome })
+                .inc();
+        }
+        self.update_gauges();
+        report
+    }
+
+    /// Runs forever: primes at once, then refreshes every `--refresh`, sooner
+    /// (with backoff) while a document is missing or when a cold client asks.
+    pub async fn run_refresher(self: Arc<Self>) {
+        let Some(mut pokes) = self.poke_rx.lock().ok().and_then(|mut rx| rx.take()) else {
+            return;
+        };
+        let mut backoff = MIN_GAP;
+        loop {
+            let report = self.refresh().await;
+            while pokes.try_recv().is_ok() {}
+            let delay = if report.ok() {
+                backoff = MIN_GAP;
+                self.settings.refresh
+            } else {
+                let d = backoff;
+                backoff = (backoff * 2).min(self.settings.refresh);
+                d
+            };
+            let earliest = Instant::now() + MIN_GAP.min(delay);
+            let deadline = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => break,
+                    Some(()) = pokes.recv() => {
+                        if !self.warm() {
+                            tokio::time::sleep_until(earliest).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn root_known(&self) -> bool {
+        self.settings.external_url.is_some() || self.discovery.borrow().is_some()
+    }
+
+    /// GitLab's relative URL root and the origin to ask as.
+    fn gitlab_location(&self) -> (String, Origin) {
+        let issuer = self
+            .settings
+            .external_url
+            .clone()
+            .or_else(|| self.discovery().map(|d| d.issuer.clone()));
+        match issuer {
+            Some(i) => (
+                i.path.clone(),
+                Origin {
+                    host: i.host.clone(),
+                    https: i.https,
+                },
+            ),
+            None => (
+                String::new(),
+                Origin {
+                    host: self.upstream_host.clone(),
+                    https: false,
+                },
+            ),
+        }
+    }
+
+    async fn fetch_checked<T>(
+        &self,
+        source: &'static str,
+        path: &str,
+        origin: &Origin,
+        check: impl FnOnce(&[u8]) -> Result<T, DocError>,
+    ) -> Result<T, DocError> {
+        let result = match self.fetcher.get(path, origin).await {
+            Ok(body) => check(&body),
+            Err(e) => Err(e),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        self.metrics
+            .oidc_fetches
+            .get_or_create(&FetchLabels {
+                document: source,
+                outcome,
+            })
+            .inc();
+        if let Err(e) = &result
+            && !matches!(e, DocError::NotFound)
+        {
+            tracing::warn!(target: "oidc", document = source, path, error = %e, "GitLab answer refused; keeping the last good copy");
+        }
+        result
+    }
+
+    async fn refresh_discovery(&self) -> Result<(), DocError> {
+        let (root, origin) = self.gitlab_location();
+        let path = format!("{root}{}", super::DISCOVERY_SUFFIX);
+        let (doc, issuer) = self
+            .fetch_checked("discovery", &path, &origin, discovery::validate)
+            .await?;
+        if let Some(configured) = &self.settings.external_url
+            && configured.url != issuer.url
+        {
+            tracing::warn!(target: "oidc", configured = %configured.url, gitlab = %issuer.url, "GitLab's issuer differs from --external-url; publishing GitLab's");
+        }
+        let now = Instant::now();
+        let jwks_path = &self.settings.jwks_path;
+        let mut by_path = vec![(
+            issuer.discovery_path(),
+            Published::new(discovery::publish(&doc, &issuer, jwks_path), now),
+        )];
+        for extra in &self.settings.extra_issuers {
+            if !by_path.iter().any(|(p, _)| *p == extra.discovery_path()) {
+                by_path.push((
+                    extra.discovery_path(),
+                    Published::new(discovery::publish(&doc, extra, jwks_path), now),
+                ));
+            }
+        }
+        let changed = self.discovery().is_none_or(|old| {
+            old.by_path
+                .iter()
+                .map(|(_, d)| &d.body)
+                .ne(by_path.iter().map(|(_, d)| &d.body))
+        });
+        if changed {
+            tracing::info!(target: "oidc", issuer = %issuer.url, "discovery document published");
+        }
+        self.discovery
+            .send_replace(Some(Arc::new(DiscoveryState { issuer, by_path })));
+        Ok(())
+    }
+
+    async fn refresh_keys(&self) -> Result<(), DocError> {
+        let (root, origin) = self.gitlab_location();
+        let (oauth_path, jwks_path) = (format!("{root}/oauth/discovery/keys"), format!("{root}/-/jwks"));
+        let (oauth, ci) = tokio::join!(
+            self.fetch_checked("oauth_keys", &oauth_path, &origin, jwks::parse),
+            self.fetch_checked("jwks", &jwks_path, &origin, jwks::parse),
+        );
+        // 404 means "this version has no such endpoint" (17.0 removed /-/jwks);
+        // any other failure could hide the CI key, so nothing is published.
+        let mut sets = Vec::new();
+        for result in [oauth, ci] {
+            match result {
+                Ok(set) => sets.push(set),
+                Err(DocError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if sets.is_empty() {
+            let e = DocError::Invalid("both /oauth/discovery/keys and /-/jwks answered 404".into());
+            tracing::warn!(target: "oidc", error = %e, "no key set; keeping the last good copy");
+            return Err(e);
+        }
+        let merged = jwks::merge(&sets).inspect_err(|e| {
+            tracing::warn!(target: "oidc", error = %e, "key set refused; keeping the last good copy");
+        })?;
+        let kids: Vec<String> = merged.iter().map(|k| jwks::kid(k).to_owned()).collect();
+        let doc = Published::new(jwks::publish(&merged), Instant::now());
+        if self.keys().is_none_or(|old| old.doc.body != doc.body) {
+            tracing::info!(target: "oidc", kids = ?kids, "key set published");
+        }
+        self.keys.send_replace(Some(Arc::new(KeysState { doc, kids })));
+        Ok(())
+    }
+
+    /// Document ages and key count, for the metrics endpoint.
+    pub fn update_gauges(&self) {
+        let age = |at: Option<Instant>| at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(-1.0);
+        let discovery_at = self
+            .discovery()
+            .and_then(|d| d.by_path.first().map(|(_, p)| p.fetched_at));
+        let keys = self.keys();
+        self.metrics
+            .oidc_age
+            .get_or_create(&crate::metrics::DocumentLabel { document: "discovery" })
+            .set(age(discovery_at));
+        self.metrics
+            .oidc_age
+            .get_or_create(&crate::metrics::DocumentLabel { document: "keys" })
+            .set(age(keys.as_ref().map(|k| k.doc.fetched_at)));
+        self.metrics
+            .oidc_keys
+            .set(keys.map(|k| k.kids.len() as i64).unwrap_or(0));
+    }
+}

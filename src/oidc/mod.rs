@@ -1,0 +1,183 @@
+//! OIDC discovery and the CI key set, answered from memory.
+//!
+//! `routes` decides which requests are ours (by path only, never by `Host`);
+//! `cache` holds the documents and refreshes them; `respond` builds the
+//! cacheable answers. Everything else passes through to GitLab.
+
+pub mod cache;
+pub mod discovery;
+pub mod fetch;
+pub mod jwks;
+pub mod respond;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+
+use crate::body::ProxyBody;
+use crate::metrics::{Metrics, ServedLabels};
+use cache::{Cache, Published};
+use discovery::Issuer;
+
+pub const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
+/// Key-set paths GitLab has had; all are answered with the united set.
+const KEY_PATHS: [&str; 2] = ["/oauth/discovery/keys", "/-/jwks"];
+
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// Where the rewritten `jwks_uri` points, under the issuer.
+    pub jwks_path: String,
+    /// GitLab's external URL, when configured: where to fetch discovery, as whom.
+    pub external_url: Option<Issuer>,
+    /// More issuers to publish the document for (`--issuer`).
+    pub extra_issuers: Vec<Issuer>,
+    pub max_age: Duration,
+    pub refresh: Duration,
+    pub upstream_timeout: Duration,
+    pub stale_if_error: Duration,
+}
+
+/// Why a GitLab answer was refused. Labels are metric values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocError {
+    #[error("not found (404)")]
+    NotFound,
+    #[error("status {0}")]
+    Status(u16),
+    #[error("no answer within the upstream timeout")]
+    Timeout,
+    #[error("body over 1 MiB")]
+    TooLarge,
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("upstream: {0}")]
+    Upstream(String),
+}
+
+impl DocError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            DocError::NotFound => "not_found",
+            DocError::Status(_) => "bad_status",
+            DocError::Timeout => "timeout",
+            DocError::TooLarge => "too_large",
+            DocError::NotJson(_) => "not_json",
+            DocError::Invalid(_) => "invalid",
+            DocError::Upstream(_) => "upstream_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Document {
+    Discovery,
+    Keys,
+}
+
+impl Document {
+    fn label(self) -> &'static str {
+        match self {
+            Document::Discovery => "discovery",
+            Document::Keys => "keys",
+        }
+    }
+}
+
+pub struct Oidc {
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+}
+
+impl Oidc {
+    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
+        Oidc { cache, metrics }
+    }
+
+    /// The answer for a request that is ours, or None to pass it through.
+    pub async fn handle<B>(&self, req: &Request<B>) -> Option<Response<ProxyBody>> {
+        let path = req.uri().path();
+        let document = self.route(path)?;
+        match *req.method() {
+            Method::GET | Method::HEAD => {}
+            Method::OPTIONS => return Some(respond::preflight(req.headers())),
+            _ => return Some(respond::method_not_allowed()),
+        }
+        let settings = self.cache.settings();
+        let held: Option<Published> = match document {
+            Document::Discovery => {
+                let state = self.cache.wait_discovery().await;
+                match state {
+                    // Known now, and this path is not one of ours: GitLab's to answer.
+                    Some(state) => Some(state.by_path.iter().find(|(p, _)| p == path)?.1.clone()),
+                    None => None,
+                }
+            }
+            Document::Keys => self.cache.wait_keys().await.map(|k| k.doc.clone()),
+        };
+        let (state, resp) = match held {
+            None => (
+                "unavailable",
+                respond::unavailable(document.label(), Some(settings.upstream_timeout)),
+            ),
+            Some(doc) => {
+                let age = doc.fetched_at.elapsed();
+                if age > settings.stale_if_error {
+                    ("unavailable", respond::unavailable(document.label(), None))
+                } else {
+                    // One missed refresh cycle (plus its fetch time) is still fresh.
+                    let fresh = age <= settings.refresh + settings.upstream_timeout * 2;
+                    let state = if fresh { "fresh" } else { "stale" };
+                    (
+                        state,
+                        respond::document(req.method(), req.headers(), &doc, settings.max_age),
+                    )
+                }
+            }
+        };
+        self.metrics
+            .oidc_served
+            .get_or_create(&ServedLabels {
+                document: document.label(),
+                state,
+            })
+            .inc();
+        Some(resp)
+    }
+
+    /// Which document a path asks for. Paths only: `Host` and `X-Forwarded-Host`
+    /// never change what is served.
+    fn route(&self, path: &str) -> Option<Document> {
+        let settings = self.cache.settings();
+        let known = self.cache.discovery();
+        let roots = || {
+            let configured = settings
+                .external_url
+                .iter()
+                .chain(&settings.extra_issuers)
+                .map(|i| i.path.as_str());
+            std::iter::once("")
+                .chain(configured)
+                .chain(known.iter().map(|d| d.issuer.path.as_str()))
+        };
+        let key_names = || {
+            KEY_PATHS
+                .iter()
+                .copied()
+                .chain(std::iter::once(settings.jwks_path.as_str()))
+        };
+        if roots().any(|root| {
+            path.strip_prefix(root)
+                .is_some_and(|rest| key_names().any(|name| rest == name))
+        }) {
+            return Some(Document::Keys);
+        }
+        let discovery_prefix = path.strip_suffix(DISCOVERY_SUFFIX)?;
+        let issuer_known = settings.external_url.is_some() || known.is_some();
+        // Until GitLab's issuer (and so its relative URL root) is known, any
+        // discovery path is a candidate; `handle` passes on the ones it is not.
+        (!issuer_known || roots().any(|root| root == discovery_prefix)).then_some(Document::Discovery)
+    }
+}

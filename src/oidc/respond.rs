@@ -1,0 +1,190 @@
+//! The answers the proxy gives for OIDC documents: cacheable by anyone
+//! (`public, max-age`), validated by a strong ETag, open to any origin, and
+//! never carrying cookies or "do not cache" headers.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+
+use super::cache::Published;
+use crate::body::{self, ProxyBody};
+
+const ALLOWED: &str = "GET, HEAD, OPTIONS";
+
+/// 200 with the document, or 304 when the client already holds it.
+pub fn document(method: &Method, request: &HeaderMap, doc: &Published, max_age: Duration) -> Response<ProxyBody> {
+    let not_modified = if_none_match(request, &doc.etag);
+    let mut resp = if not_modified || method == Method::HEAD {
+        Response::new(body::empty())
+    } else {
+        Response::new(body::full(doc.body.clone()))
+    };
+    let h = resp.headers_mut();
+    if not_modified {
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = resp.headers_mut();
+        h.insert(header::ETAG, doc.etag.clone());
+        h.insert(header::CACHE_CONTROL, cache_control(max_age));
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        return resp;
+    }
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.body.len()));
+    h.insert(header::CACHE_CONTROL, cache_control(max_age));
+    h.insert(header::ETAG, doc.etag.clone());
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    resp
+}
+
+fn cache_control(max_age: Duration) -> HeaderValue {
+    HeaderValue::from_str(&format!("public, max-age={}", max_age.as_secs())).expect("digits are a valid header value")
+}
+
+/// RFC 9110 §13.1.2: weak comparison, `*` matches anything held.
+fn if_none_match(request: &HeaderMap, etag: &HeaderValue) -> bool {
+    let ours = etag.to_str().unwrap_or_default();
+    let ours = ours.strip_prefix("W/").unwrap_or(ours);
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == ours)
+}
+
+/// CORS preflight: any origin may read the documents.
+pub fn preflight(request: &HeaderMap) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(ALLOWED));
+    if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+    resp
+}
+
+pub fn method_not_allowed() -> Response<ProxyBody> {
+    let mut resp = json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "only GET, HEAD and OPTIONS",
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+    resp
+}
+
+/// 503 when no good copy may be served: never cached, retried soon when a
+/// first copy is still being fetched.
+pub fn unavailable(document: &str, retry_after: Option<Duration>) -> Response<ProxyBody> {
+    let description = format!("the {document} document could not be fetched from GitLab");
+    let mut resp = json(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", &description);
+    if let Some(after) = retry_after {
+        let secs = after.as_secs().max(1);
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+fn json(status: StatusCode, error: &str, description: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": error, "error_description": description });
+    let mut resp = Response::new(body::full(body.to_string()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    fn doc() -> Published {
+        Published {
+            body: bytes::Bytes::from_static(br#"{"keys":[]}"#),
+            etag: HeaderValue::from_static("\"abc\""),
+            fetched_at: Instant::now(),
+        }
+    }
+
+    fn inm(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn cacheable_headers_on_200() {
+        let resp = document(&Method::GET, &HeaderMap::new(), &doc(), Duration::from_secs(3600));
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        assert_eq!(h[header::CACHE_CONTROL], "public, max-age=3600");
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        assert_eq!(h[header::ETAG], "\"abc\"");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert_eq!(h[header::CONTENT_LENGTH], "11");
+        for never in [header::SET_COOKIE, header::PRAGMA, header::VARY] {
+            assert!(!h.contains_key(&never), "{never}");
+        }
+    }
+
+    #[test]
+    fn conditional_requests() {
+        for (given, hit) in [
+            ("\"abc\"", true),
+            ("W/\"abc\"", true),
+            ("\"x\", \"abc\"", true),
+            ("*", true),
+            ("\"abd\"", false),
+            ("abc", false),
+        ] {
+            let resp = document(&Method::GET, &inm(given), &doc(), Duration::from_secs(60));
+            let want = if hit { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
+            assert_eq!(resp.status(), want, "{given}");
+            assert_eq!(resp.headers()[header::ETAG], "\"abc\"");
+            assert_eq!(resp.headers()[header::CACHE_CONTROL], "public, max-age=60");
+        }
+    }
+
+    #[test]
+    fn head_has_headers_without_body() {
+        use http_body::Body;
+        let resp = document(&Method::HEAD, &HeaderMap::new(), &doc(), Duration::from_secs(60));
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_LENGTH], "11");
+        assert!(resp.body().is_end_stream());
+    }
+
+    #[test]
+    fn errors_are_never_cached() {
+        let resp = unavailable("keys", Some(Duration::from_secs(3)));
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
+        assert!(!unavailable("keys", None).headers().contains_key(header::RETRY_AFTER));
+        let resp = method_not_allowed();
+        assert_eq!(resp.headers()[header::ALLOW], "GET, HEAD, OPTIONS");
+    }
+
+    #[test]
+    fn preflight_allows_any_origin() {
+        let mut req = HeaderMap::new();
+        req.insert(
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            HeaderValue::from_static("x-requested-with"),
+        );
+        let resp = preflight(&req);
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(resp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert_eq!(resp.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS], "x-requested-with");
+    }
+}
