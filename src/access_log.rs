@@ -98,28 +98,65 @@ impl Drop for LoggedBody {
         if self.outcome == "aborted" && self.inner.is_end_stream() {
             self.outcome = "complete";
         }
-        let elapsed = self.record.start.elapsed();
-        let r = &self.record;
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                method: method_label(&r.method),
-                status: self.status.as_u16(),
-            })
-            .inc();
-        self.metrics.request_duration.observe(elapsed.as_secs_f64());
-        self.metrics.response_bytes.inc_by(self.bytes);
+        self.record
+            .emit(self.status.as_u16(), self.bytes, self.outcome, &self.metrics);
+    }
+}
+
+impl RequestRecord {
+    /// The access line and the request metrics: once per request, from here only.
+    fn emit(&self, status: u16, bytes: u64, outcome: &'static str, metrics: &Metrics) {
+        let elapsed = self.start.elapsed();
+        let method = method_label(&self.method);
+        metrics.requests.get_or_create(&RequestLabels { method, status }).inc();
+        metrics.request_duration.observe(elapsed.as_secs_f64());
+        metrics.response_bytes.inc_by(bytes);
         tracing::info!(
             target: "access",
-            client = %r.client,
-            method = %r.method,
-            path = %r.path,
-            version = ?r.version,
-            status = self.status.as_u16(),
-            bytes = self.bytes,
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            version = ?self.version,
+            status,
+            bytes,
             duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            outcome = self.outcome,
+            outcome,
             "request"
         );
+    }
+}
+
+/// Holds a request's record until a response exists. If the client goes away
+/// first (hyper drops the handler), the request is still logged: status 499
+/// (nginx's "client closed request"), outcome `client_gone`.
+pub struct PendingLog {
+    record: Option<RequestRecord>,
+    metrics: Arc<Metrics>,
+}
+
+impl PendingLog {
+    pub fn new(record: RequestRecord, metrics: Arc<Metrics>) -> Self {
+        PendingLog {
+            record: Some(record),
+            metrics,
+        }
+    }
+
+    pub fn record(&self) -> &RequestRecord {
+        self.record.as_ref().expect("taken only by into_body")
+    }
+
+    /// The response is ready: its body carries the record from here on.
+    pub fn into_body(mut self, body: ProxyBody, status: StatusCode) -> LoggedBody {
+        let record = self.record.take().expect("taken once");
+        LoggedBody::new(body, record, status, self.metrics.clone())
+    }
+}
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.emit(499, 0, "client_gone", &self.metrics);
+        }
     }
 }

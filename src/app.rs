@@ -48,7 +48,7 @@ impl RunningProxy {
                 target: args.upstream.clone(),
                 extra_ca: args.upstream_ca.clone(),
                 connect_timeout: args.connect_timeout,
-                response_timeout: args.upstream_idle_timeout,
+                response_timeout: args.idle_timeout,
             })
             .map_err(StartError::Config)?,
         );
@@ -83,7 +83,7 @@ impl RunningProxy {
         let tracker = TaskTracker::new();
         let passthrough = Passthrough::new(
             upstream,
-            args.upstream_idle_timeout,
+            args.idle_timeout,
             args.upgrade_idle_timeout,
             tracker.clone(),
             metrics.clone(),
@@ -92,7 +92,7 @@ impl RunningProxy {
         let router = Arc::new(Router::new(
             oidc,
             passthrough,
-            args.trusted_proxies.clone(),
+            args.trusted_proxies.0.clone(),
             metrics.clone(),
         ));
         let admin = Arc::new(Admin {

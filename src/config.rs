@@ -68,16 +68,11 @@ pub struct ServeArgs {
     )]
     pub admin_listen: SocketAddr,
 
-    /// Peers whose X-Forwarded-For / X-Forwarded-Proto / X-Forwarded-Host are believed
-    /// (comma-separated CIDRs or addresses). From anyone else they are replaced.
-    #[arg(
-        long,
-        env = "GITLAB_OIDC_PROXY_TRUSTED_PROXIES",
-        value_name = "CIDR[,CIDR...]",
-        value_delimiter = ',',
-        value_parser = parse_cidr
-    )]
-    pub trusted_proxies: Vec<IpNet>,
+    /// Peers whose X-Forwarded-For and X-Forwarded-Proto are believed
+    /// (comma-separated CIDRs or addresses; empty for none). Every other
+    /// client-supplied forwarding header is always replaced.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TRUSTED_PROXIES", value_name = "CIDR[,CIDR...]", default_value = "", hide_default_value = true, value_parser = parse_cidr_list)]
+    pub trusted_proxies: CidrList,
 
     /// X-Forwarded-Proto sent to GitLab for the plain listener, for TLS terminated in
     /// front of the proxy. With https, X-Forwarded-Ssl: on is sent too.
@@ -100,22 +95,23 @@ pub struct ServeArgs {
 
     /// How long a client may take to send request headers before it is disconnected;
     /// also how long an idle keep-alive connection is kept open.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "GITLAB_OIDC_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     pub header_timeout: Duration,
 
     /// How long to wait for a connection to GitLab before answering 504.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
 
-    /// Longest silence from GitLab, waiting for response headers (then 504) or between
-    /// two pieces of a response body (then the response is cut). Like nginx's
-    /// proxy_read_timeout; there is no limit on a request's total time.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-    pub upstream_idle_timeout: Duration,
+    /// Longest silence within a request: from the client while it sends its body
+    /// (then it is cut), from GitLab before its response headers once the request
+    /// is sent (then 504) and within its response body (then the response is cut).
+    /// Like nginx's proxy_read_timeout; there is no limit on a request's total time.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
 
     /// Longest silence in both directions on an upgraded connection (websocket,
     /// web terminal) before it is closed.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_UPGRADE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPGRADE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
     pub upgrade_idle_timeout: Duration,
 
     /// On SIGTERM/SIGINT: stop accepting, then give in-flight requests and upgraded
@@ -220,7 +216,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .map(Duration::from_secs_f64)
             .ok_or_else(|| format!("'{s}' is not a number of seconds"));
     }
-    humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30, 500ms, 30s, 5m, 1h"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30, 500ms, 30s, 5m, 1h"))
+        .and_then(|d| {
+            if d <= MAX_DURATION {
+                Ok(d)
+            } else {
+                Err(format!("'{s}' is longer than 30 years"))
+            }
+        })
+}
+
+/// Far beyond any useful timeout, and far from overflowing a clock.
+const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
+
+/// `--trusted-proxies`: a comma-separated list, possibly empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CidrList(pub Vec<IpNet>);
+
+pub fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(parse_cidr)
+        .collect::<Result<_, _>>()
+        .map(CidrList)
 }
 
 /// A duration above zero (a zero refresh interval would spin).
@@ -280,6 +299,10 @@ pub fn parse_upstream(s: &str) -> Result<UpstreamTarget, String> {
         return Err(format!(
             "'{s}': the upstream URL takes no path or query; requests keep their own path"
         ));
+    }
+    let after_host = authority.as_str().rsplit(']').next().unwrap_or_default();
+    if after_host.contains(':') && authority.port_u16().is_none() {
+        return Err(format!("'{s}': the port is not a number from 0 to 65535"));
     }
     match uri.scheme_str() {
         Some("http") => Ok(UpstreamTarget::Http { authority }),
@@ -370,6 +393,24 @@ mod tests {
         }
         assert!(parse_positive_duration("0").is_err());
         assert_eq!(parse_positive_duration("1"), Ok(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn cidr_lists_and_limits() {
+        assert_eq!(parse_cidr_list(""), Ok(CidrList(vec![])));
+        assert_eq!(
+            parse_cidr_list("10.0.0.0/8, ::1"),
+            Ok(CidrList(vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "::1/128".parse().unwrap()
+            ]))
+        );
+        assert!(parse_cidr_list("10.0.0.0/8,bogus").is_err());
+        assert!(parse_duration("10000000000000000000s").is_err());
+        assert!(parse_upstream("http://gitlab:99999").is_err());
+        for zero in ["0", "0s", "0ms"] {
+            assert!(parse_positive_duration(zero).is_err(), "{zero}");
+        }
     }
 
     #[test]

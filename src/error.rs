@@ -28,6 +28,28 @@ pub enum DownstreamError {
     /// CONNECT and TRACE: a reverse proxy is no forward proxy, and TRACE echoes
     /// credentials back (nginx refuses both too).
     MethodNotAllowed,
+    /// A transfer coding other than chunked: what it would mean for GitLab is
+    /// unclear, so it is refused (nginx answers 501 too).
+    UnsupportedTransferCoding,
+    /// The client's request body broke off, was malformed, or went silent.
+    RequestBody,
+}
+
+/// Marks an error that came from the client's request body, so a client that
+/// aborts its own upload is not counted as a GitLab failure.
+#[derive(Debug)]
+pub struct ClientBodyError(pub BoxError);
+
+impl fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client request body: {}", self.0)
+    }
+}
+
+impl StdError for ClientBodyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(self.0.as_ref())
+    }
 }
 
 #[derive(Debug)]
@@ -36,7 +58,7 @@ pub enum UpstreamError {
     Connect(BoxError),
     /// The connection attempt outlived `--connect-timeout`: 504.
     ConnectTimeout,
-    /// No response headers within `--upstream-idle-timeout`: 504.
+    /// No response headers within `--idle-timeout` after the request was sent: 504.
     ResponseTimeout,
     /// The exchange failed after connecting: 502.
     Exchange(BoxError),
@@ -46,6 +68,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Downstream(DownstreamError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Downstream(DownstreamError::UnsupportedTransferCoding) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::Downstream(DownstreamError::RequestBody) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout) => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -57,6 +81,8 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::Downstream(DownstreamError::MethodNotAllowed) => "method_not_allowed",
+            ProxyError::Downstream(DownstreamError::UnsupportedTransferCoding) => "unsupported_transfer_coding",
+            ProxyError::Downstream(DownstreamError::RequestBody) => "request_body_failed",
             ProxyError::Upstream(UpstreamError::Connect(_)) => "connect_failed",
             ProxyError::Upstream(UpstreamError::ConnectTimeout) => "connect_timeout",
             ProxyError::Upstream(UpstreamError::ResponseTimeout) => "response_timeout",
@@ -69,6 +95,8 @@ impl ProxyError {
         let status = self.status();
         let text = match &self {
             ProxyError::Downstream(DownstreamError::MethodNotAllowed) => "method not allowed\n",
+            ProxyError::Downstream(DownstreamError::UnsupportedTransferCoding) => "transfer coding not implemented\n",
+            ProxyError::Downstream(DownstreamError::RequestBody) => "bad request: the request body broke off\n",
             ProxyError::Upstream(UpstreamError::ConnectTimeout) => {
                 "gateway timeout: GitLab did not accept the connection in time\n"
             }
@@ -100,7 +128,11 @@ impl ProxyError {
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => f.write_str("method not allowed"),
+            ProxyError::Downstream(d) => f.write_str(match d {
+                DownstreamError::MethodNotAllowed => "method not allowed",
+                DownstreamError::UnsupportedTransferCoding => "unsupported transfer coding",
+                DownstreamError::RequestBody => "the client's request body failed",
+            }),
             ProxyError::Upstream(UpstreamError::Connect(e)) => {
                 write!(f, "connect to upstream failed: {}", chain(e.as_ref()))
             }

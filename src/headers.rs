@@ -44,19 +44,14 @@ const FORWARDING: &[&str] = &[
     "true-client-ip",
 ];
 
-/// End-to-end headers that a `Connection` header may name but never remove:
-/// dropping them would change what the request means or who it claims to be from.
-const PROTECTED: &[&str] = &[
-    "host",
-    "content-length",
-    "content-type",
-    "content-encoding",
-    "authorization",
-    "cookie",
-];
+/// End-to-end headers that a `Connection` header may name but never remove
+/// (with every `Content-*`): dropping them would change what the request means
+/// or who it claims to be from.
+const PROTECTED: &[&str] = &["host", "authorization", "cookie", "private-token", "job-token"];
 
 fn is_protected(name: &HeaderName) -> bool {
-    PROTECTED.contains(&name.as_str()) || FORWARDING.contains(&name.as_str())
+    let name = name.as_str();
+    PROTECTED.contains(&name) || FORWARDING.contains(&name) || name.starts_with("content-")
 }
 
 /// Header names listed in `Connection` (all its lines, comma-separated).
@@ -80,6 +75,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in HOP_BY_HOP {
         headers.remove(*name);
+    }
+}
+
+/// True when a request uses a transfer coding other than `chunked`.
+pub fn has_unsupported_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            v.to_str()
+                .map(|s| s.split(',').collect::<Vec<_>>())
+                .unwrap_or_else(|_| vec!["?"])
+        })
+        .any(|coding| !coding.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// Joins several `Cookie` fields into one, as RFC 9113 §8.2.3 asks before
+/// a request goes on over HTTP/1.1.
+pub fn merge_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() < 2 {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
@@ -147,13 +171,12 @@ fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// Rewrites the forwarding headers for the request going to GitLab:
-/// from an untrusted peer every client-supplied forwarding header is dropped and
-/// replaced; from a trusted proxy its `X-Forwarded-For` is appended to and its
-/// `X-Forwarded-Proto` believed.
+/// Rewrites the forwarding headers for the request going to GitLab: every
+/// client-supplied one is dropped and replaced, except that from a trusted
+/// proxy `X-Forwarded-For` is appended to and `X-Forwarded-Proto` believed.
 pub fn apply_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted: &[IpNet], listener_proto: Proto) -> Forwarded {
     let peer = canonical(peer);
-    let forwarded = if is_trusted(peer, trusted) {
+    let (chain, forwarded) = if is_trusted(peer, trusted) {
         let prior = joined(headers, "x-forwarded-for");
         let chain = match prior {
             Some(prior) if !prior.trim().is_empty() => format!("{}, {peer}", prior.trim()),
@@ -169,21 +192,22 @@ pub fn apply_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted: &[IpNet]
                 _ => None,
             })
             .unwrap_or(listener_proto);
-        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-ssl", "x-real-ip"] {
-            headers.remove(name);
-        }
-        insert(headers, "x-forwarded-for", &chain);
-        Forwarded { client, proto }
+        (chain, Forwarded { client, proto })
     } else {
-        for name in FORWARDING {
-            headers.remove(*name);
-        }
-        insert(headers, "x-forwarded-for", &peer.to_string());
-        Forwarded {
-            client: peer,
-            proto: listener_proto,
-        }
+        (
+            peer.to_string(),
+            Forwarded {
+                client: peer,
+                proto: listener_proto,
+            },
+        )
     };
+    // Load balancers append to X-Forwarded-For and set X-Forwarded-Proto but pass
+    // the rest through from the client: nothing else is ever believed.
+    for name in FORWARDING {
+        headers.remove(*name);
+    }
+    insert(headers, "x-forwarded-for", &chain);
     insert(headers, "x-real-ip", &forwarded.client.to_string());
     headers.insert("x-forwarded-proto", HeaderValue::from_static(forwarded.proto.as_str()));
     if forwarded.proto == Proto::Https {
@@ -441,10 +465,9 @@ mod tests {
         assert_eq!(get(&h, "x-real-ip"), Some("198.51.100.9"));
         assert_eq!(get(&h, "x-forwarded-proto"), Some("https"));
         assert_eq!(get(&h, "x-forwarded-ssl"), Some("on"));
-        assert_eq!(
-            get(&h, "x-forwarded-host"),
-            Some("gitlab.example.com"),
-            "trusted proxies may set it"
+        assert!(
+            h.get("x-forwarded-host").is_none(),
+            "load balancers pass it from clients; never believed"
         );
     }
 

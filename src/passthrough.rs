@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::body::{self, IdleTimeoutBody, ProxyBody};
-use crate::error::{ProxyError, UpstreamError};
+use crate::error::{BoxError, ClientBodyError, DownstreamError, ProxyError, UpstreamError};
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -54,9 +55,16 @@ impl Passthrough {
         let upgrade = headers::requested_upgrade(client_version, req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
+        if headers::has_unsupported_transfer_coding(req.headers()) {
+            return Err(ProxyError::Downstream(DownstreamError::UnsupportedTransferCoding));
+        }
         let (mut parts, body) = req.into_parts();
         headers::ensure_host(&mut parts.headers, &parts.uri);
         headers::strip_hop_by_hop(&mut parts.headers);
+        if client_version == Version::HTTP_2 {
+            // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one.
+            headers::merge_cookies(&mut parts.headers);
+        }
         if let Some(protocol) = upgrade {
             headers::set_upgrade(&mut parts.headers, protocol);
         }
@@ -64,11 +72,13 @@ impl Passthrough {
         // Workhorse speaks HTTP/1.1, whatever the client spoke.
         parts.version = Version::HTTP_11;
 
+        // A client that goes silent mid-upload is cut after the idle limit, and
+        // its body's errors are told apart from GitLab's.
+        let body = IdleTimeoutBody::new(body, self.body_idle).map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) });
         let mut resp = self
             .upstream
             .send(Request::from_parts(parts, body::boxed(body)))
-            .await
-            .map_err(ProxyError::Upstream)?;
+            .await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -119,8 +129,10 @@ impl Passthrough {
                     metrics.tunnel_bytes.inc_by(bytes);
                     tracing::debug!(bytes, "upgraded connection closed");
                 }
-                Relay::Idle => {
+                Relay::Idle { bytes } => {
+                    metrics.tunnel_bytes.inc_by(bytes);
                     tracing::info!(
+                        bytes,
                         idle_secs = idle.as_secs_f64(),
                         "upgraded connection closed after idling"
                     )
@@ -135,7 +147,7 @@ impl Passthrough {
 
 enum Relay {
     Closed { bytes: u64 },
-    Idle,
+    Idle { bytes: u64 },
     Failed(std::io::Error),
 }
 
@@ -182,7 +194,7 @@ where
     let ended = tokio::select! {
         done = a_to_b => done,
         done = b_to_a => done,
-        () = watchdog => return Relay::Idle,
+        () = watchdog => return Relay::Idle { bytes: seen.bytes.load(Ordering::Relaxed) },
     };
     match ended {
         Ok(()) => Relay::Closed {
@@ -249,7 +261,7 @@ mod tests {
 
         // Then silence past the limit closes it.
         match task.await.unwrap() {
-            Relay::Idle => {}
+            Relay::Idle { .. } => {}
             _ => panic!("expected the idle watchdog to end the tunnel"),
         }
     }
@@ -271,7 +283,7 @@ mod tests {
         match task.await.unwrap() {
             Relay::Closed { bytes } => assert_eq!(bytes, 3),
             Relay::Failed(e) => panic!("{e}"),
-            Relay::Idle => panic!("should end on close, not idle"),
+            Relay::Idle { .. } => panic!("should end on close, not idle"),
         }
     }
 }

@@ -9,7 +9,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
-use crate::access_log::{LoggedBody, RequestRecord};
+use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
 use crate::body::ProxyBody;
 use crate::config::Proto;
 use crate::error::{DownstreamError, ProxyError};
@@ -46,6 +46,7 @@ impl Router {
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
         let forwarded = headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), &self.trusted_proxies, conn.proto);
         let record = RequestRecord::new(req.method(), req.uri(), req.version(), forwarded.client);
+        let pending = PendingLog::new(record, self.metrics.clone());
 
         let result = if let Some(answer) = self.oidc.handle(&req).await {
             Ok(answer)
@@ -54,9 +55,9 @@ impl Router {
         } else {
             self.passthrough.forward(req).await
         };
-        let resp = result.unwrap_or_else(|err| self.error_response(err, &record));
+        let resp = result.unwrap_or_else(|err| self.error_response(err, pending.record()));
         let status = resp.status();
-        resp.map(|body: ProxyBody| LoggedBody::new(body, record, status, self.metrics.clone()))
+        resp.map(|body: ProxyBody| pending.into_body(body, status))
     }
 
     fn error_response(&self, err: ProxyError, record: &RequestRecord) -> Response<ProxyBody> {

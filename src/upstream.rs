@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 
 use crate::body::ProxyBody;
 use crate::config::UpstreamTarget;
-use crate::error::{BoxError, UpstreamError};
+use crate::error::{BoxError, ClientBodyError, DownstreamError, ProxyError, UpstreamError};
 
 /// Settings the pool needs; read from the command line by `main`.
 #[derive(Debug, Clone)]
@@ -103,33 +103,47 @@ impl Upstream {
             .expect("scheme, authority and path are each valid")
     }
 
-    /// Sends a request and waits for the response headers (not the body).
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
-        let fut = match &self.client {
+    /// Sends a request and waits for the response headers (not the body). The
+    /// response timeout starts once the request body is sent: an upload may take
+    /// hours, its silences are bounded by the body's own idle limit.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let (body, sent) = crate::body::with_end_signal(body);
+        let req = Request::from_parts(parts, body);
+        let exchange = match &self.client {
             Pool::Tcp(c) => c.request(req),
             Pool::Tls(c) => c.request(req),
             Pool::Unix(c) => c.request(req),
         };
-        match tokio::time::timeout(self.response_timeout, fut).await {
-            Err(_) => Err(UpstreamError::ResponseTimeout),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(err)) => Err(classify(err)),
+        tokio::pin!(exchange);
+        tokio::select! {
+            biased;
+            result = &mut exchange => return result.map_err(classify),
+            _ = sent => {}
+        }
+        match tokio::time::timeout(self.response_timeout, exchange).await {
+            Err(_) => Err(ProxyError::Upstream(UpstreamError::ResponseTimeout)),
+            Ok(result) => result.map_err(classify),
         }
     }
 }
 
-fn classify(err: hyper_util::client::legacy::Error) -> UpstreamError {
+fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = source {
         if e.is::<ConnectTimedOut>() {
-            return UpstreamError::ConnectTimeout;
+            return ProxyError::Upstream(UpstreamError::ConnectTimeout);
+        }
+        if e.is::<ClientBodyError>() {
+            tracing::debug!(error = %crate::error::chain(&err), "client request body failed");
+            return ProxyError::Downstream(DownstreamError::RequestBody);
         }
         source = e.source();
     }
     if err.is_connect() {
-        UpstreamError::Connect(Box::new(err))
+        ProxyError::Upstream(UpstreamError::Connect(Box::new(err)))
     } else {
-        UpstreamError::Exchange(Box::new(err))
+        ProxyError::Upstream(UpstreamError::Exchange(Box::new(err)))
     }
 }
 
@@ -319,7 +333,7 @@ mod tests {
         let up = Upstream::new(&settings(&format!("unix:{}", path.display()))).unwrap();
         let req = Request::get(up.uri_for(None)).body(crate::body::empty()).unwrap();
         match up.send(req).await {
-            Err(UpstreamError::Connect(e)) => {
+            Err(ProxyError::Upstream(UpstreamError::Connect(e))) => {
                 assert!(crate::error::chain(e.as_ref()).contains("absent.sock"), "{e}")
             }
             other => panic!("expected a connect error, got {other:?}"),

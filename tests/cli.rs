@@ -30,11 +30,7 @@ const OPTIONS: [(&str, &str, Option<&str>); 12] = [
     ("--log-format", "GITLAB_OIDC_PROXY_LOG_FORMAT", Some("text")),
     ("--header-timeout", "GITLAB_OIDC_PROXY_HEADER_TIMEOUT", Some("30s")),
     ("--connect-timeout", "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT", Some("10s")),
-    (
-        "--upstream-idle-timeout",
-        "GITLAB_OIDC_PROXY_UPSTREAM_IDLE_TIMEOUT",
-        Some("1h"),
-    ),
+    ("--idle-timeout", "GITLAB_OIDC_PROXY_IDLE_TIMEOUT", Some("1h")),
     (
         "--upgrade-idle-timeout",
         "GITLAB_OIDC_PROXY_UPGRADE_IDLE_TIMEOUT",

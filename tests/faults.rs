@@ -89,7 +89,7 @@ async fn silent_upstream_is_504_after_idle_timeout() {
         Response::new(empty())
     })
     .await;
-    let proxy = Proxy::start(&up.target, &["--upstream-idle-timeout", "500ms"]);
+    let proxy = Proxy::start(&up.target, &["--idle-timeout", "500ms"]);
     let started = Instant::now();
     let resp = client().get(proxy.url("/").parse().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -236,9 +236,10 @@ async fn credentials_never_reach_the_logs() {
         client().request(req).await.unwrap();
     }
     for proxy in [&ok, &failing] {
-        let logs = proxy.wait_for_log(r#""path":"/api/v4/projects""#).await;
+        proxy.wait_for_log(r#""path":"/api/v4/projects""#).await;
         proxy.wait_for_log(r#""path":"/""#).await;
         proxy.wait_for_log(r#""path":"/api/v4/jobs/request""#).await;
+        let logs = proxy.logs();
         for secret in SECRETS {
             assert!(!logs.contains(secret), "{secret} leaked into the log:\n{logs}");
         }
@@ -288,4 +289,104 @@ async fn sigterm_lets_an_open_websocket_finish() {
         .expect("proxy did not exit after the websocket closed");
     assert_eq!(exit.code(), Some(0));
     assert!(proxy.logs().contains("all requests and upgraded connections finished"));
+}
+
+#[tokio::test]
+async fn slow_upload_is_not_cut_by_the_idle_timeout() {
+    // An upload that takes three idle periods but is never silent for one.
+    let up = upstream(Transport::Tcp, echo).await;
+    let proxy = Proxy::start(&up.target, &["--idle-timeout", "1s"]);
+    let trickle = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 10 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Some((
+            Ok::<_, BoxError>(hyper::body::Frame::data(bytes::Bytes::from(format!("part {i};")))),
+            i + 1,
+        ))
+    });
+    let body = http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(trickle));
+    let req = Request::post(proxy.url("/api/v4/projects/1/uploads"))
+        .body(body)
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echoed = body_bytes(resp).await;
+    assert_eq!(echoed, (0..10).map(|i| format!("part {i};")).collect::<String>());
+}
+
+#[tokio::test]
+async fn silent_uploader_is_cut_and_not_blamed_on_gitlab() {
+    let up = upstream(Transport::Tcp, echo).await;
+    let proxy = Proxy::start(&up.target, &["--idle-timeout", "500ms"]);
+    // Promises 100000 bytes, sends 10, then goes quiet.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"PUT /big HTTP/1.1\r\nHost: gitlab.example.com\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a silent uploader held its request open");
+    let logs = proxy.wait_for_log(r#""path":"/big""#).await;
+    assert!(!logs.contains("request to GitLab failed"), "{logs}");
+    assert!(
+        !proxy.metrics().await.contains("upstream_errors_total{"),
+        "counted as a GitLab error"
+    );
+}
+
+#[tokio::test]
+async fn aborted_upload_is_not_blamed_on_gitlab() {
+    let up = upstream(Transport::Tcp, echo).await;
+    let proxy = Proxy::start(&up.target, &[]);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"PUT /aborted HTTP/1.1\r\nHost: gitlab.example.com\r\nContent-Length: 100000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+    let logs = proxy.wait_for_log(r#""path":"/aborted""#).await;
+    assert!(!logs.contains("request to GitLab failed"), "{logs}");
+    assert!(
+        !proxy.metrics().await.contains("upstream_errors_total{"),
+        "counted as a GitLab error"
+    );
+}
+
+#[tokio::test]
+async fn client_leaving_before_the_answer_is_still_logged() {
+    let up = upstream(Transport::Tcp, |_req| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Response::new(empty())
+    })
+    .await;
+    let proxy = Proxy::start(&up.target, &[]);
+    let url = proxy.url("/api/v4/jobs/request");
+    let gone = tokio::time::timeout(Duration::from_millis(300), client().get(url.parse().unwrap())).await;
+    assert!(gone.is_err(), "the upstream answered early");
+    let logs = proxy.wait_for_log(r#""outcome":"client_gone""#).await;
+    let line = logs.lines().find(|l| l.contains("client_gone")).unwrap();
+    assert!(
+        line.contains(r#""status":499"#) && line.contains(r#""path":"/api/v4/jobs/request""#),
+        "{line}"
+    );
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains(r#"http_requests_total{method="GET",status="499"} 1"#)
+    );
+}
+
+#[tokio::test]
+async fn unknown_transfer_coding_is_501() {
+    let mut up = upstream(Transport::Tcp, echo).await;
+    let proxy = Proxy::start(&up.target, &[]);
+    let request = b"POST /x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let resp = raw_exchange(proxy.addr, request, Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 501"), "{resp}");
+    assert!(up.saw_nothing());
 }

@@ -9,7 +9,6 @@ use http_body_util::{BodyExt, Limited};
 
 use super::DocError;
 use crate::body;
-use crate::error::ProxyError;
 use crate::upstream::Upstream;
 
 /// Larger answers are refused (a key set is a few KiB).
@@ -58,7 +57,7 @@ impl Fetcher {
                 .upstream
                 .send(req)
                 .await
-                .map_err(|e| DocError::Upstream(ProxyError::Upstream(e).to_string()))?;
+                .map_err(|e| DocError::Upstream(e.to_string()))?;
             match resp.status() {
                 StatusCode::OK => {}
                 StatusCode::NOT_FOUND => return Err(DocError::NotFound),

@@ -146,7 +146,12 @@ mod tests {
         assert!(merge(&[ec_only]).is_err());
         let kids: Vec<String> = (0..101).map(|i| format!("k{i}")).collect();
         let many = parse(set(&kids.iter().map(String::as_str).collect::<Vec<_>>()).as_bytes()).unwrap();
-        assert!(merge(std::slice::from_ref(&many)).unwrap_err().to_string().contains("101 RSA"));
+        assert!(
+            merge(std::slice::from_ref(&many))
+                .unwrap_err()
+                .to_string()
+                .contains("101 RSA")
+        );
         assert_eq!(merge(&[many[..100].to_vec()]).unwrap().len(), 100);
     }
 }
