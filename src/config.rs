@@ -37,6 +37,8 @@ pub enum Command {
         Exit status: 0 after a graceful shutdown, 2 for a bad option, 1 when the proxy cannot start."
     )]
     Serve(ServeArgs),
+    /// Simulated GitLab + the proxy + parallel STS-like verifications, before/after.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Clone, Args)]

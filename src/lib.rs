@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod headers;
 pub mod listener;

@@ -7,7 +7,8 @@ use clap::Parser;
 use clap::error::ErrorKind;
 
 use gitlab_oidc_proxy::app::{RunningProxy, StartError};
-use gitlab_oidc_proxy::config::{Cli, Command, ServeArgs};
+use gitlab_oidc_proxy::config::{Cli, Command, LogFormat, ServeArgs};
+use gitlab_oidc_proxy::demo;
 use gitlab_oidc_proxy::shutdown::Signals;
 use gitlab_oidc_proxy::telemetry;
 
@@ -23,8 +24,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Command::Serve(args) = cli.command;
-    telemetry::init(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -32,8 +31,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match cli.command {
+        Command::Serve(args) => {
+            telemetry::init(args.log_format, "info");
+            runtime.block_on(serve(args)).map(|()| 0)
+        }
+        Command::Demo(args) => {
+            // The demo's own table is the output; logs only for what goes wrong.
+            telemetry::init(LogFormat::Text, "warn");
+            runtime.block_on(demo::run(args)).map_err(StartError::Runtime)
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
         Err(StartError::Config(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::from(2)

@@ -1,11 +1,12 @@
-//! Log output: text or JSON lines on stderr, filtered by `RUST_LOG` (default `info`).
+//! Log output: text or JSON lines on stderr, filtered by `RUST_LOG`.
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `default` applies when `RUST_LOG` is unset.
+pub fn init(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
