@@ -36,7 +36,7 @@ pub enum Command {
         Logging: RUST_LOG filters (default info; the access log's target is `access`, e.g. RUST_LOG=info,access=warn).\n\
         Exit status: 0 after a graceful shutdown, 2 for a bad option, 1 when the proxy cannot start."
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Simulated GitLab + the proxy + parallel STS-like verifications, before/after.
     Demo(crate::demo::DemoArgs),
 }

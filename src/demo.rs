@@ -147,7 +147,7 @@ fn serve_args(gitlab: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> Resu
     ];
     let cli = <Cli as clap::Parser>::try_parse_from(argv).map_err(|e| e.to_string())?;
     match cli.command {
-        Command::Serve(args) => Ok(args),
+        Command::Serve(args) => Ok(*args),
         _ => Err("internal: demo built a non-serve command".into()),
     }
 }

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => {
             telemetry::init(args.log_format, "info");
-            runtime.block_on(serve(args)).map(|()| 0)
+            runtime.block_on(serve(*args)).map(|()| 0)
         }
         Command::Demo(args) => {
             // The demo's own table is the output; logs only for what goes wrong.
