@@ -19,6 +19,11 @@ pub fn parse(body: &[u8]) -> Result<Vec<Jwk>, DocError> {
     let Some(keys) = value.get("keys").and_then(Value::as_array) else {
         return Err(DocError::Invalid("key set is not an object with a `keys` list".into()));
     };
+    // GitLab always has a signing key; an empty set is a broken answer, and
+    // uniting it would silently drop that endpoint's keys (the CI key on 14.4).
+    if keys.is_empty() {
+        return Err(DocError::Invalid("key set is empty".into()));
+    }
     keys.iter()
         .enumerate()
         .map(|(i, key)| {
@@ -127,6 +132,7 @@ mod tests {
     fn malformed_sets_are_refused() {
         for (body, want) in [
             ("[]", "`keys` list"),
+            (r#"{"keys":[]}"#, "empty"),
             (r#"{"keys":{}}"#, "`keys` list"),
             (r#"{"keys":[1]}"#, "not an object"),
             (r#"{"keys":[{"kty":"RSA"}]}"#, "lacks `kid`"),
