@@ -179,3 +179,52 @@ async fn environment_configures_and_flags_win() {
         flag_wins.logs()
     );
 }
+
+#[test]
+fn demo_once_shows_the_fix_for_each_profile() {
+    for profile in ["14.4", "17.0"] {
+        let out = run(
+            &[
+                "demo",
+                "--once",
+                "--profile",
+                profile,
+                "--jobs",
+                "8",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--gitlab-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{profile}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let row = |name: &str| {
+            stdout
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let passed = row("verifications passed");
+        // 14.4 lacks the CI key where discovery points: nothing verifies straight against it.
+        let direct = if profile == "14.4" { "0/8" } else { "8/8" };
+        assert!(
+            passed.contains(direct) && passed.trim_end().ends_with("8/8"),
+            "{profile}: {passed}"
+        );
+        assert!(
+            row("Cache-Control, discovery").contains("public, max-age=3600"),
+            "{stdout}"
+        );
+        assert!(row("requests that reached GitLab").contains("16 "), "{stdout}");
+    }
+}
