@@ -48,14 +48,15 @@ impl Admin {
         }
     }
 
-    /// Ready once both OIDC documents are held, until draining starts.
+    /// Ready while both OIDC documents are held and within `--stale-if-error`,
+    /// until draining starts.
     fn readiness(&self) -> Response<ProxyBody> {
         if self.draining.is_cancelled() {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        } else if !self.cache.warm() {
+        } else if !self.cache.servable() {
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "waiting for the OIDC documents from GitLab\n",
+                "no servable OIDC documents from GitLab\n",
             )
         } else {
             text(StatusCode::OK, "ready\n")
@@ -73,7 +74,7 @@ impl Admin {
                 "refreshed": report.discovery.is_ok(),
                 "error": report.discovery.as_ref().err().map(ToString::to_string),
                 "issuer": discovery.as_ref().map(|d| d.issuer.url.clone()),
-                "published_at": discovery.as_ref().map(|d| d.by_path.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
+                "published_paths": discovery.as_ref().map(|d| d.by_path.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
                 "age_seconds": discovery.as_ref().and_then(|d| d.by_path.first().map(|(_, p)| age(p.fetched_at))),
             },
             "keys": {

@@ -52,16 +52,6 @@ impl RunningProxy {
             })
             .map_err(StartError::Config)?,
         );
-        let bind = |addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))
-        };
-        let public = bind(args.listen).await?;
-        let admin_listener = bind(args.admin_listen).await?;
-        let local = |l: &TcpListener| l.local_addr().map_err(|e| StartError::Runtime(e.to_string()));
-        let (listen, admin_addr) = (local(&public)?, local(&admin_listener)?);
-
         let o = &args.oidc;
         let settings = OidcSettings {
             jwks_path: o.jwks_path.clone(),
@@ -72,6 +62,17 @@ impl RunningProxy {
             upstream_timeout: o.upstream_timeout,
             stale_if_error: o.stale_if_error,
         };
+        settings.check().map_err(StartError::Config)?;
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))
+        };
+        let public = bind(args.listen).await?;
+        let admin_listener = bind(args.admin_listen).await?;
+        let local = |l: &TcpListener| l.local_addr().map_err(|e| StartError::Runtime(e.to_string()));
+        let (listen, admin_addr) = (local(&public)?, local(&admin_listener)?);
+
         let upstream_host = match &args.upstream {
             UpstreamTarget::Http { authority } | UpstreamTarget::Https { authority } => authority.to_string(),
             UpstreamTarget::Unix { .. } => "localhost".to_owned(),

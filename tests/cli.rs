@@ -123,6 +123,24 @@ fn bad_values_exit_2_with_one_line() {
             "{args:?}: {stderr}"
         );
     }
+    let clash = run(
+        &[
+            "serve",
+            "--upstream",
+            "http://g:80",
+            "--external-url",
+            "https://a.example/gitlab",
+            "--issuer",
+            "https://b.example/gitlab",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8(clash.stderr).unwrap();
+    assert_eq!(clash.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("share the path") && stderr.trim_end().lines().count() == 1,
+        "{stderr}"
+    );
     let (_dir, missing) = support::absent_socket();
     let out = run(
         &[

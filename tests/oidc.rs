@@ -774,6 +774,11 @@ async fn stale_if_error_then_503() {
         );
     }
     assert!(metric(&metrics, &fetch_series("jwks", "bad_status")) > 0, "{metrics}");
+    // Nothing servable: the replica says so, so a load balancer can route around it.
+    assert_eq!(
+        get(&proxy.admin_url("/readyz")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 
     // GitLab back: the documents come back.
     sim.clear_faults();

@@ -116,6 +116,15 @@ impl Cache {
         self.discovery.borrow().is_some() && self.keys.borrow().is_some()
     }
 
+    /// Both documents held and young enough to serve (within `--stale-if-error`).
+    pub fn servable(&self) -> bool {
+        let young = |at: Instant| at.elapsed() <= self.settings.stale_if_error;
+        let discovery = self
+            .discovery()
+            .is_some_and(|d| d.by_path.first().is_some_and(|(_, p)| young(p.fetched_at)));
+        discovery && self.keys().is_some_and(|k| young(k.doc.fetched_at))
+    }
+
     /// Waits (bounded) for a first discovery document, asking for a fetch.
     pub async fn wait_discovery(&self) -> Option<Arc<DiscoveryState>> {
         self.wait(&self.discovery).await
@@ -132,7 +141,10 @@ impl Cache {
         }
         // Coalesced: the channel holds one request, and the refresher runs one fetch at a time.
         let _ = self.poke_tx.try_send(());
-        let waited = tokio::time::timeout(self.settings.upstream_timeout, rx.wait_for(Option::is_some)).await;
+        // Until GitLab's relative URL root is known, a refresh fetches discovery
+        // and then the keys: the fetch in flight may take two timeouts.
+        let steps = if self.root_known() { 1 } else { 2 };
+        let waited = tokio::time::timeout(self.settings.upstream_timeout * steps, rx.wait_for(Option::is_some)).await;
         match waited {
             Ok(Ok(held)) => held.clone(),
             _ => None,
@@ -276,6 +288,10 @@ impl Cache {
             Published::new(discovery::publish(&doc, &issuer, jwks_path), now),
         )];
         for extra in &self.settings.extra_issuers {
+            if extra.discovery_path() == issuer.discovery_path() && extra.url != issuer.url {
+                // Routing is by path: two issuers on one path cannot both be served.
+                tracing::warn!(target: "oidc", issuer = %extra.url, gitlab = %issuer.url, "--issuer has the same path as GitLab's issuer; GitLab's is published there");
+            }
             if !by_path.iter().any(|(p, _)| *p == extra.discovery_path()) {
                 by_path.push((
                     extra.discovery_path(),

@@ -97,6 +97,9 @@ pub fn publish(doc: &Map<String, Value>, issuer: &Issuer, jwks_path: &str) -> Ve
     let mut out = doc.clone();
     for (name, value) in out.iter_mut() {
         match name.as_str() {
+            // GitLab's own issuer stays byte for byte as GitLab sent it: consumers
+            // compare it with the tokens' `iss` exactly.
+            "issuer" if value.as_str().and_then(|v| Issuer::parse(v).ok()).as_ref() == Some(issuer) => {}
             "issuer" => *value = Value::String(issuer.url.clone()),
             "jwks_uri" => *value = Value::String(format!("{}{jwks_path}", issuer.url)),
             _ => {
@@ -184,6 +187,21 @@ mod tests {
         assert_eq!(out["jwks_uri"], "https://gitlab.example.com/-/jwks");
         assert_eq!(out["token_endpoint"], "https://gitlab.example.com/oauth/token");
         assert_eq!(out["scopes_supported"], serde_json::json!(["api", "openid"]));
+    }
+
+    #[test]
+    fn gitlab_issuer_is_kept_byte_for_byte() {
+        let body = GITLAB_17.replace(
+            r#""issuer":"https://gitlab.example.com""#,
+            r#""issuer":"https://gitlab.example.com/""#,
+        );
+        let (doc, issuer) = validate(body.as_bytes()).unwrap();
+        let out: Value = serde_json::from_slice(&publish(&doc, &issuer, "/-/jwks")).unwrap();
+        assert_eq!(
+            out["issuer"], "https://gitlab.example.com/",
+            "as GitLab sent it, trailing slash and all"
+        );
+        assert_eq!(out["jwks_uri"], "https://gitlab.example.com/-/jwks");
     }
 
     #[test]

@@ -38,6 +38,27 @@ pub struct OidcSettings {
     pub stale_if_error: Duration,
 }
 
+impl OidcSettings {
+    /// Issuers are told apart by path alone (never by `Host`): two on one path
+    /// could not both be served, so that is refused at start.
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen: Vec<&Issuer> = Vec::new();
+        for issuer in self.external_url.iter().chain(&self.extra_issuers) {
+            if let Some(other) = seen.iter().find(|o| o.path == issuer.path && o.url != issuer.url) {
+                return Err(format!(
+                    "issuers {} and {} share the path '{}'; the proxy tells issuers apart by path only",
+                    other.url, issuer.url, issuer.path
+                ));
+            }
+            seen.push(issuer);
+        }
+        if self.jwks_path.ends_with(DISCOVERY_SUFFIX) {
+            return Err(format!("--jwks-path {} is a discovery path", self.jwks_path));
+        }
+        Ok(())
+    }
+}
+
 /// Why a GitLab answer was refused. Labels are metric values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DocError {
@@ -100,6 +121,13 @@ impl Oidc {
     pub async fn handle<B>(&self, req: &Request<B>) -> Option<Response<ProxyBody>> {
         let path = req.uri().path();
         let document = self.route(path)?;
+        if document == Document::Discovery
+            && let Some(state) = self.cache.discovery()
+            && !state.by_path.iter().any(|(p, _)| p == path)
+        {
+            // Another `.well-known` path than ours: GitLab's to answer, whatever the method.
+            return None;
+        }
         match *req.method() {
             Method::GET | Method::HEAD => {}
             Method::OPTIONS => return Some(respond::preflight(req.headers())),
@@ -179,5 +207,54 @@ impl Oidc {
         // Until GitLab's issuer (and so its relative URL root) is known, any
         // discovery path is a candidate; `handle` passes on the ones it is not.
         (!issuer_known || roots().any(|root| root == discovery_prefix)).then_some(Document::Discovery)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(external: Option<&str>, extra: &[&str], jwks_path: &str) -> OidcSettings {
+        OidcSettings {
+            jwks_path: jwks_path.into(),
+            external_url: external.map(|u| Issuer::parse(u).unwrap()),
+            extra_issuers: extra.iter().map(|u| Issuer::parse(u).unwrap()).collect(),
+            max_age: Duration::from_secs(1),
+            refresh: Duration::from_secs(1),
+            upstream_timeout: Duration::from_secs(1),
+            stale_if_error: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn issuers_on_one_path_are_refused() {
+        assert!(
+            settings(Some("https://g.example/gitlab"), &["https://g.example"], "/-/jwks")
+                .check()
+                .is_ok()
+        );
+        assert!(
+            settings(Some("https://g.example"), &["https://g.example/"], "/-/jwks")
+                .check()
+                .is_ok(),
+            "same issuer"
+        );
+        let err = settings(
+            Some("https://a.example/gitlab"),
+            &["https://b.example/gitlab"],
+            "/-/jwks",
+        )
+        .check();
+        assert!(err.unwrap_err().contains("share the path"));
+        assert!(
+            settings(None, &["https://a.example", "https://b.example"], "/-/jwks")
+                .check()
+                .is_err()
+        );
+        assert!(
+            settings(None, &[], "/.well-known/openid-configuration")
+                .check()
+                .is_err()
+        );
     }
 }
