@@ -107,19 +107,26 @@ impl Upstream {
     /// response timeout starts once the request body is sent: an upload may take
     /// hours, its silences are bounded by the body's own idle limit.
     pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
-        let (parts, body) = req.into_parts();
-        let (body, sent) = crate::body::with_end_signal(body);
-        let req = Request::from_parts(parts, body);
+        let has_body = !http_body::Body::is_end_stream(req.body());
+        let (req, sent) = if has_body {
+            let (parts, body) = req.into_parts();
+            let (body, sent) = crate::body::with_end_signal(body);
+            (Request::from_parts(parts, body), Some(sent))
+        } else {
+            (req, None)
+        };
         let exchange = match &self.client {
             Pool::Tcp(c) => c.request(req),
             Pool::Tls(c) => c.request(req),
             Pool::Unix(c) => c.request(req),
         };
         tokio::pin!(exchange);
-        tokio::select! {
-            biased;
-            result = &mut exchange => return result.map_err(classify),
-            _ = sent => {}
+        if let Some(sent) = sent {
+            tokio::select! {
+                biased;
+                result = &mut exchange => return result.map_err(classify),
+                _ = sent => {}
+            }
         }
         match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => Err(ProxyError::Upstream(UpstreamError::ResponseTimeout)),

@@ -179,6 +179,16 @@ impl Oidc {
     /// never change what is served.
     fn route(&self, path: &str) -> Option<Document> {
         let settings = self.cache.settings();
+        // The hot path: nearly every request is GitLab's; tell with no locks.
+        let names = [
+            DISCOVERY_SUFFIX,
+            KEY_PATHS[0],
+            KEY_PATHS[1],
+            settings.jwks_path.as_str(),
+        ];
+        if !names.iter().any(|name| path.ends_with(name)) {
+            return None;
+        }
         let known = self.cache.discovery();
         let roots = || {
             let configured = settings
