@@ -22,15 +22,10 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+/// Fetches: `discovery`, `oauth_keys` (/oauth/discovery/keys) or `jwks` (/-/jwks);
+/// refreshes: `discovery` or `keys`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FetchLabels {
-    /// `discovery`, `oauth_keys` (/oauth/discovery/keys) or `jwks` (/-/jwks).
-    pub document: &'static str,
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefreshLabels {
+pub struct OutcomeLabels {
     pub document: &'static str,
     pub outcome: &'static str,
 }
@@ -57,8 +52,8 @@ pub struct Metrics {
     pub open_tunnels: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub tunnel_bytes: Counter<u64, AtomicU64>,
     pub oidc_served: Family<ServedLabels, Counter>,
-    pub oidc_fetches: Family<FetchLabels, Counter>,
-    pub oidc_refreshes: Family<RefreshLabels, Counter>,
+    pub oidc_fetches: Family<OutcomeLabels, Counter>,
+    pub oidc_refreshes: Family<OutcomeLabels, Counter>,
     pub oidc_age: Family<DocumentLabel, Gauge<f64, AtomicU64>>,
     pub oidc_keys: Gauge,
 }
@@ -114,13 +109,13 @@ impl Metrics {
             "OIDC documents answered from memory, by document and state",
             oidc_served.clone(),
         );
-        let oidc_fetches = Family::<FetchLabels, Counter>::default();
+        let oidc_fetches = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "oidc_upstream_fetches",
             "Fetches of OIDC documents from GitLab, by document and outcome",
             oidc_fetches.clone(),
         );
-        let oidc_refreshes = Family::<RefreshLabels, Counter>::default();
+        let oidc_refreshes = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "oidc_refreshes",
             "Refreshes of the held documents, by outcome",

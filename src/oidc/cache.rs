@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::discovery::{self, Issuer};
 use super::fetch::{Fetcher, Origin};
 use super::{DocError, OidcSettings, jwks};
-use crate::metrics::{FetchLabels, Metrics, RefreshLabels};
+use crate::metrics::{Metrics, OutcomeLabels};
 
 /// A document as served: body, strong ETag, and when GitLab last confirmed it.
 #[derive(Debug, Clone)]
@@ -170,7 +170,7 @@ impl Cache {
             let outcome = if result.is_ok() { "published" } else { "failed" };
             self.metrics
                 .oidc_refreshes
-                .get_or_create(&RefreshLabels { document, outcome })
+                .get_or_create(&OutcomeLabels { document, outcome })
                 .inc();
         }
         self.update_gauges();
@@ -257,7 +257,7 @@ impl Cache {
         };
         self.metrics
             .oidc_fetches
-            .get_or_create(&FetchLabels {
+            .get_or_create(&OutcomeLabels {
                 document: source,
                 outcome,
             })
