@@ -39,12 +39,14 @@ pub struct IdleTimeout(pub Duration);
 
 pin_project! {
     /// Fails the body when the peer goes silent for longer than `idle`, so a stuck
-    /// GitLab cannot hold a client forever. Any frame restarts the clock.
+    /// GitLab cannot hold a client forever. Any frame restarts the clock. The
+    /// timer is only armed once the body has to wait: a body that is always
+    /// ready (most small answers) never touches the timer wheel.
     pub struct IdleTimeoutBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: Sleep,
+        sleep: Option<Pin<Box<Sleep>>>,
+        last_frame: Instant,
         idle: Duration,
     }
 }
@@ -53,7 +55,8 @@ impl<B> IdleTimeoutBody<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
         IdleTimeoutBody {
             inner,
-            sleep: tokio::time::sleep(idle),
+            sleep: None,
+            last_frame: Instant::now(),
             idle,
         }
     }
@@ -68,16 +71,22 @@ where
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.sleep.as_mut().reset(Instant::now() + *this.idle);
-                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
-            }
-            Poll::Pending => match this.sleep.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.last_frame = Instant::now();
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        }
+        let deadline = *this.last_frame + *this.idle;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            // Frames came since it was armed: move it, no allocation.
+            sleep.as_mut().reset(deadline);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle))))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
