@@ -1038,7 +1038,20 @@ async fn key_rotation_is_published_by_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_else_passes_through() {
     let sim = Sim::start(Profile::V16_8, EXTERNAL).await;
+    // GitLab slow to answer the documents: a look-alike path must not wait for them.
+    for doc in SimDoc::ALL {
+        sim.gitlab.set_fault(doc, Fault::Delay(Duration::from_secs(2)));
+    }
     let proxy = start_proxy(&sim, &[]).await;
+    let started = std::time::Instant::now();
+    let early = get(&proxy.url("/group/project/.well-known/openid-configuration")).await;
+    assert_eq!(early.status, StatusCode::NOT_FOUND);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited on the OIDC fetch: {:?}",
+        started.elapsed()
+    );
+    sim.clear_faults();
     assert_eq!(get(&proxy.url(DISCOVERY)).await.status, StatusCode::OK);
 
     let health = get(&proxy.url("/-/health")).await;

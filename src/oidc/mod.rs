@@ -212,11 +212,12 @@ impl Oidc {
         }) {
             return Some(Document::Keys);
         }
+        // Discovery lives at the root, under `--external-url`/`--issuer`, or under
+        // the issuer GitLab named; `handle` passes on the ones not published.
         let discovery_prefix = path.strip_suffix(DISCOVERY_SUFFIX)?;
-        let issuer_known = settings.external_url.is_some() || known.is_some();
-        // Until GitLab's issuer (and so its relative URL root) is known, any
-        // discovery path is a candidate; `handle` passes on the ones it is not.
-        (!issuer_known || roots().any(|root| root == discovery_prefix)).then_some(Document::Discovery)
+        roots()
+            .any(|root| root == discovery_prefix)
+            .then_some(Document::Discovery)
     }
 }
 
