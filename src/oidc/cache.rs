@@ -185,9 +185,18 @@ impl Cache {
         };
         let mut backoff = MIN_GAP;
         loop {
-            let report = self.refresh().await;
+            // Its own task: should a refresh ever panic, the refresher lives on
+            // and retries, instead of leaving the documents to go stale.
+            let refreshing = tokio::spawn({
+                let cache = self.clone();
+                async move { cache.refresh().await.ok() }
+            });
+            let ok = refreshing.await.unwrap_or_else(|e| {
+                tracing::error!(target: "oidc", error = %e, "refresh failed unexpectedly; retrying");
+                false
+            });
             while pokes.try_recv().is_ok() {}
-            let delay = if report.ok() {
+            let delay = if ok {
                 backoff = MIN_GAP;
                 self.settings.refresh
             } else {
