@@ -42,6 +42,12 @@ pub struct RunningProxy {
 impl RunningProxy {
     /// Binds both listeners and starts serving; the OIDC cache primes in the background.
     pub async fn start(args: &ServeArgs) -> Result<RunningProxy, StartError> {
+        Self::start_with(args, None).await
+    }
+
+    /// As `start`, on an already bound public listener (the demo needs its
+    /// address, the issuer, before the proxy starts).
+    pub async fn start_with(args: &ServeArgs, public: Option<TcpListener>) -> Result<RunningProxy, StartError> {
         let metrics = Arc::new(Metrics::new());
         let upstream = Arc::new(
             Upstream::new(&UpstreamSettings {
@@ -68,7 +74,10 @@ impl RunningProxy {
                 .await
                 .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))
         };
-        let public = bind(args.listen).await?;
+        let public = match public {
+            Some(listener) => listener,
+            None => bind(args.listen).await?,
+        };
         let admin_listener = bind(args.admin_listen).await?;
         let local = |l: &TcpListener| l.local_addr().map_err(|e| StartError::Runtime(e.to_string()));
         let (listen, admin_addr) = (local(&public)?, local(&admin_listener)?);

@@ -74,14 +74,11 @@ pub async fn run(args: DemoArgs) -> Result<u8, String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.gitlab_listen))?;
     let gitlab_addr = gitlab_listener.local_addr().map_err(|e| e.to_string())?;
-    // The issuer is the proxy's URL; with port 0 pick the port now.
-    let listen = if args.listen.port() == 0 {
-        std::net::TcpListener::bind(args.listen)
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-    } else {
-        args.listen
-    };
+    // The issuer is the proxy's URL: bind first to know it.
+    let public = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listen = public.local_addr().map_err(|e| e.to_string())?;
     let issuer = format!("http://{listen}");
     println!(
         "Generating RSA keys and starting a simulated GitLab {} ...",
@@ -98,7 +95,9 @@ pub async fn run(args: DemoArgs) -> Result<u8, String> {
     let gitlab_task = gitlab.serve(gitlab_listener);
 
     let serve_args = serve_args(gitlab_addr, listen, args.admin_listen)?;
-    let proxy = RunningProxy::start(&serve_args).await.map_err(|e| format!("{e:?}"))?;
+    let proxy = RunningProxy::start_with(&serve_args, Some(public))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let ready = tokio::time::timeout(Duration::from_secs(10), async {
         while !proxy.cache.warm() {
             tokio::time::sleep(Duration::from_millis(20)).await;
