@@ -75,7 +75,7 @@ impl Admin {
                 "error": report.discovery.as_ref().err().map(ToString::to_string),
                 "issuer": discovery.as_ref().map(|d| d.issuer.url.clone()),
                 "published_paths": discovery.as_ref().map(|d| d.by_path.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
-                "age_seconds": discovery.as_ref().and_then(|d| d.by_path.first().map(|(_, p)| age(p.fetched_at))),
+                "age_seconds": discovery.as_ref().and_then(|d| d.fetched_at()).map(age),
             },
             "keys": {
                 "refreshed": report.keys.is_ok(),

@@ -47,6 +47,13 @@ pub struct DiscoveryState {
     pub by_path: Vec<(String, Published)>,
 }
 
+impl DiscoveryState {
+    /// When GitLab last confirmed the document (all issuers' copies are made at once).
+    pub fn fetched_at(&self) -> Option<Instant> {
+        self.by_path.first().map(|(_, p)| p.fetched_at)
+    }
+}
+
 #[derive(Debug)]
 pub struct KeysState {
     pub doc: Published,
@@ -119,9 +126,7 @@ impl Cache {
     /// Both documents held and young enough to serve (within `--stale-if-error`).
     pub fn servable(&self) -> bool {
         let young = |at: Instant| at.elapsed() <= self.settings.stale_if_error;
-        let discovery = self
-            .discovery()
-            .is_some_and(|d| d.by_path.first().is_some_and(|(_, p)| young(p.fetched_at)));
+        let discovery = self.discovery().is_some_and(|d| d.fetched_at().is_some_and(young));
         discovery && self.keys().is_some_and(|k| young(k.doc.fetched_at))
     }
 
@@ -359,9 +364,7 @@ impl Cache {
     /// Document ages and key count, for the metrics endpoint.
     pub fn update_gauges(&self) {
         let age = |at: Option<Instant>| at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(-1.0);
-        let discovery_at = self
-            .discovery()
-            .and_then(|d| d.by_path.first().map(|(_, p)| p.fetched_at));
+        let discovery_at = self.discovery().and_then(|d| d.fetched_at());
         let keys = self.keys();
         self.metrics
             .oidc_age
