@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Version, header};
-use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -74,15 +73,11 @@ impl Passthrough {
         parts.version = Version::HTTP_11;
 
         // A client that goes silent mid-upload is cut after the idle limit, and
-        // its body's errors are told apart from GitLab's.
-        // (Most requests have no body: no timer for them.)
-        let body = if body.is_end_stream() {
-            body::empty()
-        } else {
-            body::boxed(
-                IdleTimeoutBody::new(body, self.body_idle).map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }),
-            )
-        };
+        // its body's errors are told apart from GitLab's. (An empty body is never
+        // polled, so its idle timer is never armed.)
+        let body = body::boxed(
+            IdleTimeoutBody::new(body, self.body_idle).map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }),
+        );
         let mut resp = self.upstream.send(Request::from_parts(parts, body)).await?;
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
