@@ -5,20 +5,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
-use crate::config::{ServeArgs, UpstreamTarget};
+use crate::config::{OidcArgs, Proto, ServeArgs, Switch, UpstreamTarget};
 use crate::listener::{self, ListenerSettings};
 use crate::metrics::Metrics;
 use crate::oidc::cache::Cache;
 use crate::oidc::fetch::Fetcher;
 use crate::oidc::{Oidc, OidcSettings};
 use crate::passthrough::Passthrough;
-use crate::router::Router;
+use crate::redirect;
+use crate::router::{ListenerKind, Router, RouterSettings};
+use crate::tls::{self, CertStore, TlsSettings};
 use crate::upstream::{Upstream, UpstreamSettings};
 
 /// Bad configuration (exit 2) or a failure to start (exit 1).
@@ -30,12 +36,13 @@ pub enum StartError {
 
 pub struct RunningProxy {
     pub listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub cache: Arc<Cache>,
     pub metrics: Arc<Metrics>,
     draining: CancellationToken,
     tracker: TaskTracker,
-    accepting: JoinHandle<()>,
+    accepting: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -69,6 +76,27 @@ impl RunningProxy {
             stale_if_error: o.stale_if_error,
         };
         settings.check().map_err(StartError::Config)?;
+        if args.proxy_protocol && args.trusted_proxies.0.is_empty() {
+            return Err(StartError::Config(
+                "--proxy-protocol needs --trusted-proxies naming the load balancers allowed to send it".into(),
+            ));
+        }
+        let tls_store = match (&args.tls.tls_cert, &args.tls.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                CertStore::load(
+                    TlsSettings {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        hosts: tls_hosts(o),
+                        strict: args.tls.strict_chain,
+                        watch_interval: args.tls.tls_watch_interval,
+                    },
+                    metrics.clone(),
+                )
+                .map_err(|e| StartError::Config(format!("TLS certificate {}: {e}", cert.display())))?,
+            ),
+            _ => None,
+        };
         let bind = |addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -78,9 +106,14 @@ impl RunningProxy {
             Some(listener) => listener,
             None => bind(args.listen).await?,
         };
+        let tls_listener = match args.tls.tls_listen {
+            Some(addr) if tls_store.is_some() => Some(bind(addr).await?),
+            _ => None,
+        };
         let admin_listener = bind(args.admin_listen).await?;
         let local = |l: &TcpListener| l.local_addr().map_err(|e| StartError::Runtime(e.to_string()));
         let (listen, admin_addr) = (local(&public)?, local(&admin_listener)?);
+        let tls_listen = tls_listener.as_ref().map(local).transpose()?;
 
         let upstream_host = match &args.upstream {
             UpstreamTarget::Http { authority } | UpstreamTarget::Https { authority } => authority.to_string(),
@@ -98,11 +131,28 @@ impl RunningProxy {
             tracker.clone(),
             metrics.clone(),
         );
-        let oidc = Oidc::new(cache.clone(), metrics.clone());
+        let compression = args.compression == Switch::On;
+        let oidc = Oidc::new(cache.clone(), metrics.clone(), compression);
+        let redirect = match tls_listen {
+            Some(addr) if args.tls.redirect_http => Some(redirect::Target {
+                authority: o.external_url.as_ref().filter(|u| u.https).map(|u| u.host.clone()),
+                tls_port: addr.port(),
+            }),
+            _ => None,
+        };
+        let hsts = args
+            .tls
+            .hsts
+            .map(|secs| HeaderValue::from_str(&format!("max-age={secs}")).expect("digits are a valid header value"));
         let router = Arc::new(Router::new(
             oidc,
             passthrough,
-            args.trusted_proxies.0.clone(),
+            RouterSettings {
+                trusted_proxies: args.trusted_proxies.0.clone(),
+                redirect,
+                hsts,
+                compression,
+            },
             metrics.clone(),
         ));
         let admin = Arc::new(Admin {
@@ -113,29 +163,52 @@ impl RunningProxy {
 
         tracing::info!(
             listen = %listen,
+            tls_listen = tls_listen.map(|a| a.to_string()),
             admin = %admin_addr,
             upstream = %args.upstream,
             forwarded_proto = args.forwarded_proto.as_str(),
             "listening"
         );
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(admin::serve(admin_listener, admin)),
             tokio::spawn(cache.clone().run_refresher()),
         ];
-        let settings = ListenerSettings {
-            proto: args.forwarded_proto,
+        let (hup_tx, hup_rx) = mpsc::channel(1);
+        background.push(tokio::spawn(forward_sighup(hup_tx, tls_store.is_some())));
+        if let Some(store) = &tls_store {
+            background.push(tokio::spawn(store.clone().watch(hup_rx)));
+        }
+        let proxy_protocol = args.proxy_protocol.then(|| args.trusted_proxies.0.clone());
+        let settings = |kind, proto, tls| ListenerSettings {
+            kind,
+            proto,
             header_timeout: args.header_timeout,
+            tls,
+            handshake_timeout: args.tls.tls_handshake_timeout,
+            proxy_protocol: proxy_protocol.clone(),
         };
-        let accepting = tokio::spawn(listener::serve(
+        let mut accepting = vec![tokio::spawn(listener::serve(
             public,
-            router,
-            settings,
+            router.clone(),
+            settings(ListenerKind::Plain, args.forwarded_proto, None),
             metrics.clone(),
             draining.clone(),
             tracker.clone(),
-        ));
+        ))];
+        if let (Some(l), Some(store)) = (tls_listener, tls_store) {
+            let config = tls::server_config(store).map_err(StartError::Runtime)?;
+            accepting.push(tokio::spawn(listener::serve(
+                l,
+                router,
+                settings(ListenerKind::Tls, Proto::Https, Some(TlsAcceptor::from(config))),
+                metrics.clone(),
+                draining.clone(),
+                tracker.clone(),
+            )));
+        }
         Ok(RunningProxy {
             listen,
+            tls_listen,
             admin: admin_addr,
             cache,
             metrics,
@@ -150,7 +223,9 @@ impl RunningProxy {
     /// `interrupt` resolves), then stops the background tasks.
     pub async fn shutdown(self, grace: Duration, interrupt: impl Future<Output = &'static str>) {
         self.draining.cancel();
-        let _ = self.accepting.await;
+        for listener in self.accepting {
+            let _ = listener.await;
+        }
         self.tracker.close();
         tokio::select! {
             () = self.tracker.wait() => tracing::info!("all requests and upgraded connections finished"),
@@ -161,6 +236,36 @@ impl RunningProxy {
         }
         for task in self.background {
             task.abort();
+        }
+    }
+}
+
+/// Hosts of the https issuers: the certificate must be valid for each.
+fn tls_hosts(o: &OidcArgs) -> Vec<String> {
+    o.external_url
+        .iter()
+        .chain(&o.issuer)
+        .filter(|i| i.https)
+        .filter_map(|i| i.host.parse::<http::uri::Authority>().ok())
+        .map(|a| a.host().trim_start_matches('[').trim_end_matches(']').to_owned())
+        .collect()
+}
+
+/// SIGHUP reloads the certificate. It is caught even without TLS, because its
+/// default action would end the process (`systemctl reload` sends it).
+async fn forward_sighup(reload: mpsc::Sender<()>, tls: bool) {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot catch SIGHUP");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        if !tls {
+            tracing::info!("SIGHUP: nothing to reload without --tls-listen");
+        } else if reload.try_send(()).is_err() {
+            tracing::debug!("SIGHUP: a reload is already pending");
         }
     }
 }

@@ -121,8 +121,73 @@ pub struct ServeArgs {
     #[arg(long, env = "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Response compression like omnibus nginx: gzip (br or zstd when the client
+    /// ranks them above gzip) for text, JSON, JavaScript, CSS, XML and SVG of at
+    /// least 250 bytes, streamed.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_COMPRESSION",
+        value_name = "MODE",
+        default_value = "on"
+    )]
+    pub compression: Switch,
+
+    /// Expect a PROXY protocol (v1 or v2) header on every connection to --listen and
+    /// --tls-listen, and take the client address from it. Connections from peers outside
+    /// --trusted-proxies, or without a valid header, are closed.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     #[command(flatten)]
     pub oidc: OidcArgs,
+}
+
+/// TLS termination, as the omnibus nginx does it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsArgs {
+    /// HTTPS listener (TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_LISTEN", value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain (leaf first; a misordered chain is put in order with a warning).
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_listen"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key: PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_KEY", value_name = "PEM", requires = "tls_listen")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Refuse to start (or to reload) when the chain is misordered or has duplicate
+    /// or unrelated certificates, instead of fixing it with a warning.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_STRICT_CHAIN")]
+    pub strict_chain: bool,
+
+    /// How often the certificate and key files are checked for changes (reloaded
+    /// when changed; SIGHUP reloads at once). 0 turns the check off.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_WATCH_INTERVAL", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub tls_watch_interval: Duration,
+
+    /// Longest time for a client to complete the TLS handshake.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub tls_handshake_timeout: Duration,
+
+    /// Answer every request on the plain --listen listener with a 301 to https
+    /// (not those a trusted proxy marks as https). The admin listener is unaffected.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_REDIRECT_HTTP", requires = "tls_listen")]
+    pub redirect_http: bool,
+
+    /// Send Strict-Transport-Security: max-age=SECS on responses to https requests.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_HSTS", value_name = "SECS")]
+    pub hsts: Option<u64>,
 }
 
 /// The OIDC documents the proxy answers itself.
@@ -196,6 +261,12 @@ impl Proto {
             Proto::Https => "https",
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

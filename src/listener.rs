@@ -1,7 +1,9 @@
-//! The public listener: accepts TCP connections, serves HTTP/1.1 and h2c on each,
-//! and on shutdown stops accepting and lets every connection finish gracefully.
+//! The public listeners: accept TCP connections, read a PROXY header when
+//! configured, terminate TLS on the TLS listener, serve HTTP/1.1 and HTTP/2 on
+//! each, and on shutdown stop accepting and let every connection finish.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,18 +11,38 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use ipnet::IpNet;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Proto;
-use crate::metrics::Metrics;
-use crate::router::{ConnInfo, Router};
+use crate::headers;
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::proxy_protocol;
+use crate::router::{ConnInfo, ListenerKind, Router};
 
 pub struct ListenerSettings {
+    pub kind: ListenerKind,
     pub proto: Proto,
     /// Longest time to receive a request's headers, and the idle keep-alive limit.
     pub header_timeout: Duration,
+    /// Set on the TLS listener.
+    pub tls: Option<TlsAcceptor>,
+    pub handshake_timeout: Duration,
+    /// Set with `--proxy-protocol`: the peers allowed to send the header.
+    pub proxy_protocol: Option<Vec<IpNet>>,
+}
+
+/// Everything a connection task needs, shared by all of them.
+struct Shared {
+    router: Arc<Router>,
+    builder: auto::Builder<TokioExecutor>,
+    settings: ListenerSettings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
 }
 
 /// Accepts until `shutdown` fires. Connection tasks go into `tracker`.
@@ -43,7 +65,13 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
-    let builder = Arc::new(builder);
+    let shared = Arc::new(Shared {
+        router,
+        builder,
+        settings,
+        metrics,
+        shutdown: shutdown.clone(),
+    });
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -59,54 +87,120 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            shared.metrics.open_connections.inc();
+            shared.clone().connection(stream, peer).await;
+            shared.metrics.open_connections.dec();
+        });
+    }
+}
+
+impl Shared {
+    /// PROXY header (if configured), then TLS (if this is the TLS listener), then HTTP.
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Some(trusted) = &self.settings.proxy_protocol else {
+            return self.secure(stream, peer).await;
+        };
+        if !headers::is_trusted(peer.ip(), trusted) {
+            self.reject_proxy_protocol(peer, "untrusted_peer");
+            return;
+        }
+        match proxy_protocol::accept(stream, self.settings.header_timeout).await {
+            Ok((header, stream)) => {
+                // LOCAL (a load balancer's own health check): the peer is the client.
+                let client = header.source.unwrap_or(peer);
+                self.secure(stream, client).await
+            }
+            Err(e) => self.reject_proxy_protocol(peer, e.reason()),
+        }
+    }
+
+    fn reject_proxy_protocol(&self, peer: SocketAddr, reason: &'static str) {
+        self.metrics
+            .proxy_protocol_rejected
+            .get_or_create(&ErrorLabels { reason })
+            .inc();
+        tracing::warn!(%peer, reason, "connection closed: no valid PROXY protocol header from a trusted peer");
+    }
+
+    async fn secure<S>(self: Arc<Self>, stream: S, client: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let Some(acceptor) = &self.settings.tls else {
+            return self.http(stream, client).await;
+        };
+        let handshake = tokio::select! {
+            done = tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(stream)) => done,
+            () = self.shutdown.cancelled() => return,
+        };
+        match handshake {
+            Ok(Ok(tls)) => self.http(tls, client).await,
+            Ok(Err(e)) => {
+                self.metrics
+                    .tls_handshake_failures
+                    .get_or_create(&ErrorLabels { reason: "error" })
+                    .inc();
+                tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.metrics
+                    .tls_handshake_failures
+                    .get_or_create(&ErrorLabels { reason: "timeout" })
+                    .inc();
+                tracing::debug!(peer = %client, "TLS handshake timed out");
+            }
+        }
+    }
+
+    async fn http<S>(self: Arc<Self>, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let conn_info = ConnInfo {
             peer,
-            proto: settings.proto,
+            proto: self.settings.proto,
+            kind: self.settings.kind,
         };
-        let router = router.clone();
-        let builder = builder.clone();
-        let shutdown = shutdown.clone();
-        let metrics = metrics.clone();
-        let header_timeout = settings.header_timeout;
-        tracker.spawn(async move {
-            metrics.open_connections.inc();
-            // hyper's header timeout starts only once it knows the protocol; a
-            // client that connects and says nothing is cut by this first deadline.
-            let got_request = Arc::new(AtomicBool::new(false));
-            let seen = got_request.clone();
-            let service = service_fn(move |req| {
-                seen.store(true, Ordering::Relaxed);
-                let router = router.clone();
-                async move { Ok::<_, Infallible>(router.handle(req, conn_info).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let first_deadline = tokio::time::sleep(header_timeout);
-            tokio::pin!(first_deadline);
-            let mut first_checked = false;
-            let mut draining = false;
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
+        // hyper's header timeout starts only once it knows the protocol; a
+        // client that connects and says nothing is cut by this first deadline.
+        let got_request = Arc::new(AtomicBool::new(false));
+        let seen = got_request.clone();
+        let router = self.router.clone();
+        let service = service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(router.handle(req, conn_info).await) }
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let first_deadline = tokio::time::sleep(self.settings.header_timeout);
+        tokio::pin!(first_deadline);
+        let mut first_checked = false;
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                () = &mut first_deadline, if !first_checked => {
+                    first_checked = true;
+                    if !got_request.load(Ordering::Relaxed) {
+                        tracing::debug!(%peer, "no request within the header timeout; closing");
                         break;
                     }
-                    () = &mut first_deadline, if !first_checked => {
-                        first_checked = true;
-                        if !got_request.load(Ordering::Relaxed) {
-                            tracing::debug!(%peer, "no request within the header timeout; closing");
-                            break;
-                        }
-                    }
-                    () = shutdown.cancelled(), if !draining => {
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+                }
+                () = self.shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
                 }
             }
-            metrics.open_connections.dec();
-        });
+        }
     }
 }

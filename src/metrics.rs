@@ -56,6 +56,17 @@ pub struct Metrics {
     pub oidc_refreshes: Family<OutcomeLabels, Counter>,
     pub oidc_age: Family<DocumentLabel, Gauge<f64, AtomicU64>>,
     pub oidc_keys: Gauge,
+    /// Certificate reloads: `ok` or `refused` (the last good pair stays).
+    pub tls_reloads: Family<OutcomeOnly, Counter>,
+    /// Unix time of the earliest notAfter on the served chain.
+    pub tls_expiry: Gauge,
+    pub tls_handshake_failures: Family<ErrorLabels, Counter>,
+    pub proxy_protocol_rejected: Family<ErrorLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeOnly {
+    pub outcome: &'static str,
 }
 
 impl Metrics {
@@ -129,8 +140,36 @@ impl Metrics {
         );
         let oidc_keys = Gauge::default();
         registry.register("oidc_keys", "Keys in the held key set", oidc_keys.clone());
+        let tls_reloads = Family::<OutcomeOnly, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Certificate reloads (SIGHUP or changed files), by outcome",
+            tls_reloads.clone(),
+        );
+        let tls_expiry = Gauge::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the first certificate of the served chain expires",
+            tls_expiry.clone(),
+        );
+        let tls_handshake_failures = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by reason (timeout or error)",
+            tls_handshake_failures.clone(),
+        );
+        let proxy_protocol_rejected = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "proxy_protocol_rejected",
+            "Connections closed for want of a valid PROXY header from a trusted peer, by reason",
+            proxy_protocol_rejected.clone(),
+        );
         Metrics {
             registry,
+            tls_reloads,
+            tls_expiry,
+            tls_handshake_failures,
+            proxy_protocol_rejected,
             oidc_served,
             oidc_fetches,
             oidc_refreshes,

@@ -5,57 +5,93 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
 use crate::body::ProxyBody;
+use crate::compress;
 use crate::config::Proto;
 use crate::error::{DownstreamError, ProxyError};
 use crate::headers;
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::oidc::Oidc;
 use crate::passthrough::Passthrough;
+use crate::redirect;
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
+    /// The client: the TCP peer, or the address in its PROXY header.
     pub peer: SocketAddr,
     /// The scheme clients used to reach this listener, as GitLab should see it.
     pub proto: Proto,
+    pub kind: ListenerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Plain,
+    Tls,
+}
+
+pub struct RouterSettings {
+    pub trusted_proxies: Vec<IpNet>,
+    /// `--redirect-http`: where plain-listener requests are sent.
+    pub redirect: Option<redirect::Target>,
+    /// `--hsts`: the header value for responses to https requests.
+    pub hsts: Option<HeaderValue>,
+    pub compression: bool,
 }
 
 pub struct Router {
     oidc: Oidc,
     passthrough: Passthrough,
-    trusted_proxies: Vec<IpNet>,
+    settings: RouterSettings,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub fn new(oidc: Oidc, passthrough: Passthrough, trusted_proxies: Vec<IpNet>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(oidc: Oidc, passthrough: Passthrough, settings: RouterSettings, metrics: Arc<Metrics>) -> Self {
         Router {
             oidc,
             passthrough,
-            trusted_proxies,
+            settings,
             metrics,
         }
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
-        let forwarded = headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), &self.trusted_proxies, conn.proto);
+        let s = &self.settings;
+        let forwarded = headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), &s.trusted_proxies, conn.proto);
         let record = RequestRecord::new(req.method(), req.uri(), req.version(), forwarded.client);
         let pending = PendingLog::new(record, self.metrics.clone());
 
-        let result = if let Some(answer) = self.oidc.handle(&req).await {
+        let result = if let Some(target) = &s.redirect
+            && conn.kind == ListenerKind::Plain
+            && forwarded.proto == Proto::Http
+        {
+            Ok(target.respond(&req))
+        } else if let Some(answer) = self.oidc.handle(&req).await {
             Ok(answer)
         } else if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
             Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
+        } else if s.compression {
+            let choice = compress::negotiate(req.headers());
+            let method = req.method().clone();
+            let forwarded = self.passthrough.forward(req).await;
+            forwarded.map(|resp| compress::apply(&method, choice, resp))
         } else {
             self.passthrough.forward(req).await
         };
-        let resp = result.unwrap_or_else(|err| self.error_response(err, pending.record()));
+        let mut resp = result.unwrap_or_else(|err| self.error_response(err, pending.record()));
+        if let Some(hsts) = &s.hsts
+            && forwarded.proto == Proto::Https
+        {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
         let status = resp.status();
         resp.map(|body: ProxyBody| pending.into_body(body, status))
     }

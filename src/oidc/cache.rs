@@ -15,14 +15,25 @@ use tokio::time::Instant;
 use super::discovery::{self, Issuer};
 use super::fetch::{Fetcher, Origin};
 use super::{DocError, OidcSettings, jwks};
+use crate::compress::{self, Encoding};
 use crate::metrics::{Metrics, OutcomeLabels};
 
-/// A document as served: body, strong ETag, and when GitLab last confirmed it.
+/// A document as served: body, strong ETag, and when GitLab last confirmed it,
+/// with compressed copies made once here rather than per request.
 #[derive(Debug, Clone)]
 pub struct Published {
     pub body: Bytes,
     pub etag: HeaderValue,
     pub fetched_at: Instant,
+    pub encoded: Arc<[Encoded]>,
+}
+
+/// A compressed copy: a representation of its own, so its own ETag.
+#[derive(Debug)]
+pub struct Encoded {
+    pub encoding: Encoding,
+    pub body: Bytes,
+    pub etag: HeaderValue,
 }
 
 impl Published {
@@ -30,11 +41,31 @@ impl Published {
         // Derived from the body alone: every replica computes the same tag.
         let digest = Sha256::digest(&body);
         let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        let etag = HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a valid header value");
+        let tag =
+            |suffix: &str| HeaderValue::from_str(&format!("\"{hex}{suffix}\"")).expect("hex is a valid header value");
+        let encoded = Encoding::ALL
+            .iter()
+            .map(|&encoding| Encoded {
+                encoding,
+                body: compress::encode_all(encoding, &body),
+                etag: tag(&format!("-{}", encoding.as_str())),
+            })
+            // A copy that saves nothing is not worth a Vary-split cache entry.
+            .filter(|e| e.body.len() < body.len())
+            .collect();
         Published {
             body: Bytes::from(body),
-            etag,
+            etag: tag(""),
             fetched_at,
+            encoded,
+        }
+    }
+
+    /// The body and ETag to send for a negotiated encoding, and the encoding used.
+    pub fn representation(&self, choice: Option<Encoding>) -> (&Bytes, &HeaderValue, Option<Encoding>) {
+        match choice.and_then(|c| self.encoded.iter().find(|e| e.encoding == c)) {
+            Some(e) => (&e.body, &e.etag, Some(e.encoding)),
+            None => (&self.body, &self.etag, None),
         }
     }
 }

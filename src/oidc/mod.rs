@@ -110,11 +110,17 @@ impl Document {
 pub struct Oidc {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
+    /// Serve the precompressed copies to clients that accept them.
+    compression: bool,
 }
 
 impl Oidc {
-    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
-        Oidc { cache, metrics }
+    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>, compression: bool) -> Self {
+        Oidc {
+            cache,
+            metrics,
+            compression,
+        }
     }
 
     /// The answer for a request that is ours, or None to pass it through.
@@ -160,7 +166,7 @@ impl Oidc {
                     let state = if fresh { "fresh" } else { "stale" };
                     (
                         state,
-                        respond::document(req.method(), req.headers(), &doc, settings.max_age),
+                        respond::document(req.method(), req.headers(), &doc, settings.max_age, self.compression),
                     )
                 }
             }

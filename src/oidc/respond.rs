@@ -8,31 +8,47 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use super::cache::Published;
 use crate::body::{self, ProxyBody};
+use crate::compress;
 
 const ALLOWED: &str = "GET, HEAD, OPTIONS";
 
-/// 200 with the document, or 304 when the client already holds it.
-pub fn document(method: &Method, request: &HeaderMap, doc: &Published, max_age: Duration) -> Response<ProxyBody> {
-    let not_modified = if_none_match(request, &doc.etag);
+/// 200 with the document, or 304 when the client already holds it. With
+/// `compression`, the copy precompressed in the client's preferred encoding.
+pub fn document(
+    method: &Method,
+    request: &HeaderMap,
+    doc: &Published,
+    max_age: Duration,
+    compression: bool,
+) -> Response<ProxyBody> {
+    let choice = if compression {
+        compress::negotiate(request)
+    } else {
+        None
+    };
+    let (body, etag, encoding) = doc.representation(choice);
+    let not_modified = if_none_match(request, etag);
     let mut resp = if not_modified || method == Method::HEAD {
         Response::new(body::empty())
     } else {
-        Response::new(body::full(doc.body.clone()))
+        Response::new(body::full(body.clone()))
     };
     let h = resp.headers_mut();
+    h.insert(header::ETAG, etag.clone());
+    h.insert(header::CACHE_CONTROL, cache_control(max_age));
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    if compression {
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
     if not_modified {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
-        let h = resp.headers_mut();
-        h.insert(header::ETAG, doc.etag.clone());
-        h.insert(header::CACHE_CONTROL, cache_control(max_age));
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
         return resp;
     }
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.body.len()));
-    h.insert(header::CACHE_CONTROL, cache_control(max_age));
-    h.insert(header::ETAG, doc.etag.clone());
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if let Some(encoding) = encoding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding.as_str()));
+    }
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     resp
 }
@@ -113,6 +129,7 @@ mod tests {
             body: bytes::Bytes::from_static(br#"{"keys":[]}"#),
             etag: HeaderValue::from_static("\"abc\""),
             fetched_at: Instant::now(),
+            encoded: std::sync::Arc::new([]),
         }
     }
 
@@ -124,7 +141,7 @@ mod tests {
 
     #[test]
     fn cacheable_headers_on_200() {
-        let resp = document(&Method::GET, &HeaderMap::new(), &doc(), Duration::from_secs(3600));
+        let resp = document(&Method::GET, &HeaderMap::new(), &doc(), Duration::from_secs(3600), true);
         assert_eq!(resp.status(), StatusCode::OK);
         let h = resp.headers();
         assert_eq!(h[header::CACHE_CONTROL], "public, max-age=3600");
@@ -147,7 +164,7 @@ mod tests {
             ("\"abd\"", false),
             ("abc", false),
         ] {
-            let resp = document(&Method::GET, &inm(given), &doc(), Duration::from_secs(60));
+            let resp = document(&Method::GET, &inm(given), &doc(), Duration::from_secs(60), true);
             let want = if hit { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
             assert_eq!(resp.status(), want, "{given}");
             assert_eq!(resp.headers()[header::ETAG], "\"abc\"");
@@ -158,7 +175,7 @@ mod tests {
     #[test]
     fn head_has_headers_without_body() {
         use http_body::Body;
-        let resp = document(&Method::HEAD, &HeaderMap::new(), &doc(), Duration::from_secs(60));
+        let resp = document(&Method::HEAD, &HeaderMap::new(), &doc(), Duration::from_secs(60), true);
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()[header::CONTENT_LENGTH], "11");
         assert!(resp.body().is_end_stream());

@@ -1,0 +1,29 @@
+//! TLS termination: the rustls server configuration and the certificate it
+//! serves, which can be replaced while connections are open.
+
+pub mod chain;
+pub mod store;
+
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::server::ServerSessionMemoryCache;
+
+pub use store::{CertStore, TlsSettings};
+
+/// TLS 1.2 and 1.3 with the ring provider's safe defaults; ALPN offers h2 first,
+/// as nginx with `http2 on` does. The certificate comes from `store` on every
+/// handshake, so a reload reaches new connections only.
+pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumption spares repeat clients (STS, runners) a full handshake.
+    config.session_storage = ServerSessionMemoryCache::new(8192);
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS session tickets: {e}"))?;
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,203 @@
+//! The served certificate and its reloads. Handshakes read the current pair;
+//! SIGHUP or a change to either file loads a new one, which replaces it only
+//! if it passes every check in `chain`. A bad pair never replaces a good one.
+
+use std::fmt;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::sync::mpsc;
+
+use super::chain::{self, EXPIRY_WARNING, LoadedPair};
+use crate::metrics::{Metrics, OutcomeOnly};
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Hosts the leaf must be valid for (those of https issuers).
+    pub hosts: Vec<String>,
+    pub strict: bool,
+    /// Zero: files are not watched (SIGHUP still reloads).
+    pub watch_interval: Duration,
+}
+
+/// What identifies a version of both files: a renewal changes at least one of
+/// these, including an atomic symlink swap (Kubernetes secret volumes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Vec<(u64, u64, i64, i64, u64)>);
+
+fn stamp(settings: &TlsSettings) -> Option<Stamp> {
+    let one = |m: Metadata| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len());
+    let cert = std::fs::metadata(&settings.cert).ok()?;
+    let key = std::fs::metadata(&settings.key).ok()?;
+    Some(Stamp(vec![one(cert), one(key)]))
+}
+
+struct Loaded {
+    certified: Arc<CertifiedKey>,
+    not_after: SystemTime,
+    subject: String,
+}
+
+pub struct CertStore {
+    settings: TlsSettings,
+    current: RwLock<Loaded>,
+    /// The files' stamp when last loaded or refused, so one bad write is reported once.
+    seen: Mutex<Option<Stamp>>,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertStore").field("cert", &self.settings.cert).finish()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).certified.clone())
+    }
+}
+
+impl CertStore {
+    /// The first load: any problem is a configuration error.
+    pub fn load(settings: TlsSettings, metrics: Arc<Metrics>) -> Result<Arc<CertStore>, String> {
+        let seen = stamp(&settings);
+        let pair = read_pair(&settings)?;
+        let store = CertStore {
+            current: RwLock::new(Loaded {
+                certified: pair.certified.clone(),
+                not_after: pair.not_after,
+                subject: pair.leaf_subject.clone(),
+            }),
+            seen: Mutex::new(seen),
+            settings,
+            metrics,
+        };
+        store.announce(&pair, "start");
+        Ok(Arc::new(store))
+    }
+
+    /// Loads the files again; on any problem the served pair stays. Returns
+    /// whether the new pair is now served.
+    pub fn reload(&self, trigger: &'static str) -> bool {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&self.settings);
+        match read_pair(&self.settings) {
+            Ok(pair) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Loaded {
+                    certified: pair.certified.clone(),
+                    not_after: pair.not_after,
+                    subject: pair.leaf_subject.clone(),
+                };
+                self.metrics
+                    .tls_reloads
+                    .get_or_create(&OutcomeOnly { outcome: "ok" })
+                    .inc();
+                self.announce(&pair, trigger);
+                true
+            }
+            Err(e) => {
+                self.metrics
+                    .tls_reloads
+                    .get_or_create(&OutcomeOnly { outcome: "refused" })
+                    .inc();
+                let held = self.current.read().unwrap_or_else(|p| p.into_inner()).subject.clone();
+                tracing::error!(
+                    trigger,
+                    error = %e,
+                    cert = %self.settings.cert.display(),
+                    still_serving = %held,
+                    "new TLS certificate refused; the last good one stays"
+                );
+                false
+            }
+        }
+    }
+
+    fn announce(&self, pair: &LoadedPair, trigger: &'static str) {
+        for warning in &pair.warnings {
+            tracing::warn!(cert = %self.settings.cert.display(), "TLS certificate: {warning}");
+        }
+        let expires = unix_secs(pair.not_after);
+        self.metrics.tls_expiry.set(expires);
+        tracing::info!(
+            trigger,
+            subject = %pair.leaf_subject,
+            chain = pair.certified.cert.len(),
+            expires_unix = expires,
+            "TLS certificate loaded"
+        );
+    }
+
+    /// Reloads on SIGHUP (`hup`) and when the files change. A change is acted
+    /// on once the files have stayed the same for one interval, so a renewal
+    /// that writes the certificate and the key one after the other is read
+    /// whole. Also repeats the expiry warning once a day.
+    pub async fn watch(self: Arc<Self>, mut hup: mpsc::Receiver<()>) {
+        let interval = self.settings.watch_interval;
+        let watching = !interval.is_zero();
+        let mut pending: Option<Stamp> = None;
+        let mut last_expiry_check = tokio::time::Instant::now();
+        loop {
+            // With watching off, still wake hourly for the expiry warning.
+            let tick = tokio::time::sleep(if watching { interval } else { Duration::from_secs(3600) });
+            tokio::select! {
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the TLS certificate");
+                    self.reload("sighup");
+                    pending = None;
+                }
+                () = tick => if watching {
+                    let now = stamp(&self.settings);
+                    let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if now.is_none() || now == seen {
+                        pending = None;
+                    } else if pending == now {
+                        pending = None;
+                        self.reload("file_change");
+                    } else {
+                        pending = now;
+                    }
+                }
+            }
+            if last_expiry_check.elapsed() >= Duration::from_secs(24 * 3600) {
+                last_expiry_check = tokio::time::Instant::now();
+                self.warn_if_expiring();
+            }
+        }
+    }
+
+    fn warn_if_expiring(&self) {
+        let held = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let left = held.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+        if left < EXPIRY_WARNING {
+            tracing::warn!(
+                subject = %held.subject,
+                days_left = left.as_secs() / 86400,
+                "TLS certificate expires soon; renew it (the proxy reloads it by itself)"
+            );
+        }
+    }
+}
+
+fn read_pair(settings: &TlsSettings) -> Result<LoadedPair, String> {
+    let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+    let cert = read(&settings.cert)?;
+    let key = read(&settings.key)?;
+    chain::load_pair(&cert, &key, &settings.hosts, settings.strict, SystemTime::now()).map_err(|e| e.to_string())
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
