@@ -367,6 +367,13 @@ pub fn load_pair(
     }
     warnings.splice(0..0, fixes);
 
+    if unique[leaf].self_issued() {
+        warnings.push(format!(
+            "certificate {} is self-signed; AWS STS and most clients accept only a publicly trusted chain",
+            unique[leaf].label()
+        ));
+    }
+
     // 9. Expiry.
     let Some(&earliest) = path
         .iter()
@@ -827,7 +834,8 @@ mod tests {
         let cert = params.self_signed(&key).unwrap().pem();
         let pair = load(&cert, &key.serialize_pem(), true).unwrap();
         expect_served(&pair, &[&cert]);
-        assert!(pair.warnings.is_empty(), "{:?}", pair.warnings);
+        assert_eq!(pair.warnings.len(), 1, "{:?}", pair.warnings);
+        assert!(pair.warnings[0].contains("self-signed"), "{:?}", pair.warnings);
     }
 
     #[test]
