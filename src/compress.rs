@@ -24,14 +24,20 @@ use crate::error::BoxError;
 /// Smallest `Content-Length` worth compressing (nginx `gzip_min_length 250`).
 pub const MIN_LENGTH: u64 = 250;
 
-/// Streaming levels: nginx's level 2 for gzip, and the cheap ends of br and zstd
-/// that compress about as well at about the same cost.
+/// Streaming levels: nginx's level 2 for gzip; cheap settings for br and zstd. On
+/// 1.1 MB of job-log-like text (release build): gzip 2 gives 363 KB in 9 ms, br 4
+/// 325 KB in 21 ms, zstd 3 336 KB in 4 ms.
 const GZIP_LEVEL: u32 = 2;
 const BR_QUALITY: u32 = 4;
 const BR_LGWIN: u32 = 22;
 const ZSTD_LEVEL: i32 = 3;
 /// Size of brotli's internal output buffer (its output is copied on to our `Vec`).
 const BR_BUFFER: usize = 16 * 1024;
+/// Brotli at quality >= 4 merges input into metablocks of up to 8 MiB (with lgwin 22)
+/// before it writes a byte: megabytes held per response, and a client waiting for
+/// them. A flush every 64 KiB of input (its input block at quality 4) bounds both,
+/// for about 0.2 % of size. gzip and zstd emit as they go (zstd per 128 KiB block).
+const BR_FLUSH_EVERY: usize = 64 * 1024;
 /// Upper bound for the output capacity reserved ahead of a write.
 const MAX_RESERVE: usize = 64 * 1024;
 
@@ -269,14 +275,9 @@ fn add_vary(h: &mut HeaderMap) {
 /// The encoded body is not byte-identical to the original, so a strong validator
 /// no longer holds; a malformed one is dropped (nginx `ngx_http_weak_etag`).
 fn weaken_etag(h: &mut HeaderMap) {
-    let etags: Vec<HeaderValue> = match h.remove(header::ETAG) {
-        None => return,
-        Some(first) => std::iter::once(first)
-            .chain(h.get_all(header::ETAG).iter().cloned())
-            .collect(),
-    };
-    // `remove` took the first value only; clear any others before re-adding.
-    while h.remove(header::ETAG).is_some() {}
+    // Normally one; `remove` drops every value but returns only the first.
+    let etags: Vec<HeaderValue> = h.get_all(header::ETAG).iter().cloned().collect();
+    h.remove(header::ETAG);
     for etag in etags {
         let bytes = etag.as_bytes();
         if bytes.starts_with(b"W/") {
@@ -336,6 +337,14 @@ impl Encoder {
         })
     }
 
+    /// Input after which to flush even though more is ready; None: never needed.
+    fn flush_every(&self) -> Option<usize> {
+        match self {
+            Encoder::Br(_) => Some(BR_FLUSH_EVERY),
+            Encoder::Gzip(_) | Encoder::Zstd(_) => None,
+        }
+    }
+
     fn output(&mut self) -> &mut Vec<u8> {
         match self {
             Encoder::Gzip(e) => e.get_mut(),
@@ -367,9 +376,15 @@ impl Encoder {
         }
     }
 
-    /// The output produced so far, without copying.
-    fn take(&mut self) -> Vec<u8> {
-        std::mem::take(self.output())
+    /// The output produced so far, without copying. An empty buffer stays, with
+    /// whatever capacity it has, for the next write.
+    fn take(&mut self) -> Option<Vec<u8>> {
+        let out = self.output();
+        if out.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(out))
+        }
     }
 
     /// Ends the stream (gzip trailer, last brotli metablock, zstd epilogue) and
@@ -400,8 +415,8 @@ pin_project! {
         #[pin]
         inner: ProxyBody,
         encoder: Option<Encoder>,
-        // Input written since the last flush that may not be in the output yet.
-        unflushed: bool,
+        // Input bytes written since the last flush, maybe not in the output yet.
+        unflushed: usize,
         state: State,
     }
 }
@@ -415,7 +430,7 @@ impl CompressBody {
         CompressBody {
             inner,
             encoder: Some(encoder),
-            unflushed: false,
+            unflushed: 0,
             state: State::Streaming,
         }
     }
@@ -431,32 +446,32 @@ impl Body for CompressBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        match std::mem::replace(this.state, State::Done) {
+            State::Streaming => *this.state = State::Streaming,
+            State::Failed(err) => return Poll::Ready(Some(Err(err))),
+            State::Done => return Poll::Ready(None),
+        }
+        let Some(encoder) = this.encoder.as_mut() else {
+            *this.state = State::Done;
+            return Poll::Ready(None);
+        };
         loop {
-            match std::mem::replace(this.state, State::Done) {
-                State::Streaming => *this.state = State::Streaming,
-                State::Failed(err) => return Poll::Ready(Some(Err(err))),
-                State::Done => return Poll::Ready(None),
-            }
-            let Some(encoder) = this.encoder.as_mut() else {
-                *this.state = State::Done;
-                return Poll::Ready(None);
-            };
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Pending => {
-                    if !*this.unflushed {
+                    if *this.unflushed == 0 {
                         return Poll::Pending;
                     }
-                    *this.unflushed = false;
+                    // GitLab paused: make everything so far decodable for the client.
+                    *this.unflushed = 0;
                     if let Err(err) = encoder.flush() {
                         return fail(this.state, this.encoder, err.into());
                     }
-                    let out = encoder.take();
-                    if out.is_empty() {
+                    return match encoder.take() {
+                        // The caller polls again, and we go back to the inner body.
+                        Some(out) => data_frame(out),
                         // Nothing to send; the inner body has our waker.
-                        return Poll::Pending;
-                    }
-                    // Ready now; the caller polls again and we go back to the inner body.
-                    return data_frame(out);
+                        None => Poll::Pending,
+                    };
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     // Not data: trailers, dropped (see the type's docs).
@@ -464,33 +479,35 @@ impl Body for CompressBody {
                     if data.is_empty() {
                         continue;
                     }
-                    if let Err(err) = encoder.write(&data) {
+                    *this.unflushed += data.len();
+                    let mut result = encoder.write(&data);
+                    if result.is_ok() && encoder.flush_every().is_some_and(|limit| *this.unflushed >= limit) {
+                        *this.unflushed = 0;
+                        result = encoder.flush();
+                    }
+                    if let Err(err) = result {
                         return fail(this.state, this.encoder, err.into());
                     }
-                    *this.unflushed = true;
-                    let out = encoder.take();
-                    if !out.is_empty() {
+                    if let Some(out) = encoder.take() {
                         return data_frame(out);
                     }
                     // The encoder kept it all; read on (a ready frame is no reason to flush).
                 }
                 Poll::Ready(Some(Err(err))) => {
                     // Send what the client would have had without us, then the error.
-                    let out = if *this.unflushed && encoder.flush().is_ok() {
-                        encoder.take()
-                    } else {
-                        Vec::new()
-                    };
+                    let flushed = *this.unflushed > 0 && encoder.flush().is_ok();
+                    let out = if flushed { encoder.take() } else { None };
                     *this.encoder = None;
-                    if out.is_empty() {
+                    let Some(out) = out else {
+                        *this.state = State::Done;
                         return Poll::Ready(Some(Err(err)));
-                    }
+                    };
                     *this.state = State::Failed(err);
                     return data_frame(out);
                 }
                 Poll::Ready(None) => {
                     *this.state = State::Done;
-                    let encoder = this.encoder.take().expect("checked above");
+                    let encoder = this.encoder.take().expect("present while streaming");
                     return match encoder.finish() {
                         Ok(out) if out.is_empty() => Poll::Ready(None),
                         Ok(out) => data_frame(out),
@@ -528,6 +545,24 @@ mod tests {
     use std::io::Read;
 
     use Encoding::{Br, Gzip, Zstd};
+
+    /// assert_eq for big byte strings: reports lengths and the first difference, not the bytes.
+    #[track_caller]
+    fn assert_same(got: impl AsRef<[u8]>, want: impl AsRef<[u8]>, context: impl std::fmt::Debug) {
+        let (got, want) = (got.as_ref(), want.as_ref());
+        if got != want {
+            let at = got
+                .iter()
+                .zip(want)
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len().min(want.len()));
+            panic!(
+                "{context:?}: got {} bytes, want {}, first difference at {at}",
+                got.len(),
+                want.len()
+            );
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -590,7 +625,10 @@ mod tests {
         fn new(encoding: Encoding) -> StreamDecoder {
             match encoding {
                 Gzip => StreamDecoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
-                Br => StreamDecoder::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
+                // brotli-decompressor 6.3's writer stops at one buffer's worth of output
+                // when the input ends at a flush point; a buffer bigger than the test
+                // data sidesteps that (its reader, and the C decoder, are fine).
+                Br => StreamDecoder::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 1 << 20))),
                 Zstd => StreamDecoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap()),
             }
         }
@@ -912,7 +950,7 @@ mod tests {
         assert_eq!(values(&resp, header::VARY), ["Origin", "Accept-Encoding"]);
         assert_eq!(resp.body().size_hint().exact(), None);
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(decode(Gzip, &bytes), text);
+        assert_same(decode(Gzip, &bytes), &text, "apply");
 
         // Vary already covering it, in any case, or `*`: left alone.
         for vary in [
@@ -936,6 +974,14 @@ mod tests {
         let resp = apply(&Method::GET, Some(Zstd), response(200, &pairs, body::empty()));
         assert_eq!(values(&resp, header::ETAG), ["W/\"x\""]);
         assert_eq!(values(&resp, header::CONTENT_ENCODING), ["zstd"]);
+        let pairs = [
+            ("content-type", "text/html"),
+            ("etag", "\"a\""),
+            ("etag", "W/\"b\""),
+            ("etag", "bad"),
+        ];
+        let resp = apply(&Method::GET, Some(Gzip), response(200, &pairs, body::empty()));
+        assert_eq!(values(&resp, header::ETAG), ["W/\"a\"", "W/\"b\""]);
         let resp = apply(
             &Method::GET,
             Some(Zstd),
@@ -994,7 +1040,7 @@ mod tests {
             let frames = all_frames(compressed(encoding, data_body(&chunks))).await;
             let joined: Vec<u8> = frames.concat();
             assert!(joined.len() < text.len() / 2, "{encoding:?}: {} bytes", joined.len());
-            assert_eq!(decode(encoding, &joined), text, "{encoding:?}");
+            assert_same(decode(encoding, &joined), &text, encoding);
         }
     }
 
@@ -1023,7 +1069,7 @@ mod tests {
                 Ok(Frame::trailers(trailers.clone())),
             ]);
             let frames = all_frames(compressed(encoding, inner)).await;
-            assert_eq!(decode(encoding, &frames.concat()), b"hello world");
+            assert_same(decode(encoding, &frames.concat()), b"hello world", encoding);
         }
     }
 
@@ -1044,27 +1090,31 @@ mod tests {
             tx.send(Ok(Frame::data(Bytes::from(first.clone())))).await.unwrap();
             let (frames, ended) = ready_frames(&mut body);
             assert!(!ended);
-            assert_eq!(
+            assert_same(
                 decoder.feed(&frames.concat()),
-                first,
-                "{encoding:?}: first frame not flushed"
+                &first,
+                (encoding, "first frame not flushed"),
             );
             // Flushed once; waiting again does not emit (empty) flushes.
             assert!(ready_frames(&mut body).0.is_empty());
 
             tx.send(Ok(Frame::data(Bytes::from(second.clone())))).await.unwrap();
             let (frames, _) = ready_frames(&mut body);
-            assert_eq!(
+            assert_same(
                 decoder.feed(&frames.concat()),
                 [&first[..], &second[..]].concat(),
-                "{encoding:?}"
+                encoding,
             );
 
             drop(tx);
             let (frames, ended) = ready_frames(&mut body);
             assert!(ended && body.is_end_stream(), "{encoding:?}");
             assert!(!frames.is_empty(), "{encoding:?}: the stream's end");
-            assert_eq!(decoder.feed(&frames.concat()), [&first[..], &second[..]].concat());
+            assert_same(
+                decoder.feed(&frames.concat()),
+                [&first[..], &second[..]].concat(),
+                encoding,
+            );
         }
     }
 
@@ -1080,7 +1130,7 @@ mod tests {
             !joined.windows(4).any(|w| w == [0, 0, 0xff, 0xff]),
             "sync flush in a ready stream"
         );
-        assert_eq!(decode(Gzip, &joined), text);
+        assert_same(decode(Gzip, &joined), &text, "gzip");
     }
 
     #[tokio::test]
@@ -1103,11 +1153,7 @@ mod tests {
             assert!(body.is_end_stream());
             assert!(body.frame().await.is_none(), "{encoding:?}: ends after the error");
             // What came before the error was flushed out, as it would have been unencoded.
-            assert_eq!(
-                StreamDecoder::new(encoding).feed(&data),
-                log_text(5_000),
-                "{encoding:?}"
-            );
+            assert_same(StreamDecoder::new(encoding).feed(&data), log_text(5_000), encoding);
         }
     }
 
@@ -1126,10 +1172,34 @@ mod tests {
                 count += 1;
                 total.extend_from_slice(&data);
             }
-            eprintln!("{encoding:?}: {count} frames, largest {largest}, total {}", total.len());
             assert!(largest <= 2 * FRAME, "{encoding:?}: a {largest} byte frame");
-            assert!(count > 4, "{encoding:?}: streamed, not collected ({count} frames)");
-            assert_eq!(decode(encoding, &total), text, "{encoding:?}");
+            assert!(count > 8, "{encoding:?}: streamed, not collected ({count} frames)");
+            assert_same(decode(encoding, &total), &text, encoding);
+        }
+    }
+
+    /// Incompressible input (which the eligible types rarely are): output still comes
+    /// as it goes, at most one encoder block at a time (zstd's is 128 KiB of input,
+    /// brotli's is cut at BR_FLUSH_EVERY), never the whole body at the end.
+    #[tokio::test]
+    async fn incompressible_body_streams_in_blocks() {
+        const FRAME: usize = 16 * 1024;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = std::iter::repeat_with(|| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .take(1_100_000)
+        .collect();
+        let chunks: Vec<&[u8]> = noise.chunks(FRAME).collect();
+        for encoding in Encoding::ALL {
+            let frames = all_frames(compressed(encoding, data_body(&chunks))).await;
+            let largest = frames.iter().map(Bytes::len).max().unwrap();
+            assert!(largest <= 128 * 1024 + 1024, "{encoding:?}: a {largest} byte frame");
+            assert!(frames.len() > 8, "{encoding:?}: {} frames", frames.len());
+            assert_same(decode(encoding, &frames.concat()), &noise, encoding);
         }
     }
 
@@ -1139,8 +1209,8 @@ mod tests {
         for encoding in Encoding::ALL {
             let packed = encode_all(encoding, &doc);
             assert!(packed.len() < doc.len() / 3, "{encoding:?}: {}", packed.len());
-            assert_eq!(decode(encoding, &packed), doc, "{encoding:?}");
-            assert_eq!(decode(encoding, &encode_all(encoding, b"")), b"");
+            assert_same(decode(encoding, &packed), &doc, encoding);
+            assert_same(decode(encoding, &encode_all(encoding, b"")), b"", encoding);
             // Deterministic: every replica derives the same bytes.
             assert_eq!(encode_all(encoding, &doc), packed);
         }

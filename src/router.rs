@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
@@ -78,7 +78,10 @@ impl Router {
         } else if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
             Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
         } else if s.compression {
-            let choice = compress::negotiate(req.headers());
+            // nginx's gzip_http_version 1.1: an HTTP/1.0 client gets identity.
+            let choice = (req.version() != Version::HTTP_10)
+                .then(|| compress::negotiate(req.headers()))
+                .flatten();
             let method = req.method().clone();
             let forwarded = self.passthrough.forward(req).await;
             forwarded.map(|resp| compress::apply(&method, choice, resp))
