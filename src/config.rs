@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
@@ -135,7 +136,7 @@ pub struct ServeArgs {
     /// Expect a PROXY protocol (v1 or v2) header on every connection to --listen and
     /// --tls-listen, and take the client address from it. Connections from peers outside
     /// --trusted-proxies, or without a valid header, are closed.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_PROXY_PROTOCOL")]
+    #[arg(long, env = "GITLAB_OIDC_PROXY_PROXY_PROTOCOL", value_parser = BoolishValueParser::new())]
     pub proxy_protocol: bool,
 
     #[command(flatten)]
@@ -168,7 +169,7 @@ pub struct TlsArgs {
 
     /// Refuse to start (or to reload) when the chain is misordered or has duplicate
     /// or unrelated certificates, instead of fixing it with a warning.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_STRICT_CHAIN")]
+    #[arg(long, env = "GITLAB_OIDC_PROXY_STRICT_CHAIN", value_parser = BoolishValueParser::new())]
     pub strict_chain: bool,
 
     /// How often the certificate and key files are checked for changes (reloaded
@@ -182,7 +183,7 @@ pub struct TlsArgs {
 
     /// Answer every request on the plain --listen listener with a 301 to https
     /// (not those a trusted proxy marks as https). The admin listener is unaffected.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_REDIRECT_HTTP", requires = "tls_listen")]
+    #[arg(long, env = "GITLAB_OIDC_PROXY_REDIRECT_HTTP", requires = "tls_listen", value_parser = BoolishValueParser::new())]
     pub redirect_http: bool,
 
     /// Send Strict-Transport-Security: max-age=SECS on responses to https requests.
