@@ -93,7 +93,7 @@ impl RunningProxy {
                     },
                     metrics.clone(),
                 )
-                .map_err(|e| StartError::Config(format!("TLS certificate {}: {e}", cert.display())))?,
+                .map_err(StartError::Config)?,
             ),
             _ => None,
         };

@@ -45,7 +45,13 @@ impl Target {
         }
         let authority: Authority = host?.trim().parse().ok()?;
         // `Authority` accepts userinfo; a redirect must never carry it.
-        if authority.as_str().contains('@') || authority.host().is_empty() {
+        let bad_port = authority
+            .as_str()
+            .rsplit(']')
+            .next()
+            .is_some_and(|rest| rest.contains(':'))
+            && authority.port_u16().is_none();
+        if bad_port || authority.as_str().contains('@') || authority.host().is_empty() {
             return None;
         }
         let host = authority.host();

@@ -149,9 +149,45 @@ mod tests {
         assert_eq!(h[header::ETAG], "\"abc\"");
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
         assert_eq!(h[header::CONTENT_LENGTH], "11");
-        for never in [header::SET_COOKIE, header::PRAGMA, header::VARY] {
+        assert_eq!(h[header::VARY], "Accept-Encoding");
+        for never in [header::SET_COOKIE, header::PRAGMA, header::CONTENT_ENCODING] {
             assert!(!h.contains_key(&never), "{never}");
         }
+        let off = document(&Method::GET, &HeaderMap::new(), &doc(), Duration::from_secs(60), false);
+        assert!(!off.headers().contains_key(header::VARY));
+    }
+
+    #[test]
+    fn precompressed_copies_are_their_own_representations() {
+        let mut d = doc();
+        d.encoded = std::sync::Arc::new([super::super::cache::Encoded {
+            encoding: compress::Encoding::Gzip,
+            body: bytes::Bytes::from_static(b"gz"),
+            etag: HeaderValue::from_static("\"abc-gzip\""),
+        }]);
+        let gzip = |v: &str| {
+            let mut h = inm(v);
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
+            h
+        };
+        let resp = document(&Method::GET, &gzip("\"other\""), &d, Duration::from_secs(60), true);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(resp.headers()[header::ETAG], "\"abc-gzip\"");
+        assert_eq!(resp.headers()[header::CONTENT_LENGTH], "2");
+        // The identity tag does not validate the gzip copy, and vice versa.
+        assert_eq!(
+            document(&Method::GET, &gzip("\"abc\""), &d, Duration::from_secs(60), true).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            document(&Method::GET, &gzip("\"abc-gzip\""), &d, Duration::from_secs(60), true).status(),
+            StatusCode::NOT_MODIFIED
+        );
+        // br was asked for too, but no br copy is held: gzip it is. Off: identity.
+        let off = document(&Method::GET, &gzip("\"x\""), &d, Duration::from_secs(60), false);
+        assert!(!off.headers().contains_key(header::CONTENT_ENCODING));
+        assert_eq!(off.headers()[header::ETAG], "\"abc\"");
     }
 
     #[test]

@@ -276,6 +276,7 @@ pub fn load_pair(
         }
         let mut signers = Vec::new();
         let mut unverifiable = Vec::new();
+        let mut impostor = None;
         for (i, candidate) in unique.iter().enumerate() {
             if path.contains(&i) || !same_name(candidate, current.x509.issuer()) {
                 continue;
@@ -283,13 +284,20 @@ pub fn load_pair(
             match current.x509.verify_signature(Some(candidate.x509.public_key())) {
                 Ok(()) => signers.push(i),
                 Err(X509Error::SignatureUnsupportedAlgorithm) => unverifiable.push(i),
-                Err(_) => {
-                    return Err(ChainError::ForgedIssuer {
-                        issuer: candidate.label(),
-                        subject: current.label(),
-                    });
-                }
+                Err(_) => impostor = impostor.or(Some(i)),
             }
+        }
+        // A same-named certificate that did not sign is harmless beside the one that
+        // did (a CA's old and new intermediates; it is dropped as extra), but alone
+        // it is a wrong or forged issuer that clients would reject.
+        if let Some(i) = impostor
+            && signers.is_empty()
+            && unverifiable.is_empty()
+        {
+            return Err(ChainError::ForgedIssuer {
+                issuer: unique[i].label(),
+                subject: current.label(),
+            });
         }
         let by_name_only = signers.is_empty();
         let chosen = if by_name_only { &mut unverifiable } else { &mut signers };
@@ -1047,9 +1055,18 @@ mod tests {
         assert!(matches!(e, ChainError::ForgedIssuer { .. }));
         assert_eq!(e.to_string(), expected);
 
-        // Even next to the real one.
-        let e = err(load(&cat(&[&p.leaf, &forged.pem(), &p.inter_pem()]), &p.key, false));
-        assert_eq!(e.to_string(), expected);
+        // Next to the real one (a CA's old and new intermediate), it is only an extra.
+        let both = cat(&[&p.leaf, &forged.pem(), &p.inter_pem()]);
+        let pair = load(&both, &p.key, false).unwrap();
+        expect_served(&pair, &[&p.leaf, &p.inter_pem()]);
+        assert!(
+            pair.warnings
+                .iter()
+                .any(|w| w.contains("#2") && w.contains("not part of the chain")),
+            "{:?}",
+            pair.warnings
+        );
+        assert!(matches!(err(load(&both, &p.key, true)), ChainError::Strict { .. }));
 
         // A forged root above a real intermediate.
         let fake_root = root("Test Root CA");

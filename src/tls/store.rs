@@ -190,10 +190,18 @@ impl CertStore {
 }
 
 fn read_pair(settings: &TlsSettings) -> Result<LoadedPair, String> {
-    let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
-    let cert = read(&settings.cert)?;
-    let key = read(&settings.key)?;
-    chain::load_pair(&cert, &key, &settings.hosts, settings.strict, SystemTime::now()).map_err(|e| e.to_string())
+    let read = |option: &str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| format!("{option} {}: cannot read it ({e})", path.display()))
+    };
+    let cert = read("--tls-cert", &settings.cert)?;
+    let key = read("--tls-key", &settings.key)?;
+    chain::load_pair(&cert, &key, &settings.hosts, settings.strict, SystemTime::now()).map_err(|e| {
+        format!(
+            "--tls-cert {} with --tls-key {}: {e}",
+            settings.cert.display(),
+            settings.key.display()
+        )
+    })
 }
 
 fn unix_secs(t: SystemTime) -> i64 {

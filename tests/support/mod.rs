@@ -46,6 +46,8 @@ pub struct Proxy {
     child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The `--tls-listen` listener, when one was asked for.
+    pub tls_addr: Option<SocketAddr>,
     logs: Arc<Mutex<String>>,
 }
 
@@ -55,25 +57,7 @@ impl Proxy {
     }
 
     pub fn start_with_env(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "serve",
-            "--upstream",
-            upstream,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json"])
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        let mut cmd = Self::command(upstream, extra, env);
         let mut child = cmd.spawn().expect("spawn proxy");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
@@ -95,14 +79,17 @@ impl Proxy {
                 {
                     let listen = v["listen"].as_str().unwrap().parse::<SocketAddr>().unwrap();
                     let admin = v["admin"].as_str().unwrap().parse::<SocketAddr>().unwrap();
-                    let _ = tx.send((listen, admin));
+                    let tls = v["tls_listen"].as_str().map(|a| a.parse::<SocketAddr>().unwrap());
+                    let _ = tx.send((listen, admin, tls));
                 }
             }
         });
-        let (addr, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(pair) => pair,
+        let (addr, admin, tls_addr) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(50));
                 panic!("proxy did not start; logs:\n{}", logs.lock().unwrap());
             }
         };
@@ -110,12 +97,71 @@ impl Proxy {
             child,
             addr,
             admin,
+            tls_addr,
             logs,
         }
     }
 
+    /// Runs `serve` expecting it to refuse to start: its exit status (None if it
+    /// was still running after `within`, then killed) and everything on stderr.
+    pub fn start_expecting_exit(upstream: &str, extra: &[&str], within: Duration) -> (Option<ExitStatus>, String) {
+        let mut child = Self::command(upstream, extra, &[]).spawn().expect("spawn proxy");
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut out);
+            out
+        });
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, reader.join().unwrap())
+    }
+
+    fn command(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "serve",
+            "--upstream",
+            upstream,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// An https URL on the TLS listener, named `localhost` (SNI and the certificate's name).
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.tls().port(), path)
+    }
+
+    pub fn tls(&self) -> SocketAddr {
+        self.tls_addr
+            .expect("the proxy has no TLS listener (no tls_listen in its listening line)")
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -391,4 +437,281 @@ pub fn raw_header_names(response: &str) -> Vec<String> {
         .skip(1)
         .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim().to_ascii_lowercase()))
         .collect()
+}
+
+/// The value of one series in the OpenMetrics text, e.g.
+/// `gitlab_oidc_proxy_tls_reloads_total{outcome="ok"}` (0 when absent).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// The sum of every series of the metric `name`, whatever its labels (0 when absent).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The JSON log lines at `level` (`WARN`, `ERROR`, ...).
+pub fn log_lines_at(logs: &str, level: &str) -> Vec<serde_json::Value> {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| v["level"] == level)
+        .collect()
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `within`.
+pub async fn wait_until<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- TLS
+
+pub use rustls::pki_types::CertificateDer;
+
+/// A private PKI generated at runtime into a temporary directory: a root CA and an
+/// intermediate CA (ECDSA P-256) that sign leaves. Clients trust the root only.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub root_der: CertificateDer<'static>,
+    /// The root as a PEM file (for curl's `--cacert`, openssl's `-CAfile`).
+    pub root_path: PathBuf,
+    pub intermediate_pem: String,
+    pub intermediate_der: CertificateDer<'static>,
+    intermediate: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A leaf certificate and its private key.
+pub struct Leaf {
+    pub der: CertificateDer<'static>,
+    pub pem: String,
+    pub key_pem: String,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Leaves are for these names unless a test says otherwise.
+pub const LEAF_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "gitlab.example.test"];
+
+fn ca_params(cn: &str, not_after: std::time::SystemTime) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = (std::time::SystemTime::now() - DAY).into();
+    params.not_after = not_after.into();
+    params
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        Self::with_intermediate_expiry(std::time::SystemTime::now() + 365 * DAY)
+    }
+
+    /// A PKI whose intermediate CA expires at `not_after`.
+    pub fn with_intermediate_expiry(not_after: std::time::SystemTime) -> Pki {
+        Self::named("Test", not_after)
+    }
+
+    /// A PKI whose CAs are called "`prefix` Root CA" and "`prefix` Intermediate CA".
+    pub fn named(prefix: &str, intermediate_expiry: std::time::SystemTime) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let root_key = rcgen::KeyPair::generate().unwrap();
+        let root_params = ca_params(&format!("{prefix} Root CA"), std::time::SystemTime::now() + 3650 * DAY);
+        let root_cert = root_params.self_signed(&root_key).unwrap();
+        let root = rcgen::Issuer::new(root_params, root_key);
+        let int_key = rcgen::KeyPair::generate().unwrap();
+        let int_params = ca_params(&format!("{prefix} Intermediate CA"), intermediate_expiry);
+        let int_cert = int_params.signed_by(&int_key, &root).unwrap();
+        let root_path = dir.path().join("root.pem");
+        std::fs::write(&root_path, root_cert.pem()).unwrap();
+        Pki {
+            dir,
+            root_der: root_cert.der().clone(),
+            root_path,
+            intermediate_pem: int_cert.pem(),
+            intermediate_der: int_cert.der().clone(),
+            intermediate: rcgen::Issuer::new(int_params, int_key),
+        }
+    }
+
+    /// A leaf for [`LEAF_NAMES`] with a fresh ECDSA P-256 key, valid for a year.
+    pub fn leaf(&self) -> Leaf {
+        self.leaf_with(
+            &LEAF_NAMES,
+            rcgen::KeyPair::generate().unwrap(),
+            std::time::SystemTime::now() + 365 * DAY,
+        )
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses) with `key`, valid until `not_after`.
+    pub fn leaf_with(&self, names: &[&str], key: rcgen::KeyPair, not_after: std::time::SystemTime) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0].as_str());
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = (std::time::SystemTime::now() - DAY).into();
+        params.not_after = not_after.into();
+        let cert = params.signed_by(&key, &self.intermediate).unwrap();
+        Leaf {
+            der: cert.der().clone(),
+            pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// The full chain in the order servers must send it: leaf, then intermediate.
+    pub fn chain(&self, leaf: &Leaf) -> String {
+        format!("{}{}", leaf.pem, self.intermediate_pem)
+    }
+
+    /// Writes `contents` to `name` in the PKI's directory (overwriting it in place).
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// Writes `leaf`'s chain and key as `cert.pem` and `key.pem`: the arguments for
+    /// a TLS listener on an ephemeral loopback port.
+    pub fn tls_args(&self, leaf: &Leaf) -> Vec<String> {
+        let cert = self.write("cert.pem", &self.chain(leaf));
+        let key = self.write("key.pem", &leaf.key_pem);
+        vec![
+            "--tls-listen".into(),
+            "127.0.0.1:0".into(),
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ]
+    }
+
+    /// A rustls client configuration trusting only the root, offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.root_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // Every handshake a full one, so the peer certificate is what the server sends
+        // now (a resumed session reports the certificate of the session it resumes).
+        config.resumption = rustls::client::Resumption::disabled();
+        config
+    }
+
+    /// A pooling https client (hyper-util's legacy client over hyper-rustls). With
+    /// `h2`, ALPN offers `h2` and `http/1.1`, else no ALPN (hyper-rustls's HTTP/1.1 only).
+    pub fn https_client(&self, h2: bool) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, TestBody> {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.client_config(&[]))
+            .https_only()
+            .enable_http1();
+        let connector = if h2 {
+            builder.enable_http2().build()
+        } else {
+            builder.build()
+        };
+        Client::builder(TokioExecutor::new()).build(connector)
+    }
+
+    /// A TLS handshake as `localhost` on `io` (a fresh TCP connection, or one that
+    /// already carried a PROXY protocol header).
+    pub async fn handshake<S>(&self, io: S, alpn: &[&[u8]]) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(self.client_config(alpn)));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), connector.connect(name, io))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake took over 10 s"))?
+    }
+
+    /// A fresh TCP connection to `addr` and a TLS handshake on it.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        self.handshake(tcp, alpn).await
+    }
+}
+
+/// The leaf certificate a TLS server presented.
+pub fn peer_leaf<S>(tls: &tokio_rustls::client::TlsStream<S>) -> CertificateDer<'static> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .expect("the server sent no certificate")[0]
+        .clone()
+        .into_owned()
+}
+
+/// An HTTP/1.1 client connection over `io` (TLS or plain), driven in the background.
+pub async fn http1_over<S>(io: S) -> hyper::client::conn::http1::SendRequest<TestBody>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// One GET `path` with `Host: localhost` on an HTTP/1.1 connection; the status and body.
+pub async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<TestBody>,
+    path: &str,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let req = Request::get(path).header("host", "localhost").body(empty()).unwrap();
+    let exchange = async {
+        sender.ready().await.map_err(|e| format!("not ready: {e}"))?;
+        let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "no answer in 10 s".to_owned())?
 }
