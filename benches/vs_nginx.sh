@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Pass-through throughput and latency of gitlab-oidc-proxy against nginx, both in
 # front of the same backend on a unix socket (as Workhorse is), on this machine,
-# in one run. Prints ratios (ours / nginx). Loopback only; stops by itself.
+# in one run: plain HTTP, and TLS with gzip as omnibus configures it. Prints
+# ratios (ours / nginx). Loopback only; stops by itself.
 #
 #   bash benches/vs_nginx.sh            # needs nginx and wrk (apt-get install nginx-light wrk)
 #   DURATION=20 CONNECTIONS=100 bash benches/vs_nginx.sh
+#   ONLY=tls bash benches/vs_nginx.sh   # only the scenarios whose name contains "tls"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-50}
-for tool in nginx wrk; do
+for tool in nginx wrk openssl python3; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install nginx-light wrk)" >&2; exit 2; }
 done
 
@@ -32,6 +34,10 @@ chmod 755 "$work"
 mkdir -p "$work/www"
 head -c 1024 /dev/urandom >"$work/www/small"
 head -c $((10 << 20)) /dev/urandom >"$work/www/large"
+# An API-like JSON answer of ~64 KiB: compressible, as GitLab's are.
+python3 -c 'import json,random; random.seed(1); print(json.dumps([{"id": i, "name": "project-%d" % i, "path_with_namespace": "group/sub/project-%d" % i, "star_count": random.randint(0, 999), "web_url": "https://gitlab.example.com/group/sub/project-%d" % i} for i in range(400)]))' >"$work/www/api.json"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
 # The backend: nginx serving files on a unix socket, standing in for Workhorse.
 cat >"$work/backend.conf" <<EOF
@@ -47,7 +53,7 @@ EOF
 
 # The nginx proxy, as omnibus configures it for Workhorse (keepalive added, so
 # the comparison is with a tuned nginx, not a handicapped one).
-nginx_port=18481 ours_port=18482 admin_port=18483
+nginx_port=18481 ours_port=18482 admin_port=18483 nginx_tls=18484 ours_tls=18485
 cat >"$work/nginx.conf" <<EOF
 worker_processes auto;
 pid $work/nginx.pid;
@@ -56,8 +62,17 @@ events { worker_connections 4096; }
 http {
   access_log off;
   upstream gitlab-workhorse { server unix:$work/backend.sock; keepalive 64; }
+  types { application/json json; }
+  # omnibus: gzip on, level 2, min length 250, these types, Vary.
+  gzip on; gzip_comp_level 2; gzip_min_length 250; gzip_vary on; gzip_http_version 1.0;
+  gzip_types text/plain text/css application/x-javascript text/xml application/xml application/xml+rss text/javascript application/json;
   server {
     listen 127.0.0.1:$nginx_port;
+    listen 127.0.0.1:$nginx_tls ssl http2;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
     client_max_body_size 0;
     location / {
       proxy_http_version 1.1;
@@ -78,7 +93,8 @@ nginx -c "$work/backend.conf" -p "$work"
 nginx -c "$work/nginx.conf" -p "$work"
 # The access log is off on both sides: this measures forwarding, not log writing.
 RUST_LOG=warn "$bin" serve --upstream "unix:$work/backend.sock" \
-  --listen "127.0.0.1:$ours_port" --admin-listen "127.0.0.1:$admin_port" &
+  --listen "127.0.0.1:$ours_port" --admin-listen "127.0.0.1:$admin_port" \
+  --tls-listen "127.0.0.1:$ours_tls" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" &
 pids+=($!)
 for _ in $(seq 50); do
   curl -sf -o /dev/null "http://127.0.0.1:$ours_port/small" && curl -sf -o /dev/null "http://127.0.0.1:$nginx_port/small" && break
@@ -92,10 +108,18 @@ for port in $nginx_port $ours_port; do
   done
 done
 
-# wrk summary -> "requests/s p50_ms p99_ms"
+for port in $nginx_tls $ours_tls; do
+  got=$(curl -sk --compressed -o /dev/null -w '%{http_code} %{size_download}' "https://127.0.0.1:$port/api.json")
+  [ "${got%% *}" = 200 ] || { echo "error: https :$port/api.json answered '$got'" >&2; exit 1; }
+  enc=$(curl -sk -H 'Accept-Encoding: gzip' -o /dev/null -D - "https://127.0.0.1:$port/api.json" | tr -d '\r' | grep -i '^content-encoding:' || true)
+  [ -n "$enc" ] || { echo "error: https :$port/api.json was not gzipped" >&2; exit 1; }
+done
+
+# wrk summary -> "requests/s p50_ms p99_ms"; extra arguments go to wrk (headers).
 measure() {
   local url=$1 conns=$2
-  wrk -t2 -c"$conns" -d"${DURATION}s" --latency "$url" | tee -a "$work/wrk.log" | awk '
+  shift 2
+  wrk -t2 -c"$conns" -d"${DURATION}s" --latency "$@" "$url" | tee -a "$work/wrk.log" | awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec/ { rps = $2 }
     /Non-2xx/ { print "error: " $0 > "/dev/stderr"; exit 1 }
@@ -103,10 +127,22 @@ measure() {
 }
 
 printf '%-24s %12s %12s %8s %10s %10s %8s\n' scenario nginx_rps ours_rps ratio nginx_p99 ours_p99 ratio
-for scenario in "small 1KiB GET:/small:$CONNECTIONS" "large 10MiB GET:/large:8"; do
-  IFS=: read -r name path conns <<<"$scenario"
-  read -r n_rps _ n_p99 <<<"$(measure "http://127.0.0.1:$nginx_port$path" "$conns")"
-  read -r o_rps _ o_p99 <<<"$(measure "http://127.0.0.1:$ours_port$path" "$conns")"
+# name:path:connections:scheme:extra header
+scenarios=(
+  "small 1KiB GET:/small:$CONNECTIONS:http:"
+  "large 10MiB GET:/large:8:http:"
+  "tls 1KiB GET:/small:$CONNECTIONS:https:"
+  "tls 64KiB JSON gzip:/api.json:$CONNECTIONS:https:Accept-Encoding: gzip"
+  "tls handshake each:/small:$CONNECTIONS:https:Connection: close"
+)
+for scenario in "${scenarios[@]}"; do
+  IFS=: read -r name path conns scheme header <<<"$scenario"
+  [[ "$name" == *"${ONLY:-}"* ]] || continue
+  args=()
+  [ -n "$header" ] && args=(-H "$header")
+  if [ "$scheme" = https ]; then np=$nginx_tls op=$ours_tls; else np=$nginx_port op=$ours_port; fi
+  read -r n_rps _ n_p99 <<<"$(measure "$scheme://127.0.0.1:$np$path" "$conns" "${args[@]}")"
+  read -r o_rps _ o_p99 <<<"$(measure "$scheme://127.0.0.1:$op$path" "$conns" "${args[@]}")"
   awk -v name="$name" -v nr="$n_rps" -v or="$o_rps" -v np="$n_p99" -v op="$o_p99" 'BEGIN {
     printf "%-24s %12.0f %12.0f %8.2f %9.2fms %9.2fms %8.2f\n", name, nr, or, or/nr, np, op, op/np }'
 done

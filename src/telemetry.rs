@@ -6,7 +6,14 @@ use crate::config::LogFormat;
 
 /// `default` applies when `RUST_LOG` is unset.
 pub fn init(format: LogFormat, default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // rustls warns once per handshake about client quirks (an IP address sent as
+    // SNI, as wrk and some libraries do): any client could flood the log. Failed
+    // handshakes are counted in a metric instead. RUST_LOG=rustls=… still wins.
+    if !from_env.is_some_and(|v| v.contains("rustls")) {
+        filter = filter.add_directive("rustls=error".parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
