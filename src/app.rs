@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -76,6 +76,11 @@ impl RunningProxy {
             stale_if_error: o.stale_if_error,
         };
         settings.check().map_err(StartError::Config)?;
+        if args.tls.redirect_http && args.forwarded_proto == Proto::Https {
+            return Err(StartError::Config(
+                "--redirect-http with --forwarded-proto https: the plain listener would be https already".into(),
+            ));
+        }
         if args.proxy_protocol && args.trusted_proxies.0.is_empty() {
             return Err(StartError::Config(
                 "--proxy-protocol needs --trusted-proxies naming the load balancers allowed to send it".into(),
@@ -114,6 +119,13 @@ impl RunningProxy {
         let local = |l: &TcpListener| l.local_addr().map_err(|e| StartError::Runtime(e.to_string()));
         let (listen, admin_addr) = (local(&public)?, local(&admin_listener)?);
         let tls_listen = tls_listener.as_ref().map(local).transpose()?;
+        let tls_config = tls_store
+            .clone()
+            .map(tls::server_config)
+            .transpose()
+            .map_err(StartError::Runtime)?;
+        // Caught before anything is announced: SIGHUP's default action ends the process.
+        let hup = signal(SignalKind::hangup()).map_err(|e| StartError::Runtime(format!("cannot catch SIGHUP: {e}")))?;
 
         let upstream_host = match &args.upstream {
             UpstreamTarget::Http { authority } | UpstreamTarget::Https { authority } => authority.to_string(),
@@ -174,7 +186,7 @@ impl RunningProxy {
             tokio::spawn(cache.clone().run_refresher()),
         ];
         let (hup_tx, hup_rx) = mpsc::channel(1);
-        background.push(tokio::spawn(forward_sighup(hup_tx, tls_store.is_some())));
+        background.push(tokio::spawn(forward_sighup(hup, hup_tx, tls_store.is_some())));
         if let Some(store) = &tls_store {
             background.push(tokio::spawn(store.clone().watch(hup_rx)));
         }
@@ -195,8 +207,7 @@ impl RunningProxy {
             draining.clone(),
             tracker.clone(),
         ))];
-        if let (Some(l), Some(store)) = (tls_listener, tls_store) {
-            let config = tls::server_config(store).map_err(StartError::Runtime)?;
+        if let (Some(l), Some(config)) = (tls_listener, tls_config) {
             accepting.push(tokio::spawn(listener::serve(
                 l,
                 router,
@@ -253,14 +264,7 @@ fn tls_hosts(o: &OidcArgs) -> Vec<String> {
 
 /// SIGHUP reloads the certificate. It is caught even without TLS, because its
 /// default action would end the process (`systemctl reload` sends it).
-async fn forward_sighup(reload: mpsc::Sender<()>, tls: bool) {
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot catch SIGHUP");
-            return;
-        }
-    };
+async fn forward_sighup(mut hup: Signal, reload: mpsc::Sender<()>, tls: bool) {
     while hup.recv().await.is_some() {
         if !tls {
             tracing::info!("SIGHUP: nothing to reload without --tls-listen");

@@ -63,6 +63,8 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
+        // nginx's http2_max_concurrent_streams: bounds what one client can hold open.
+        .max_concurrent_streams(128)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     let shared = Arc::new(Shared {
@@ -100,7 +102,7 @@ impl Shared {
     /// PROXY header (if configured), then TLS (if this is the TLS listener), then HTTP.
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let Some(trusted) = &self.settings.proxy_protocol else {
-            return self.secure(stream, peer).await;
+            return self.secure(stream, peer, false).await;
         };
         if !headers::is_trusted(peer.ip(), trusted) {
             self.reject_proxy_protocol(peer, "untrusted_peer");
@@ -110,7 +112,7 @@ impl Shared {
             Ok((header, stream)) => {
                 // LOCAL (a load balancer's own health check): the peer is the client.
                 let client = header.source.unwrap_or(peer);
-                self.secure(stream, client).await
+                self.secure(stream, client, true).await
             }
             Err(e) => self.reject_proxy_protocol(peer, e.reason()),
         }
@@ -121,22 +123,27 @@ impl Shared {
             .proxy_protocol_rejected
             .get_or_create(&ErrorLabels { reason })
             .inc();
-        tracing::warn!(%peer, reason, "connection closed: no valid PROXY protocol header from a trusted peer");
+        if reason == "untrusted_peer" {
+            // Anyone can connect: a scanner must not flood the log. The metric counts them.
+            tracing::debug!(%peer, reason, "connection closed: PROXY protocol expected from trusted peers only");
+        } else {
+            tracing::warn!(%peer, reason, "connection closed: no valid PROXY protocol header from a trusted peer");
+        }
     }
 
-    async fn secure<S>(self: Arc<Self>, stream: S, client: SocketAddr)
+    async fn secure<S>(self: Arc<Self>, stream: S, client: SocketAddr, proxied: bool)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let Some(acceptor) = &self.settings.tls else {
-            return self.http(stream, client).await;
+            return self.http(stream, client, proxied).await;
         };
         let handshake = tokio::select! {
             done = tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(stream)) => done,
             () = self.shutdown.cancelled() => return,
         };
         match handshake {
-            Ok(Ok(tls)) => self.http(tls, client).await,
+            Ok(Ok(tls)) => self.http(tls, client, proxied).await,
             Ok(Err(e)) => {
                 self.metrics
                     .tls_handshake_failures
@@ -154,12 +161,13 @@ impl Shared {
         }
     }
 
-    async fn http<S>(self: Arc<Self>, stream: S, peer: SocketAddr)
+    async fn http<S>(self: Arc<Self>, stream: S, peer: SocketAddr, proxied: bool)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let conn_info = ConnInfo {
             peer,
+            proxied,
             proto: self.settings.proto,
             kind: self.settings.kind,
         };

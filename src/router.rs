@@ -25,6 +25,9 @@ use crate::redirect;
 pub struct ConnInfo {
     /// The client: the TCP peer, or the address in its PROXY header.
     pub peer: SocketAddr,
+    /// A PROXY header was read: `peer` is the load balancer's client, whose own
+    /// forwarding headers are never believed (it may be inside a trusted range).
+    pub proxied: bool,
     /// The scheme clients used to reach this listener, as GitLab should see it.
     pub proto: Proto,
     pub kind: ListenerKind,
@@ -64,7 +67,8 @@ impl Router {
 
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
         let s = &self.settings;
-        let forwarded = headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), &s.trusted_proxies, conn.proto);
+        let trusted: &[IpNet] = if conn.proxied { &[] } else { &s.trusted_proxies };
+        let forwarded = headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), trusted, conn.proto);
         let record = RequestRecord::new(req.method(), req.uri(), req.version(), forwarded.client);
         let pending = PendingLog::new(record, self.metrics.clone());
 

@@ -423,7 +423,7 @@ async fn strong_etags_are_weakened_when_compressed() {
 
 /// Feeds compressed bytes in as they come; the decoded length so far.
 enum Streaming {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
     Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
 }
@@ -431,7 +431,7 @@ enum Streaming {
 impl Streaming {
     fn new(encoding: &str) -> Streaming {
         match encoding {
-            "gzip" => Streaming::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            "gzip" => Streaming::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
             "br" => Streaming::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
             "zstd" => Streaming::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap()),
             other => panic!("{other}"),

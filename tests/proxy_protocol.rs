@@ -197,6 +197,34 @@ async fn v2_local_header_uses_the_tcp_peer() {
     .await
 }
 
+/// The client behind the balancer may itself sit in a trusted range (a runner in
+/// the VPC): its own forwarding headers are still not believed, nor are they
+/// when the header names no client (UNKNOWN, LOCAL).
+#[tokio::test]
+async fn clients_behind_the_balancer_cannot_forge_forwarding_headers() {
+    bounded(async {
+        let mut up = upstream(Transport::Tcp, echo).await;
+        let proxy = Proxy::start(&up.target, &["--proxy-protocol", "--trusted-proxies", "127.0.0.0/8"]);
+        const FORGED: &str = "GET /x HTTP/1.1\r\nHost: gitlab.example.com\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
+        let inside = addr("127.0.0.9:5000");
+        for (name, header, client) in [
+            ("v1 from a trusted address", v1(inside, proxy.addr), "127.0.0.9"),
+            ("v2 from a trusted address", v2(inside, proxy.addr), "127.0.0.9"),
+            ("v1 UNKNOWN", b"PROXY UNKNOWN\r\n".to_vec(), "127.0.0.1"),
+            ("v2 LOCAL", v2_local(), "127.0.0.1"),
+        ] {
+            let answer = send(proxy.addr, &header, FORGED).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+            let h = up.next_seen().await.headers;
+            assert_eq!(h["x-real-ip"], client, "{name}");
+            assert_eq!(h["x-forwarded-for"], client, "{name}");
+            assert_eq!(h["x-forwarded-proto"], "http", "{name}");
+            assert!(!h.contains_key("x-forwarded-ssl"), "{name}");
+        }
+    })
+    .await
+}
+
 /// The PROXY protocol spec: a receiver must accept "UNKNOWN" and use the
 /// connection's own addresses (as for a v2 LOCAL header).
 #[tokio::test]

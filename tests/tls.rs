@@ -611,7 +611,12 @@ fn bad_certificates_refuse_to_start() {
         &with(args.clone(), &["--tls-handshake-timeout", "0"]),
         "tls-handshake-timeout",
     );
-    assert_refused(&with(args, &["--hsts", "soon"]), "hsts");
+    assert_refused(&with(args.clone(), &["--hsts", "soon"]), "hsts");
+    // The plain listener would already count as https: every redirect would loop.
+    assert_refused(
+        &with(args, &["--redirect-http", "--forwarded-proto", "https"]),
+        "forwarded-proto",
+    );
 }
 
 /// As for every option (README: "A bad value exits with status 2 and one line naming

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::chain::{self, EXPIRY_WARNING, LoadedPair};
 use crate::metrics::{Metrics, OutcomeOnly};
@@ -137,40 +138,56 @@ impl CertStore {
 
     /// Reloads on SIGHUP (`hup`) and when the files change. A change is acted
     /// on once the files have stayed the same for one interval, so a renewal
-    /// that writes the certificate and the key one after the other is read
-    /// whole. Also repeats the expiry warning once a day.
+    /// that writes the certificate and the key one after the other is usually
+    /// read whole. Refused files are tried again every `RETRY` (a renewal that
+    /// is not valid yet, or whose key lands later, is taken once it is good).
+    /// Also repeats the expiry warning once a day.
     pub async fn watch(self: Arc<Self>, mut hup: mpsc::Receiver<()>) {
+        const RETRY: Duration = Duration::from_secs(60);
         let interval = self.settings.watch_interval;
         let watching = !interval.is_zero();
         let mut pending: Option<Stamp> = None;
-        let mut last_expiry_check = tokio::time::Instant::now();
+        let mut retry_at: Option<Instant> = None;
+        let mut last_expiry_check = Instant::now();
         loop {
             // With watching off, still wake hourly for the expiry warning.
             let tick = tokio::time::sleep(if watching { interval } else { Duration::from_secs(3600) });
-            tokio::select! {
+            let outcome = tokio::select! {
                 got = hup.recv() => {
                     if got.is_none() {
                         return;
                     }
                     tracing::info!("SIGHUP: reloading the TLS certificate");
-                    self.reload("sighup");
                     pending = None;
+                    Some(self.reload("sighup"))
                 }
                 () = tick => if watching {
                     let now = stamp(&self.settings);
                     let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     if now.is_none() || now == seen {
                         pending = None;
+                        match retry_at {
+                            Some(at) if at <= Instant::now() && now.is_some() => Some(self.reload("retry")),
+                            _ => None,
+                        }
                     } else if pending == now {
                         pending = None;
-                        self.reload("file_change");
+                        Some(self.reload("file_change"))
                     } else {
                         pending = now;
+                        None
                     }
+                } else {
+                    None
                 }
+            };
+            match outcome {
+                Some(true) => retry_at = None,
+                Some(false) => retry_at = Some(Instant::now() + RETRY),
+                None => {}
             }
             if last_expiry_check.elapsed() >= Duration::from_secs(24 * 3600) {
-                last_expiry_check = tokio::time::Instant::now();
+                last_expiry_check = Instant::now();
                 self.warn_if_expiring();
             }
         }
