@@ -211,24 +211,6 @@ fn warnings_naming(logs: &str, document: &str, needle: &str) -> usize {
         .count()
 }
 
-/// Polls `check` every 50 ms until it holds, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // ---------------------------------------------------------------- a consumer
 
 /// What a consumer saw following discovery.
@@ -782,7 +764,7 @@ async fn stale_if_error_then_503() {
 
     // GitLab back: the documents come back.
     sim.clear_faults();
-    let back = eventually(LIMIT, || async {
+    let back = wait_until(LIMIT, || async {
         let d = get(&proxy.url(DISCOVERY)).await;
         let k = get(&proxy.url(JWKS)).await;
         d.status == StatusCode::OK && k.status == StatusCode::OK
@@ -823,7 +805,7 @@ async fn cold_and_failing_is_503_until_gitlab_answers() {
         assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{fault:?}");
 
         sim.clear_faults();
-        let recovered = eventually(LIMIT, || async {
+        let recovered = wait_until(LIMIT, || async {
             let d = get(&proxy.url(DISCOVERY)).await;
             let k = get(&proxy.url(JWKS)).await;
             let r = get(&proxy.admin_url("/readyz")).await;
@@ -936,7 +918,7 @@ async fn bad_upstream_bodies_never_replace_good_ones() {
         if counted != counted_before + 1 {
             failures.push(format!("{case}: {series} went {counted_before} -> {counted}"));
         }
-        let logged = eventually(Duration::from_secs(2), || async {
+        let logged = wait_until(Duration::from_secs(2), || async {
             warnings_naming(&proxy.logs(), fetch_label(doc), needle_for_log) > logged_before
         })
         .await;

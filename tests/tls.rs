@@ -530,14 +530,7 @@ fn tls_files(pki: &Pki, chain: &str, key: &str) -> Vec<String> {
     let tag = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let cert = pki.write(&format!("cert-{tag}.pem"), chain);
     let key = pki.write(&format!("key-{tag}.pem"), key);
-    vec![
-        "--tls-listen".into(),
-        "127.0.0.1:0".into(),
-        "--tls-cert".into(),
-        cert.display().to_string(),
-        "--tls-key".into(),
-        key.display().to_string(),
-    ]
+    tls_listen_args(&cert, &key)
 }
 
 fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {

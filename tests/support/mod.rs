@@ -607,14 +607,7 @@ impl Pki {
     pub fn tls_args(&self, leaf: &Leaf) -> Vec<String> {
         let cert = self.write("cert.pem", &self.chain(leaf));
         let key = self.write("key.pem", &leaf.key_pem);
-        vec![
-            "--tls-listen".into(),
-            "127.0.0.1:0".into(),
-            "--tls-cert".into(),
-            cert.display().to_string(),
-            "--tls-key".into(),
-            key.display().to_string(),
-        ]
+        tls_listen_args(&cert, &key)
     }
 
     /// A rustls client configuration trusting only the root, offering `alpn`.
@@ -714,4 +707,16 @@ pub async fn get_on(
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| "no answer in 10 s".to_owned())?
+}
+
+/// `--tls-listen` on an ephemeral loopback port with these files.
+pub fn tls_listen_args(cert: &std::path::Path, key: &std::path::Path) -> Vec<String> {
+    vec![
+        "--tls-listen".into(),
+        "127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ]
 }
