@@ -913,6 +913,51 @@ async fn sighup_reloads_the_certificate() {
     .await
 }
 
+/// cert-manager's Secret volume: `tls.crt` -> `..data/tls.crt`, and a renewal
+/// swaps the `..data` symlink atomically to a new directory. Nothing is written
+/// to the files the proxy was given.
+#[tokio::test]
+async fn kubernetes_secret_symlink_swap_is_picked_up() {
+    bounded(async {
+        let up = upstream(Transport::Tcp, echo).await;
+        let pki = Pki::new();
+        let (old, new) = (pki.leaf(), pki.leaf());
+        let dir = pki.write("probe", "").parent().unwrap().join("secret");
+        let version = |name: &str, leaf: &Leaf| {
+            let d = dir.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("tls.crt"), pki.chain(leaf)).unwrap();
+            std::fs::write(d.join("tls.key"), &leaf.key_pem).unwrap();
+        };
+        version("..2026_11_01", &old);
+        std::os::unix::fs::symlink("..2026_11_01", dir.join("..data")).unwrap();
+        for f in ["tls.crt", "tls.key"] {
+            std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
+        }
+        let mut args = tls_listen_args(&dir.join("tls.crt"), &dir.join("tls.key"));
+        args.extend(["--tls-watch-interval".to_owned(), "200ms".to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proxy = Proxy::start(&up.target, &args);
+        assert_eq!(leaf_now(&pki, &proxy).await, old.der);
+
+        version("..2026_11_23", &new);
+        std::os::unix::fs::symlink("..2026_11_23", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        let (pki_ref, proxy_ref, new_der) = (&pki, &proxy, &new.der);
+        assert!(
+            wait_until(Duration::from_secs(5), || async move {
+                leaf_now(pki_ref, proxy_ref).await == *new_der
+            })
+            .await,
+            "the symlink swap was not picked up:\n{}",
+            proxy.logs()
+        );
+        assert_eq!(metric_now(&proxy, RELOADS_OK).await, 1.0);
+        assert_no_panic(&proxy);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn broken_replacement_is_refused_and_the_last_good_stays() {
     bounded(async {
