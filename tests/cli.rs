@@ -16,7 +16,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 12] = [
+const OPTIONS: [(&str, &str, Option<&str>); 22] = [
     ("--upstream", "GITLAB_OIDC_PROXY_UPSTREAM", None),
     ("--upstream-ca", "GITLAB_OIDC_PROXY_UPSTREAM_CA", None),
     ("--listen", "GITLAB_OIDC_PROXY_LISTEN", Some("0.0.0.0:8080")),
@@ -37,6 +37,24 @@ const OPTIONS: [(&str, &str, Option<&str>); 12] = [
         Some("1h"),
     ),
     ("--shutdown-grace", "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", Some("30s")),
+    ("--compression", "GITLAB_OIDC_PROXY_COMPRESSION", Some("on")),
+    ("--proxy-protocol", "GITLAB_OIDC_PROXY_PROXY_PROTOCOL", None),
+    ("--tls-listen", "GITLAB_OIDC_PROXY_TLS_LISTEN", None),
+    ("--tls-cert", "GITLAB_OIDC_PROXY_TLS_CERT", None),
+    ("--tls-key", "GITLAB_OIDC_PROXY_TLS_KEY", None),
+    ("--strict-chain", "GITLAB_OIDC_PROXY_STRICT_CHAIN", None),
+    (
+        "--tls-watch-interval",
+        "GITLAB_OIDC_PROXY_TLS_WATCH_INTERVAL",
+        Some("5s"),
+    ),
+    (
+        "--tls-handshake-timeout",
+        "GITLAB_OIDC_PROXY_TLS_HANDSHAKE_TIMEOUT",
+        Some("10s"),
+    ),
+    ("--redirect-http", "GITLAB_OIDC_PROXY_REDIRECT_HTTP", None),
+    ("--hsts", "GITLAB_OIDC_PROXY_HSTS", None),
 ];
 
 #[test]
@@ -46,10 +64,11 @@ fn help_documents_every_option_with_env_and_default() {
     let help = String::from_utf8(out.stdout).unwrap();
     for (flag, env, default) in OPTIONS {
         // Each option's block runs from its flag to the next one.
-        let name = format!("{} ", flag.trim_start_matches('-'));
+        // A flag's name is followed by its value, or by a newline for a switch.
+        let name = flag.trim_start_matches('-');
         let block = help
             .split("\n      --")
-            .find(|b| b.starts_with(&name))
+            .find(|b| b.starts_with(&format!("{name} ")) || b.starts_with(&format!("{name}\n")))
             .unwrap_or_else(|| panic!("{flag} missing from --help:\n{help}"));
         assert!(
             block.contains(&format!("[env: {env}=")),
