@@ -39,6 +39,19 @@ async fn leaf_now(pki: &Pki, proxy: &Proxy) -> CertificateDer<'static> {
     peer_leaf(&pki.connect(proxy.tls(), &[b"http/1.1"]).await.expect("TLS handshake"))
 }
 
+/// Waits (up to 5 s) for new handshakes to present `leaf`; `what` names the trigger.
+async fn assert_serves_soon(pki: &Pki, proxy: &Proxy, leaf: &CertificateDer<'static>, what: &str) {
+    assert!(
+        wait_until(
+            Duration::from_secs(5),
+            || async move { leaf_now(pki, proxy).await == *leaf }
+        )
+        .await,
+        "{what}:\n{}",
+        proxy.logs()
+    );
+}
+
 async fn metric_now(proxy: &Proxy, series: &str) -> f64 {
     metric_value(&proxy.metrics().await, series)
 }
@@ -839,15 +852,8 @@ async fn sighup_reloads_the_certificate() {
         let ok_before = metric_now(&proxy, RELOADS_OK).await;
 
         proxy.signal(libc::SIGHUP);
-        let (pki_ref, proxy_ref, new_der) = (&pki, &proxy, &new.der);
-        assert!(
-            wait_until(Duration::from_secs(5), || async move {
-                leaf_now(pki_ref, proxy_ref).await == *new_der
-            })
-            .await,
-            "SIGHUP did not bring the new leaf:\n{}",
-            proxy.logs()
-        );
+        assert_serves_soon(&pki, &proxy, &new.der, "SIGHUP did not bring the new leaf").await;
+        let proxy_ref = &proxy;
         assert!(
             wait_until(Duration::from_secs(5), || async move {
                 metric_now(proxy_ref, RELOADS_OK).await == ok_before + 1.0
@@ -895,15 +901,7 @@ async fn kubernetes_secret_symlink_swap_is_picked_up() {
         version("..2026_11_23", &new);
         std::os::unix::fs::symlink("..2026_11_23", dir.join("..data_tmp")).unwrap();
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-        let (pki_ref, proxy_ref, new_der) = (&pki, &proxy, &new.der);
-        assert!(
-            wait_until(Duration::from_secs(5), || async move {
-                leaf_now(pki_ref, proxy_ref).await == *new_der
-            })
-            .await,
-            "the symlink swap was not picked up:\n{}",
-            proxy.logs()
-        );
+        assert_serves_soon(&pki, &proxy, &new.der, "the symlink swap was not picked up").await;
         assert_eq!(metric_now(&proxy, RELOADS_OK).await, 1.0);
         assert_no_panic(&proxy);
     })
@@ -917,7 +915,7 @@ async fn broken_replacement_is_refused_and_the_last_good_stays() {
         let pki = Pki::new();
         let (good, next, stranger) = (pki.leaf(), pki.leaf(), pki.leaf());
         let proxy = start_tls(&up.target, &pki, &good, &["--tls-watch-interval", "200ms"]);
-        let (pki_ref, proxy_ref) = (&pki, &proxy);
+        let proxy_ref = &proxy;
         let refused_after = |n: f64| async move {
             wait_until(Duration::from_secs(5), || async move {
                 metric_now(proxy_ref, RELOADS_REFUSED).await > n
@@ -968,15 +966,7 @@ async fn broken_replacement_is_refused_and_the_last_good_stays() {
         // Fixed: the next pair is picked up.
         let ok = metric_now(&proxy, RELOADS_OK).await;
         pki.write("key.pem", &next.key_pem);
-        let next_der = &next.der;
-        assert!(
-            wait_until(Duration::from_secs(5), || async move {
-                leaf_now(pki_ref, proxy_ref).await == *next_der
-            })
-            .await,
-            "the fixed pair was not loaded:\n{}",
-            proxy.logs()
-        );
+        assert_serves_soon(&pki, &proxy, &next.der, "the fixed pair was not loaded").await;
         assert!(metric_now(&proxy, RELOADS_OK).await > ok);
         assert_no_panic(&proxy);
     })
