@@ -40,15 +40,9 @@ fn stamp(settings: &TlsSettings) -> Option<Stamp> {
     Some(Stamp(vec![one(cert), one(key)]))
 }
 
-struct Loaded {
-    certified: Arc<CertifiedKey>,
-    not_after: SystemTime,
-    subject: String,
-}
-
 pub struct CertStore {
     settings: TlsSettings,
-    current: RwLock<Loaded>,
+    current: RwLock<LoadedPair>,
     /// The files' stamp when last loaded or refused, so one bad write is reported once.
     seen: Mutex<Option<Stamp>>,
     metrics: Arc<Metrics>,
@@ -72,16 +66,12 @@ impl CertStore {
         let seen = stamp(&settings);
         let pair = read_pair(&settings)?;
         let store = CertStore {
-            current: RwLock::new(Loaded {
-                certified: pair.certified.clone(),
-                not_after: pair.not_after,
-                subject: pair.leaf_subject.clone(),
-            }),
+            current: RwLock::new(pair),
             seen: Mutex::new(seen),
             settings,
             metrics,
         };
-        store.announce(&pair, "start");
+        store.announce(&store.current.read().unwrap_or_else(|p| p.into_inner()), "start");
         Ok(Arc::new(store))
     }
 
@@ -91,16 +81,12 @@ impl CertStore {
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&self.settings);
         match read_pair(&self.settings) {
             Ok(pair) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Loaded {
-                    certified: pair.certified.clone(),
-                    not_after: pair.not_after,
-                    subject: pair.leaf_subject.clone(),
-                };
                 self.metrics
                     .tls_reloads
                     .get_or_create(&OutcomeOnly { outcome: "ok" })
                     .inc();
                 self.announce(&pair, trigger);
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = pair;
                 true
             }
             Err(e) => {
@@ -108,7 +94,12 @@ impl CertStore {
                     .tls_reloads
                     .get_or_create(&OutcomeOnly { outcome: "refused" })
                     .inc();
-                let held = self.current.read().unwrap_or_else(|p| p.into_inner()).subject.clone();
+                let held = self
+                    .current
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .leaf_subject
+                    .clone();
                 tracing::error!(
                     trigger,
                     error = %e,
@@ -198,7 +189,7 @@ impl CertStore {
         let left = held.not_after.duration_since(SystemTime::now()).unwrap_or_default();
         if left < EXPIRY_WARNING {
             tracing::warn!(
-                subject = %held.subject,
+                subject = %held.leaf_subject,
                 days_left = left.as_secs() / 86400,
                 "TLS certificate expires soon; renew it (the proxy reloads it by itself)"
             );
