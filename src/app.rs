@@ -1,11 +1,13 @@
-//! Starting and stopping the whole proxy: listeners, admin, the OIDC cache and
-//! its refresher. Used by `serve` and by `demo`.
+//! Starting and stopping the whole proxy from a [`Config`]: validate, bind,
+//! build the router and its routes, spawn the listeners, the admin endpoint,
+//! the OIDC refresher and the certificate watcher. Used by `serve` and `demo`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
@@ -15,24 +17,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
-use crate::config::{OidcArgs, Proto, ServeArgs, Switch, UpstreamTarget};
+use crate::config::{Config, Proto};
+use crate::error::StartError;
 use crate::listener::{self, ListenerSettings};
 use crate::metrics::Metrics;
+use crate::oidc::Oidc;
 use crate::oidc::cache::Cache;
 use crate::oidc::fetch::Fetcher;
-use crate::oidc::{Oidc, OidcSettings};
 use crate::passthrough::Passthrough;
 use crate::redirect;
 use crate::router::{ListenerKind, Router, RouterSettings};
 use crate::tls::{self, CertStore, TlsSettings};
 use crate::upstream::{Upstream, UpstreamSettings};
-
-/// Bad configuration (exit 2) or a failure to start (exit 1).
-#[derive(Debug)]
-pub enum StartError {
-    Config(String),
-    Runtime(String),
-}
 
 pub struct RunningProxy {
     pub listen: SocketAddr,
@@ -46,181 +42,65 @@ pub struct RunningProxy {
     background: Vec<JoinHandle<()>>,
 }
 
+/// The bound sockets, before anything serves on them.
+struct Sockets {
+    public: TcpListener,
+    tls: Option<(TcpListener, Arc<ServerConfig>)>,
+    admin: TcpListener,
+    /// Caught before anything is announced: SIGHUP's default action ends the process.
+    hup: Signal,
+}
+
+/// What the serving tasks share.
+struct Parts {
+    router: Arc<Router>,
+    cache: Arc<Cache>,
+    admin: Arc<Admin>,
+}
+
 impl RunningProxy {
-    /// Binds both listeners and starts serving; the OIDC cache primes in the background.
-    pub async fn start(args: &ServeArgs) -> Result<RunningProxy, StartError> {
-        Self::start_with(args, None).await
+    /// Binds the listeners and starts serving; the OIDC cache primes in the background.
+    pub async fn start(config: &Config) -> Result<RunningProxy, StartError> {
+        Self::start_on(config, None).await
     }
 
     /// As `start`, on an already bound public listener (the demo needs its
     /// address, the issuer, before the proxy starts).
-    pub async fn start_with(args: &ServeArgs, public: Option<TcpListener>) -> Result<RunningProxy, StartError> {
+    pub async fn start_on(config: &Config, public: Option<TcpListener>) -> Result<RunningProxy, StartError> {
+        config.check()?;
         let metrics = Arc::new(Metrics::new());
+        let tls_store = load_certificate(config, &metrics)?;
         let upstream = Arc::new(
             Upstream::new(&UpstreamSettings {
-                target: args.upstream.clone(),
-                extra_ca: args.upstream_ca.clone(),
-                connect_timeout: args.connect_timeout,
-                response_timeout: args.idle_timeout,
+                target: config.upstream.clone(),
+                extra_ca: config.upstream_ca.clone(),
+                connect_timeout: config.connect_timeout,
+                response_timeout: config.idle_timeout,
             })
-            .map_err(StartError::Config)?,
+            .map_err(StartError::File)?,
         );
-        let o = &args.oidc;
-        let settings = OidcSettings {
-            jwks_path: o.jwks_path.clone(),
-            external_url: o.external_url.clone(),
-            extra_issuers: o.issuer.clone(),
-            max_age: o.max_age,
-            refresh: o.refresh,
-            upstream_timeout: o.upstream_timeout,
-            stale_if_error: o.stale_if_error,
-        };
-        settings.check().map_err(StartError::Config)?;
-        if args.tls.redirect_http && args.forwarded_proto == Proto::Https {
-            return Err(StartError::Config(
-                "--redirect-http with --forwarded-proto https: the plain listener would be https already".into(),
-            ));
-        }
-        if args.proxy_protocol && args.trusted_proxies.0.is_empty() {
-            return Err(StartError::Config(
-                "--proxy-protocol needs --trusted-proxies naming the load balancers allowed to send it".into(),
-            ));
-        }
-        let tls_store = match (&args.tls.tls_cert, &args.tls.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                CertStore::load(
-                    TlsSettings {
-                        cert: cert.clone(),
-                        key: key.clone(),
-                        hosts: tls_hosts(o),
-                        strict: args.tls.strict_chain,
-                        watch_interval: args.tls.tls_watch_interval,
-                    },
-                    metrics.clone(),
-                )
-                .map_err(StartError::Config)?,
-            ),
-            _ => None,
-        };
-        let bind = |addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| StartError::Runtime(format!("cannot listen on {addr}: {e}")))
-        };
-        let public = match public {
-            Some(listener) => listener,
-            None => bind(args.listen).await?,
-        };
-        let tls_listener = match args.tls.tls_listen {
-            Some(addr) if tls_store.is_some() => Some(bind(addr).await?),
-            _ => None,
-        };
-        let admin_listener = bind(args.admin_listen).await?;
-        let local = |l: &TcpListener| l.local_addr().map_err(|e| StartError::Runtime(e.to_string()));
-        let (listen, admin_addr) = (local(&public)?, local(&admin_listener)?);
-        let tls_listen = tls_listener.as_ref().map(local).transpose()?;
-        let tls_config = tls_store
-            .clone()
-            .map(tls::server_config)
-            .transpose()
-            .map_err(StartError::Runtime)?;
-        // Caught before anything is announced: SIGHUP's default action ends the process.
-        let hup = signal(SignalKind::hangup()).map_err(|e| StartError::Runtime(format!("cannot catch SIGHUP: {e}")))?;
-
-        let upstream_host = match &args.upstream {
-            UpstreamTarget::Http { authority } | UpstreamTarget::Https { authority } => authority.to_string(),
-            UpstreamTarget::Unix { .. } => "localhost".to_owned(),
-        };
-        let fetcher = Fetcher::new(upstream.clone(), o.upstream_timeout);
-        let cache = Cache::new(settings, fetcher, upstream_host, metrics.clone());
+        let sockets = bind(config, public, tls_store.clone()).await?;
+        let local = |l: &TcpListener| l.local_addr().map_err(StartError::io("reading a listener's address"));
+        let (listen, admin) = (local(&sockets.public)?, local(&sockets.admin)?);
+        let tls_listen = sockets.tls.as_ref().map(|(l, _)| local(l)).transpose()?;
 
         let draining = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let passthrough = Passthrough::new(
-            upstream,
-            args.idle_timeout,
-            args.upgrade_idle_timeout,
-            tracker.clone(),
-            metrics.clone(),
-        );
-        let compression = args.compression == Switch::On;
-        let oidc = Oidc::new(cache.clone(), metrics.clone(), compression);
-        let redirect = match tls_listen {
-            Some(addr) if args.tls.redirect_http => Some(redirect::Target {
-                authority: o.external_url.as_ref().filter(|u| u.https).map(|u| u.host.clone()),
-                tls_port: addr.port(),
-            }),
-            _ => None,
-        };
-        let hsts = args
-            .tls
-            .hsts
-            .map(|secs| HeaderValue::from_str(&format!("max-age={secs}")).expect("digits are a valid header value"));
-        let router = Arc::new(Router::new(
-            oidc,
-            passthrough,
-            RouterSettings {
-                trusted_proxies: args.trusted_proxies.0.clone(),
-                redirect,
-                hsts,
-                compression,
-            },
-            metrics.clone(),
-        ));
-        let admin = Arc::new(Admin {
-            metrics: metrics.clone(),
-            cache: cache.clone(),
-            draining: draining.clone(),
-        });
-
+        let parts = build(config, upstream, &metrics, tls_listen, &draining, &tracker);
         tracing::info!(
             listen = %listen,
             tls_listen = tls_listen.map(|a| a.to_string()),
-            admin = %admin_addr,
-            upstream = %args.upstream,
-            forwarded_proto = args.forwarded_proto.as_str(),
+            admin = %admin,
+            upstream = %config.upstream,
+            forwarded_proto = config.forwarded_proto.as_str(),
             "listening"
         );
-        let mut background = vec![
-            tokio::spawn(admin::serve(admin_listener, admin)),
-            tokio::spawn(cache.clone().run_refresher()),
-        ];
-        let (hup_tx, hup_rx) = mpsc::channel(1);
-        background.push(tokio::spawn(forward_sighup(hup, hup_tx, tls_store.is_some())));
-        if let Some(store) = &tls_store {
-            background.push(tokio::spawn(store.clone().watch(hup_rx)));
-        }
-        let proxy_protocol = args.proxy_protocol.then(|| args.trusted_proxies.0.clone());
-        let settings = |kind, proto, tls| ListenerSettings {
-            kind,
-            proto,
-            header_timeout: args.header_timeout,
-            tls,
-            handshake_timeout: args.tls.tls_handshake_timeout,
-            proxy_protocol: proxy_protocol.clone(),
-        };
-        let mut accepting = vec![tokio::spawn(listener::serve(
-            public,
-            router.clone(),
-            settings(ListenerKind::Plain, args.forwarded_proto, None),
-            metrics.clone(),
-            draining.clone(),
-            tracker.clone(),
-        ))];
-        if let (Some(l), Some(config)) = (tls_listener, tls_config) {
-            accepting.push(tokio::spawn(listener::serve(
-                l,
-                router,
-                settings(ListenerKind::Tls, Proto::Https, Some(TlsAcceptor::from(config))),
-                metrics.clone(),
-                draining.clone(),
-                tracker.clone(),
-            )));
-        }
+        let cache = parts.cache.clone();
+        let (accepting, background) = spawn(config, sockets, parts, tls_store, &metrics, &draining, &tracker);
         Ok(RunningProxy {
             listen,
             tls_listen,
-            admin: admin_addr,
+            admin,
             cache,
             metrics,
             draining,
@@ -251,15 +131,148 @@ impl RunningProxy {
     }
 }
 
-/// Hosts of the https issuers: the certificate must be valid for each.
-fn tls_hosts(o: &OidcArgs) -> Vec<String> {
-    o.external_url
-        .iter()
-        .chain(&o.issuer)
-        .filter(|i| i.https)
-        .filter_map(|i| i.host.parse::<http::uri::Authority>().ok())
-        .map(|a| a.host().trim_start_matches('[').trim_end_matches(']').to_owned())
-        .collect()
+/// The certificate and key, checked before any socket is bound.
+fn load_certificate(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<Arc<CertStore>>, StartError> {
+    let t = &config.tls;
+    let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+        return Ok(None);
+    };
+    let settings = TlsSettings {
+        cert: cert.clone(),
+        key: key.clone(),
+        hosts: config.oidc.https_hosts(),
+        strict: t.strict_chain,
+        watch_interval: t.watch_interval,
+    };
+    CertStore::load(settings, metrics.clone())
+        .map(Some)
+        .map_err(StartError::File)
+}
+
+async fn bind(
+    config: &Config,
+    public: Option<TcpListener>,
+    tls: Option<Arc<CertStore>>,
+) -> Result<Sockets, StartError> {
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let public = match public {
+        Some(listener) => listener,
+        None => bind(config.listen).await?,
+    };
+    let tls = match (config.tls.listen, tls) {
+        (Some(addr), Some(store)) => Some((bind(addr).await?, tls::server_config(store).map_err(StartError::Tls)?)),
+        _ => None,
+    };
+    let admin = bind(config.admin_listen).await?;
+    let hup = signal(SignalKind::hangup()).map_err(StartError::io("cannot catch SIGHUP"))?;
+    Ok(Sockets {
+        public,
+        tls,
+        admin,
+        hup,
+    })
+}
+
+/// The routes and the router in front of them.
+fn build(
+    config: &Config,
+    upstream: Arc<Upstream>,
+    metrics: &Arc<Metrics>,
+    tls_listen: Option<SocketAddr>,
+    draining: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Parts {
+    let o = &config.oidc;
+    let fetcher = Fetcher::new(upstream.clone(), o.upstream_timeout);
+    let cache = Cache::new(o.clone(), fetcher, config.upstream.host(), metrics.clone());
+    let passthrough = Passthrough::new(
+        upstream,
+        config.idle_timeout,
+        config.upgrade_idle_timeout,
+        tracker.clone(),
+        metrics.clone(),
+    );
+    let oidc = Oidc::new(cache.clone(), metrics.clone(), config.compression);
+    let redirect = match tls_listen {
+        Some(addr) if config.tls.redirect_http => Some(redirect::Target {
+            authority: o.external_url.as_ref().filter(|u| u.https).map(|u| u.host.clone()),
+            tls_port: addr.port(),
+        }),
+        _ => None,
+    };
+    let hsts = config
+        .tls
+        .hsts
+        .map(|secs| HeaderValue::from_str(&format!("max-age={secs}")).expect("digits are a valid header value"));
+    let settings = RouterSettings {
+        trusted_proxies: config.trusted_proxies.clone(),
+        redirect,
+        hsts,
+        compression: config.compression,
+    };
+    let router = Arc::new(Router::new(oidc, passthrough, settings, metrics.clone()));
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        cache: cache.clone(),
+        draining: draining.clone(),
+    });
+    Parts { router, cache, admin }
+}
+
+/// Starts every task: (the accept loops, the background tasks).
+fn spawn(
+    config: &Config,
+    sockets: Sockets,
+    parts: Parts,
+    tls_store: Option<Arc<CertStore>>,
+    metrics: &Arc<Metrics>,
+    draining: &CancellationToken,
+    tracker: &TaskTracker,
+) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
+    let mut background = vec![
+        tokio::spawn(admin::serve(sockets.admin, parts.admin)),
+        tokio::spawn(parts.cache.run_refresher()),
+    ];
+    let (hup_tx, hup_rx) = mpsc::channel(1);
+    background.push(tokio::spawn(forward_sighup(sockets.hup, hup_tx, tls_store.is_some())));
+    if let Some(store) = tls_store {
+        background.push(tokio::spawn(store.watch(hup_rx)));
+    }
+    let proxy_protocol = config.proxy_protocol.then(|| config.trusted_proxies.clone());
+    let settings = |kind, proto, tls| ListenerSettings {
+        kind,
+        proto,
+        header_timeout: config.header_timeout,
+        tls,
+        handshake_timeout: config.tls.handshake_timeout,
+        proxy_protocol: proxy_protocol.clone(),
+    };
+    let accept = |listener, settings| {
+        tokio::spawn(listener::serve(
+            listener,
+            parts.router.clone(),
+            settings,
+            metrics.clone(),
+            draining.clone(),
+            tracker.clone(),
+        ))
+    };
+    let mut accepting = vec![accept(
+        sockets.public,
+        settings(ListenerKind::Plain, config.forwarded_proto, None),
+    )];
+    if let Some((listener, tls_config)) = sockets.tls {
+        let acceptor = TlsAcceptor::from(tls_config);
+        accepting.push(accept(
+            listener,
+            settings(ListenerKind::Tls, Proto::Https, Some(acceptor)),
+        ));
+    }
+    (accepting, background)
 }
 
 /// SIGHUP reloads the certificate. It is caught even without TLS, because its

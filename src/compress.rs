@@ -477,6 +477,7 @@ pin_project! {
 }
 
 impl CompressBody {
+    #[cfg(test)]
     pub fn new(inner: ProxyBody, encoding: Encoding) -> io::Result<CompressBody> {
         Ok(CompressBody::with_encoder(inner, Encoder::new(encoding)?))
     }

@@ -1,234 +1,216 @@
-//! Command line and environment: the public interface of the binary.
+//! What the proxy runs with, as values: the core types (`Proto`, `Issuer`, the
+//! upstream target, durations) and their parsers, and the [`Config`] that
+//! [`crate::app`] starts from.
 //!
-//! Every `serve` option can also come from `GITLAB_OIDC_PROXY_<NAME>`; clap gives
-//! flags precedence over the environment. Values are validated here, at parse
-//! time, so a bad one exits 2 with one line before anything starts.
+//! Nothing here knows the command line: `cli.rs` (the binary's front end) parses
+//! flags and `GITLAB_OIDC_PROXY_*` variables into a `Config`, and the demo builds
+//! one directly. Parsers are `pub` for both and for the fuzz targets.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use crate::oidc::discovery::Issuer;
+/// Where every issuer's discovery document lives, below the issuer URL (OpenID
+/// Connect Discovery 1.0 section 4).
+pub const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "gitlab-oidc-proxy",
-    version,
-    about = "Reverse proxy for self-managed GitLab that replaces the bundled nginx.",
-    long_about = "Reverse proxy for self-managed GitLab that replaces the bundled nginx. \
-        Every request streams through to GitLab (Workhorse) untouched: git over HTTP, LFS, \
-        uploads, websockets, long polling.\n\n\
-        Logging is filtered with RUST_LOG (default: info), e.g. RUST_LOG=info,access=warn."
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
+/// A value that cannot be used, said in one line that names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("empty duration")]
+    EmptyDuration,
+    #[error("'{0}' is not a number of seconds")]
+    NotSeconds(String),
+    #[error("'{input}' is not a duration ({reason}); use e.g. 30, 500ms, 30s, 5m, 1h")]
+    NotDuration { input: String, reason: String },
+    #[error("'{0}' is longer than 30 years")]
+    TooLong(String),
+    #[error("must be above zero")]
+    NotPositive,
+    #[error("'{0}' is not a CIDR or IP address")]
+    NotCidr(String),
+    #[error("'{0}' is not an absolute path like /-/jwks")]
+    NotAbsolutePath(String),
+    #[error("'{0}': a unix socket path must be absolute, e.g. unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket")]
+    RelativeSocket(String),
+    #[error("'{input}' is not a URL ({reason})")]
+    NotUrl { input: String, reason: String },
+    #[error("'{0}' has no host; use http://host:port, https://host:port or unix:/path")]
+    UpstreamWithoutHost(String),
+    #[error("the upstream URL must not carry credentials")]
+    UpstreamCredentials,
+    #[error("'{0}': the upstream URL takes no path or query; requests keep their own path")]
+    UpstreamPath(String),
+    #[error("'{0}': the port is not a number from 0 to 65535")]
+    BadPort(String),
+    #[error("'{0}': scheme must be http, https or unix")]
+    UpstreamScheme(String),
+    #[error("'{0}': an issuer is an http or https URL")]
+    IssuerScheme(String),
+    #[error("'{0}' has no host")]
+    IssuerWithoutHost(String),
+    #[error("'{0}': an issuer carries no credentials")]
+    IssuerCredentials(String),
+    #[error("'{0}': an issuer has no query or fragment")]
+    IssuerQuery(String),
 }
 
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the proxy in front of GitLab.
-    #[command(
-        after_help = "DURATION values: plain seconds (30) or with a unit (500ms, 30s, 5m, 1h).\n\
-        Logging: RUST_LOG filters (default info; the access log's target is `access`, e.g. RUST_LOG=info,access=warn).\n\
-        Exit status: 0 after a graceful shutdown, 2 for a bad option, 1 when the proxy cannot start."
-    )]
-    Serve(Box<ServeArgs>),
-    /// Simulated GitLab + the proxy + parallel STS-like verifications, before/after.
-    Demo(crate::demo::DemoArgs),
+/// Settings that are each valid alone but not together: exit 2 at start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("issuers {first} and {second} share the path '{path}'; the proxy tells issuers apart by path only")]
+    IssuersSharePath {
+        first: String,
+        second: String,
+        path: String,
+    },
+    #[error("--jwks-path {0} is a discovery path")]
+    JwksPathIsDiscovery(String),
+    #[error("--redirect-http with --forwarded-proto https: the plain listener would be https already")]
+    RedirectBehindHttps,
+    #[error("--proxy-protocol needs --trusted-proxies naming the load balancers allowed to send it")]
+    ProxyProtocolWithoutTrust,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    /// Where GitLab (Workhorse) listens: http://host:port, https://host:port or
-    /// unix:/path/to/socket (omnibus: unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket).
-    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
+/// Everything `serve` runs with. [`Config::new`] gives the documented defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
     pub upstream: UpstreamTarget,
-
-    /// Extra PEM CA bundle trusted for an https upstream, besides the system roots.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM_CA", value_name = "PEM")]
+    /// Extra PEM CA bundle trusted for an https upstream.
     pub upstream_ca: Option<PathBuf>,
-
-    /// Public listener: plain HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
-    #[arg(
-        long,
-        env = "GITLAB_OIDC_PROXY_LISTEN",
-        value_name = "ADDR",
-        default_value = "0.0.0.0:8080"
-    )]
     pub listen: SocketAddr,
-
-    /// Admin listener: GET /healthz, /readyz, /metrics. Never served on the public listener.
-    #[arg(
-        long,
-        env = "GITLAB_OIDC_PROXY_ADMIN_LISTEN",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:9090"
-    )]
     pub admin_listen: SocketAddr,
-
-    /// Peers whose X-Forwarded-For and X-Forwarded-Proto are believed
-    /// (comma-separated CIDRs or addresses; empty for none). Every other
-    /// client-supplied forwarding header is always replaced.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_TRUSTED_PROXIES", value_name = "CIDR[,CIDR...]", default_value = "", hide_default_value = true, value_parser = parse_cidr_list)]
-    pub trusted_proxies: CidrList,
-
-    /// X-Forwarded-Proto sent to GitLab for the plain listener, for TLS terminated in
-    /// front of the proxy. With https, X-Forwarded-Ssl: on is sent too.
-    #[arg(
-        long,
-        env = "GITLAB_OIDC_PROXY_FORWARDED_PROTO",
-        value_name = "PROTO",
-        default_value = "http"
-    )]
+    /// Peers whose X-Forwarded-For and X-Forwarded-Proto are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// X-Forwarded-Proto for requests on the plain listener.
     pub forwarded_proto: Proto,
-
-    /// Log line format.
-    #[arg(
-        long,
-        env = "GITLAB_OIDC_PROXY_LOG_FORMAT",
-        value_name = "FORMAT",
-        default_value = "text"
-    )]
-    pub log_format: LogFormat,
-
-    /// How long a client may take to send request headers before it is disconnected;
-    /// also how long an idle keep-alive connection is kept open.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     pub header_timeout: Duration,
-
-    /// How long to wait for a connection to GitLab before answering 504.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
-
-    /// Longest silence within a request: from the client while it sends its body
-    /// (then it is cut), from GitLab before its response headers once the request
-    /// is sent (then 504) and within its response body (then the response is cut).
-    /// Like nginx's proxy_read_timeout; there is no limit on a request's total time.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
-
-    /// Longest silence in both directions on an upgraded connection (websocket,
-    /// web terminal) before it is closed.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_UPGRADE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
     pub upgrade_idle_timeout: Duration,
-
-    /// On SIGTERM/SIGINT: stop accepting, then give in-flight requests and upgraded
-    /// connections this long to finish before exiting 0.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-
-    /// Response compression like omnibus nginx: gzip (br or zstd when the client
-    /// ranks them above gzip) for text, JSON, JavaScript, CSS, XML and SVG of at
-    /// least 250 bytes, streamed.
-    #[arg(
-        long,
-        env = "GITLAB_OIDC_PROXY_COMPRESSION",
-        value_name = "MODE",
-        default_value = "on"
-    )]
-    pub compression: Switch,
-
-    /// Expect a PROXY protocol (v1 or v2) header on every connection to --listen and
-    /// --tls-listen, and take the client address from it. Connections from peers outside
-    /// --trusted-proxies, or without a valid header, are closed.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_PROXY_PROTOCOL", value_parser = BoolishValueParser::new())]
+    pub compression: bool,
     pub proxy_protocol: bool,
-
-    #[command(flatten)]
-    pub tls: TlsArgs,
-
-    #[command(flatten)]
-    pub oidc: OidcArgs,
+    pub tls: TlsConfig,
+    pub oidc: OidcSettings,
 }
 
-/// TLS termination, as the omnibus nginx does it.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "TLS")]
-pub struct TlsArgs {
-    /// HTTPS listener (TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1). Needs --tls-cert and --tls-key.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_LISTEN", value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
-    pub tls_listen: Option<SocketAddr>,
-
-    /// PEM certificate chain (leaf first; a misordered chain is put in order with a warning).
-    #[arg(
-        long,
-        env = "GITLAB_OIDC_PROXY_TLS_CERT",
-        value_name = "PEM",
-        requires = "tls_listen"
-    )]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key: PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_KEY", value_name = "PEM", requires = "tls_listen")]
-    pub tls_key: Option<PathBuf>,
-
-    /// Refuse to start (or to reload) when the chain is misordered or has duplicate
-    /// or unrelated certificates, instead of fixing it with a warning.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_STRICT_CHAIN", value_parser = BoolishValueParser::new())]
+/// TLS termination (`--tls-*`, `--redirect-http`, `--hsts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub listen: Option<SocketAddr>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     pub strict_chain: bool,
-
-    /// How often the certificate and key files are checked for changes (reloaded
-    /// when changed; SIGHUP reloads at once). 0 turns the check off.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_WATCH_INTERVAL", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub tls_watch_interval: Duration,
-
-    /// Longest time for a client to complete the TLS handshake.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
-    pub tls_handshake_timeout: Duration,
-
-    /// Answer every request on the plain --listen listener with a 301 to https
-    /// (not those a trusted proxy marks as https). The admin listener is unaffected.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_REDIRECT_HTTP", requires = "tls_listen", value_parser = BoolishValueParser::new())]
+    /// 0 = no polling; SIGHUP still reloads.
+    pub watch_interval: Duration,
+    pub handshake_timeout: Duration,
     pub redirect_http: bool,
-
-    /// Send Strict-Transport-Security: max-age=SECS on responses to https requests.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_HSTS", value_name = "SECS")]
+    /// Strict-Transport-Security max-age in seconds.
     pub hsts: Option<u64>,
 }
 
 /// The OIDC documents the proxy answers itself.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "OIDC discovery and keys")]
-pub struct OidcArgs {
-    /// Path (under the issuer) of the key endpoint that the served discovery
-    /// document's jwks_uri names. The proxy answers it, /oauth/discovery/keys and
-    /// /-/jwks with the union of GitLab's key sets.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_JWKS_PATH", value_name = "PATH", default_value = "/-/jwks", value_parser = parse_jwks_path)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcSettings {
+    /// Where the rewritten `jwks_uri` points, under the issuer.
     pub jwks_path: String,
-
-    /// GitLab's external_url (relative URL root included). Discovery is fetched
-    /// from its path with its host. Without it, the proxy asks at / and learns
-    /// the issuer from GitLab's answer.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_EXTERNAL_URL", value_name = "URL", value_parser = parse_issuer)]
+    /// GitLab's external URL, when configured: where to fetch discovery, as whom.
     pub external_url: Option<Issuer>,
-
-    /// Another issuer to publish the discovery document for, e.g. the tokens'
-    /// `iss` on a relative-URL-root install (GitLab issue 429159). Served at
-    /// {URL}/.well-known/openid-configuration with `issuer` set to URL.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_ISSUER", value_name = "URL", value_delimiter = ',', value_parser = parse_issuer)]
-    pub issuer: Vec<Issuer>,
-
-    /// Cache-Control max-age on the served documents.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_MAX_AGE", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    /// More issuers to publish the document for (`--issuer`).
+    pub extra_issuers: Vec<Issuer>,
     pub max_age: Duration,
-
-    /// How often the documents are refetched from GitLab.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_REFRESH", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
     pub refresh: Duration,
-
-    /// Longest wait for GitLab's answer to one document fetch.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "3s", value_parser = parse_positive_duration)]
     pub upstream_timeout: Duration,
-
-    /// While GitLab fails, the last good copy is served for this long after
-    /// GitLab last confirmed it; then 503 (Cache-Control: no-store).
-    #[arg(long, env = "GITLAB_OIDC_PROXY_STALE_IF_ERROR", value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub stale_if_error: Duration,
+}
+
+impl Config {
+    /// The defaults `--help` documents, in front of `upstream`.
+    pub fn new(upstream: UpstreamTarget) -> Config {
+        let secs = Duration::from_secs;
+        Config {
+            upstream,
+            upstream_ca: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            trusted_proxies: Vec::new(),
+            forwarded_proto: Proto::Http,
+            header_timeout: secs(30),
+            connect_timeout: secs(10),
+            idle_timeout: secs(3600),
+            upgrade_idle_timeout: secs(3600),
+            shutdown_grace: secs(30),
+            compression: true,
+            proxy_protocol: false,
+            tls: TlsConfig {
+                listen: None,
+                cert: None,
+                key: None,
+                strict_chain: false,
+                watch_interval: secs(5),
+                handshake_timeout: secs(10),
+                redirect_http: false,
+                hsts: None,
+            },
+            oidc: OidcSettings {
+                jwks_path: "/-/jwks".to_owned(),
+                external_url: None,
+                extra_issuers: Vec::new(),
+                max_age: secs(3600),
+                refresh: secs(60),
+                upstream_timeout: secs(3),
+                stale_if_error: secs(24 * 3600),
+            },
+        }
+    }
+
+    /// The checks that need more than one setting.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.oidc.check()?;
+        if self.tls.redirect_http && self.forwarded_proto == Proto::Https {
+            return Err(ConfigError::RedirectBehindHttps);
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(ConfigError::ProxyProtocolWithoutTrust);
+        }
+        Ok(())
+    }
+}
+
+impl OidcSettings {
+    /// Issuers are told apart by path alone (never by `Host`): two on one path
+    /// could not both be served, so that is refused at start.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut seen: Vec<&Issuer> = Vec::new();
+        for issuer in self.external_url.iter().chain(&self.extra_issuers) {
+            if let Some(other) = seen.iter().find(|o| o.path == issuer.path && o.url != issuer.url) {
+                return Err(ConfigError::IssuersSharePath {
+                    first: other.url.clone(),
+                    second: issuer.url.clone(),
+                    path: issuer.path.clone(),
+                });
+            }
+            seen.push(issuer);
+        }
+        if self.jwks_path.ends_with(DISCOVERY_SUFFIX) {
+            return Err(ConfigError::JwksPathIsDiscovery(self.jwks_path.clone()));
+        }
+        Ok(())
+    }
+
+    /// Hosts of the https issuers: the served certificate must be valid for each.
+    pub fn https_hosts(&self) -> Vec<String> {
+        self.external_url
+            .iter()
+            .chain(&self.extra_issuers)
+            .filter(|i| i.https)
+            .filter_map(|i| i.host.parse::<http::uri::Authority>().ok())
+            .map(|a| a.host().trim_start_matches('[').trim_end_matches(']').to_owned())
+            .collect()
+    }
 }
 
 /// Where requests go. Parsed once; the passthrough builds request URIs from it.
@@ -237,6 +219,16 @@ pub enum UpstreamTarget {
     Http { authority: http::uri::Authority },
     Https { authority: http::uri::Authority },
     Unix { path: PathBuf },
+}
+
+impl UpstreamTarget {
+    /// The `Host` the proxy's own requests (the OIDC fetches) carry.
+    pub fn host(&self) -> String {
+        match self {
+            UpstreamTarget::Http { authority } | UpstreamTarget::Https { authority } => authority.to_string(),
+            UpstreamTarget::Unix { .. } => "localhost".to_owned(),
+        }
+    }
 }
 
 impl std::fmt::Display for UpstreamTarget {
@@ -249,7 +241,59 @@ impl std::fmt::Display for UpstreamTarget {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// An issuer URL as published: http(s), a host, an optional path (the relative
+/// URL root), nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    /// As published: no trailing slash, e.g. `https://example.com/gitlab`.
+    pub url: String,
+    /// `scheme://authority`.
+    pub origin: String,
+    /// The relative URL root: `""` or e.g. `/gitlab`.
+    pub path: String,
+    pub host: String,
+    pub https: bool,
+}
+
+impl Issuer {
+    pub fn parse(s: &str) -> Result<Issuer, ValueError> {
+        let trimmed = s.trim().trim_end_matches('/');
+        let uri: http::Uri = trimmed.parse().map_err(|e: http::uri::InvalidUri| ValueError::NotUrl {
+            input: s.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(ValueError::IssuerScheme(s.to_owned())),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ValueError::IssuerWithoutHost(s.to_owned()))?;
+        if authority.as_str().contains('@') {
+            return Err(ValueError::IssuerCredentials(s.to_owned()));
+        }
+        if uri.query().is_some() || trimmed.contains('#') {
+            return Err(ValueError::IssuerQuery(s.to_owned()));
+        }
+        let origin = format!("{}://{}", uri.scheme_str().unwrap_or("https"), authority);
+        let path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Issuer {
+            url: format!("{origin}{path}"),
+            origin,
+            path,
+            host: authority.as_str().to_owned(),
+            https,
+        })
+    }
+
+    /// Where this issuer's discovery document lives on the proxy.
+    pub fn discovery_path(&self) -> String {
+        format!("{}{DISCOVERY_SUFFIX}", self.path)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Proto {
     Http,
     Https,
@@ -264,23 +308,17 @@ impl Proto {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Switch {
-    On,
-    Off,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
 }
 
 /// Plain seconds (`30`, `0.5`) or a unit suffix (`500ms`, `30s`, `5m`, `1h`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err(ValueError::EmptyDuration);
     }
     if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return s
@@ -288,51 +326,40 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .ok()
             .filter(|v| v.is_finite() && *v >= 0.0 && *v <= 1e9)
             .map(Duration::from_secs_f64)
-            .ok_or_else(|| format!("'{s}' is not a number of seconds"));
+            .ok_or_else(|| ValueError::NotSeconds(s.to_owned()));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 30, 500ms, 30s, 5m, 1h"))
-        .and_then(|d| {
-            if d <= MAX_DURATION {
-                Ok(d)
-            } else {
-                Err(format!("'{s}' is longer than 30 years"))
-            }
-        })
+    let d = humantime::parse_duration(s).map_err(|e| ValueError::NotDuration {
+        input: s.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if d <= MAX_DURATION {
+        Ok(d)
+    } else {
+        Err(ValueError::TooLong(s.to_owned()))
+    }
 }
 
 /// Far beyond any useful timeout, and far from overflowing a clock.
 const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
 
 /// `--trusted-proxies`: a comma-separated list, possibly empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CidrList(pub Vec<IpNet>);
-
-pub fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(parse_cidr)
-        .collect::<Result<_, _>>()
-        .map(CidrList)
+pub fn parse_cidr_list(s: &str) -> Result<Vec<IpNet>, ValueError> {
+    s.split(',').filter(|p| !p.trim().is_empty()).map(parse_cidr).collect()
 }
 
 /// A duration above zero (a zero refresh interval would spin).
-pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_positive_duration(s: &str) -> Result<Duration, ValueError> {
     parse_duration(s).and_then(|d| {
         if d.is_zero() {
-            Err("must be above zero".into())
+            Err(ValueError::NotPositive)
         } else {
             Ok(d)
         }
     })
 }
 
-pub fn parse_issuer(s: &str) -> Result<Issuer, String> {
-    Issuer::parse(s)
-}
-
 /// An absolute path without query or fragment.
-pub fn parse_jwks_path(s: &str) -> Result<String, String> {
+pub fn parse_jwks_path(s: &str) -> Result<String, ValueError> {
     let path = s.trim_end_matches('/');
     let valid = path.starts_with('/')
         && !path.contains(['?', '#'])
@@ -340,60 +367,59 @@ pub fn parse_jwks_path(s: &str) -> Result<String, String> {
     if valid {
         Ok(path.to_owned())
     } else {
-        Err(format!("'{s}' is not an absolute path like /-/jwks"))
+        Err(ValueError::NotAbsolutePath(s.to_owned()))
     }
 }
 
 /// `http://host[:port]`, `https://host[:port]` or `unix:/absolute/path`. No path,
 /// query or credentials: the proxy forwards the client's path as it came.
-pub fn parse_upstream(s: &str) -> Result<UpstreamTarget, String> {
+pub fn parse_upstream(s: &str) -> Result<UpstreamTarget, ValueError> {
     if let Some(path) = s.strip_prefix("unix:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         if !path.starts_with('/') {
-            return Err(format!(
-                "'{s}': a unix socket path must be absolute, e.g. unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket"
-            ));
+            return Err(ValueError::RelativeSocket(s.to_owned()));
         }
         return Ok(UpstreamTarget::Unix {
             path: PathBuf::from(path),
         });
     }
-    let uri: http::Uri = s.parse().map_err(|e| format!("'{s}' is not a URL ({e})"))?;
+    let uri: http::Uri = s.parse().map_err(|e: http::uri::InvalidUri| ValueError::NotUrl {
+        input: s.to_owned(),
+        reason: e.to_string(),
+    })?;
     let authority = uri
         .authority()
         .cloned()
-        .ok_or_else(|| format!("'{s}' has no host; use http://host:port, https://host:port or unix:/path"))?;
+        .ok_or_else(|| ValueError::UpstreamWithoutHost(s.to_owned()))?;
     if authority.as_str().contains('@') {
-        return Err("the upstream URL must not carry credentials".into());
+        return Err(ValueError::UpstreamCredentials);
     }
     if uri
         .path_and_query()
         .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
     {
-        return Err(format!(
-            "'{s}': the upstream URL takes no path or query; requests keep their own path"
-        ));
+        return Err(ValueError::UpstreamPath(s.to_owned()));
     }
     let after_host = authority.as_str().rsplit(']').next().unwrap_or_default();
     if after_host.contains(':') && authority.port_u16().is_none() {
-        return Err(format!("'{s}': the port is not a number from 0 to 65535"));
+        return Err(ValueError::BadPort(s.to_owned()));
     }
     match uri.scheme_str() {
         Some("http") => Ok(UpstreamTarget::Http { authority }),
         Some("https") => Ok(UpstreamTarget::Https { authority }),
-        _ => Err(format!("'{s}': scheme must be http, https or unix")),
+        _ => Err(ValueError::UpstreamScheme(s.to_owned())),
     }
 }
 
 /// A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address (`192.0.2.1`).
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+pub fn parse_cidr(s: &str) -> Result<IpNet, ValueError> {
     let s = s.trim();
     if let Ok(net) = s.parse::<IpNet>() {
         return Ok(net.trunc());
     }
     s.parse::<IpAddr>()
         .map(IpNet::from)
-        .map_err(|_| format!("'{s}' is not a CIDR or IP address"))
+        .map_err(|_| ValueError::NotCidr(s.to_owned()))
 }
 
 #[cfg(test)]
@@ -451,6 +477,7 @@ mod tests {
         assert!(
             parse_upstream("http://u:secret@h:1")
                 .unwrap_err()
+                .to_string()
                 .contains("credentials")
         );
         assert!(parse_upstream("http://h:1/gitlab").is_err());
@@ -471,13 +498,10 @@ mod tests {
 
     #[test]
     fn cidr_lists_and_limits() {
-        assert_eq!(parse_cidr_list(""), Ok(CidrList(vec![])));
+        assert_eq!(parse_cidr_list(""), Ok(vec![]));
         assert_eq!(
             parse_cidr_list("10.0.0.0/8, ::1"),
-            Ok(CidrList(vec![
-                "10.0.0.0/8".parse().unwrap(),
-                "::1/128".parse().unwrap()
-            ]))
+            Ok(vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()])
         );
         assert!(parse_cidr_list("10.0.0.0/8,bogus").is_err());
         assert!(parse_duration("10000000000000000000s").is_err());
@@ -497,8 +521,72 @@ mod tests {
     }
 
     #[test]
-    fn cli_is_well_formed() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+    fn issuers_parse() {
+        let i = Issuer::parse("https://example.com/gitlab/").unwrap();
+        assert_eq!(i.url, "https://example.com/gitlab");
+        assert_eq!(i.origin, "https://example.com");
+        assert_eq!(i.path, "/gitlab");
+        assert_eq!(i.discovery_path(), "/gitlab/.well-known/openid-configuration");
+        assert!(i.https);
+        let j = Issuer::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            (j.url.as_str(), j.path.as_str(), j.host.as_str()),
+            ("http://127.0.0.1:8080", "", "127.0.0.1:8080")
+        );
+        assert_eq!(j.discovery_path(), "/.well-known/openid-configuration");
+        for bad in [
+            "ftp://x",
+            "example.com",
+            "https://u:p@x",
+            "https://x/?a=1",
+            "https://x/#f",
+            "",
+        ] {
+            assert!(Issuer::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn settings(external: Option<&str>, extra: &[&str], jwks_path: &str) -> OidcSettings {
+        OidcSettings {
+            jwks_path: jwks_path.into(),
+            external_url: external.map(|u| Issuer::parse(u).unwrap()),
+            extra_issuers: extra.iter().map(|u| Issuer::parse(u).unwrap()).collect(),
+            max_age: Duration::from_secs(1),
+            refresh: Duration::from_secs(1),
+            upstream_timeout: Duration::from_secs(1),
+            stale_if_error: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn issuers_on_one_path_are_refused() {
+        assert!(
+            settings(Some("https://g.example/gitlab"), &["https://g.example"], "/-/jwks")
+                .check()
+                .is_ok()
+        );
+        assert!(
+            settings(Some("https://g.example"), &["https://g.example/"], "/-/jwks")
+                .check()
+                .is_ok(),
+            "same issuer"
+        );
+        let err = settings(
+            Some("https://a.example/gitlab"),
+            &["https://b.example/gitlab"],
+            "/-/jwks",
+        )
+        .check();
+        assert!(err.unwrap_err().to_string().contains("share the path"));
+        assert!(
+            settings(None, &["https://a.example", "https://b.example"], "/-/jwks")
+                .check()
+                .is_err()
+        );
+        assert!(
+            settings(None, &[], "/.well-known/openid-configuration")
+                .check()
+                .is_err()
+        );
     }
 }

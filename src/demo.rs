@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Args;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -17,33 +16,24 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::app::RunningProxy;
-use crate::config::{Cli, Command};
+use crate::config::{Config, parse_upstream};
+use crate::error::StartError;
 use crate::simulator::{Profile, SimConfig, SimDoc, SimulatedGitLab};
 
-#[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
+/// What to simulate and where to listen (the `demo` subcommand's options).
+#[derive(Debug, Clone)]
+pub struct DemoSettings {
     /// Which GitLab to simulate (reference profiles).
-    #[arg(long, value_name = "VERSION", default_value = "14.4")]
     pub profile: Profile,
-
     /// Verifications run in parallel, like CI jobs assuming a role at once.
-    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub jobs: u32,
-
     /// Exit after the table: 0 only if every verification through the proxy passed.
-    #[arg(long)]
     pub once: bool,
-
     /// The proxy's public listener (its URL is the issuer).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-
     /// The proxy's admin listener.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
-
     /// The simulated GitLab's listener.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub gitlab_listen: SocketAddr,
 }
 
@@ -69,16 +59,18 @@ struct RunSummary {
 }
 
 /// Runs the demo; returns the process exit code.
-pub async fn run(args: DemoArgs) -> Result<u8, String> {
-    let gitlab_listener = TcpListener::bind(args.gitlab_listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.gitlab_listen))?;
-    let gitlab_addr = gitlab_listener.local_addr().map_err(|e| e.to_string())?;
+pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let local = |l: &TcpListener| l.local_addr().map_err(StartError::io("reading a listener's address"));
+    let gitlab_listener = bind(args.gitlab_listen).await?;
+    let gitlab_addr = local(&gitlab_listener)?;
     // The issuer is the proxy's URL: bind first to know it.
-    let public = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let listen = public.local_addr().map_err(|e| e.to_string())?;
+    let public = bind(args.listen).await?;
+    let listen = local(&public)?;
     let issuer = format!("http://{listen}");
     println!(
         "Generating RSA keys and starting a simulated GitLab {} ...",
@@ -91,64 +83,58 @@ pub async fn run(args: DemoArgs) -> Result<u8, String> {
     };
     let gitlab = tokio::task::spawn_blocking(move || SimulatedGitLab::new(config))
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| StartError::Demo(e.to_string()))?
+        .map_err(StartError::Demo)?;
     let gitlab_task = gitlab.serve(gitlab_listener);
-
-    let serve_args = serve_args(gitlab_addr, listen, args.admin_listen)?;
-    let proxy = RunningProxy::start_with(&serve_args, Some(public))
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let ready = tokio::time::timeout(Duration::from_secs(10), async {
-        while !proxy.cache.warm() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    if ready.is_err() {
-        return Err("the proxy did not fetch the OIDC documents within 10 s".into());
-    }
-    let priming = total_hits(&gitlab);
-
-    let tokens: Vec<String> = (0..args.jobs).map(|_| gitlab.mint_ci_token(AUDIENCE)).collect();
-    let direct_base = format!("http://{gitlab_addr}");
-    gitlab.reset_hits();
-    let direct = run_jobs(&direct_base, &issuer, &tokens).await;
-    let direct = summarize(direct, total_hits(&gitlab));
-    gitlab.reset_hits();
-    let proxied = run_jobs(&issuer, &issuer, &tokens).await;
-    let proxied = summarize(proxied, total_hits(&gitlab));
-
-    print_table(&args, &issuer, &direct, &proxied, priming);
-    let all_passed = proxied.passed == tokens.len();
+    let proxy = RunningProxy::start_on(&proxy_config(gitlab_addr, listen, args.admin_listen)?, Some(public)).await?;
+    wait_warm(&proxy).await?;
+    let all_passed = compare(&args, &gitlab, gitlab_addr, &issuer).await;
     if args.once {
         proxy.shutdown(Duration::from_secs(1), std::future::pending()).await;
         gitlab_task.abort();
         return Ok(if all_passed { 0 } else { 1 });
     }
     print_walkthrough(&issuer, gitlab_addr, proxy.admin, &gitlab.mint_ci_token(AUDIENCE));
-    let mut signals = crate::shutdown::Signals::install().map_err(|e| e.to_string())?;
+    let mut signals = crate::shutdown::Signals::install().map_err(StartError::io("cannot install signal handlers"))?;
     signals.recv().await;
     proxy.shutdown(Duration::from_secs(5), signals.recv()).await;
     gitlab_task.abort();
     Ok(0)
 }
 
-fn serve_args(gitlab: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> Result<crate::config::ServeArgs, String> {
-    let argv = [
-        "gitlab-oidc-proxy".to_owned(),
-        "serve".into(),
-        "--upstream".into(),
-        format!("http://{gitlab}"),
-        "--listen".into(),
-        listen.to_string(),
-        "--admin-listen".into(),
-        admin.to_string(),
-    ];
-    let cli = <Cli as clap::Parser>::try_parse_from(argv).map_err(|e| e.to_string())?;
-    match cli.command {
-        Command::Serve(args) => Ok(*args),
-        _ => Err("internal: demo built a non-serve command".into()),
-    }
+async fn wait_warm(proxy: &RunningProxy) -> Result<(), StartError> {
+    let ready = tokio::time::timeout(Duration::from_secs(10), async {
+        while !proxy.cache.warm() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    ready.map_err(|_| StartError::Demo("the proxy did not fetch the OIDC documents within 10 s".into()))
+}
+
+/// The same tokens verified straight against GitLab, then through the proxy;
+/// prints the table. True when every verification through the proxy passed.
+async fn compare(args: &DemoSettings, gitlab: &SimulatedGitLab, gitlab_addr: SocketAddr, issuer: &str) -> bool {
+    let priming = total_hits(gitlab);
+    let tokens: Vec<String> = (0..args.jobs).map(|_| gitlab.mint_ci_token(AUDIENCE)).collect();
+    let direct_base = format!("http://{gitlab_addr}");
+    gitlab.reset_hits();
+    let direct = run_jobs(&direct_base, issuer, &tokens).await;
+    let direct = summarize(direct, total_hits(gitlab));
+    gitlab.reset_hits();
+    let proxied = run_jobs(issuer, issuer, &tokens).await;
+    let proxied = summarize(proxied, total_hits(gitlab));
+    print_table(args, issuer, &direct, &proxied, priming);
+    proxied.passed == tokens.len()
+}
+
+/// The proxy's settings: the defaults, in front of the simulated GitLab.
+fn proxy_config(gitlab: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> Result<Config, StartError> {
+    let upstream = parse_upstream(&format!("http://{gitlab}")).map_err(|e| StartError::Demo(e.to_string()))?;
+    let mut config = Config::new(upstream);
+    config.listen = listen;
+    config.admin_listen = admin;
+    Ok(config)
 }
 
 fn total_hits(gitlab: &SimulatedGitLab) -> usize {
@@ -274,7 +260,7 @@ fn summarize(mut runs: Vec<Verification>, gitlab_requests: usize) -> RunSummary 
     }
 }
 
-fn print_table(args: &DemoArgs, issuer: &str, direct: &RunSummary, proxied: &RunSummary, priming: usize) {
+fn print_table(args: &DemoSettings, issuer: &str, direct: &RunSummary, proxied: &RunSummary, priming: usize) {
     let jobs = args.jobs;
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
     println!();

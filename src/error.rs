@@ -1,153 +1,186 @@
-//! Errors tagged by where they came from, mapped to a status in one place.
+//! Errors, each with a `thiserror` message, tagged by where they came from.
 //!
-//! Downstream: the client asked for something we refuse (4xx). Upstream: GitLab
-//! could not be reached or failed mid-answer (502/504). Internal: our own bug (500).
-//! Bodies are short plain text; the cause goes to the log, never to the client.
+//! Requests: downstream (the client asked for something we refuse: 4xx) or
+//! upstream (GitLab could not be reached or failed mid-answer: 502/504), turned
+//! into (status, metric label, body) by [`ProxyError::answer`] alone. The body is
+//! short plain text; the cause goes to the log, never to the client.
+//! OIDC documents: [`DocError`], why a GitLab answer was refused.
+//! Start-up: [`StartError`], one line and the documented exit code.
 
 use std::error::Error as StdError;
-use std::fmt;
+use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
 
-use crate::body::ProxyBody;
+use crate::config::ConfigError;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The client sent something we refuse to forward.
-    Downstream(DownstreamError),
+    #[error(transparent)]
+    Downstream(#[from] DownstreamError),
     /// GitLab failed: connection refused, timed out, or broke mid-response.
-    Upstream(UpstreamError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DownstreamError {
     /// CONNECT and TRACE: a reverse proxy is no forward proxy, and TRACE echoes
     /// credentials back (nginx refuses both too).
+    #[error("method not allowed")]
     MethodNotAllowed,
     /// A transfer coding other than chunked: what it would mean for GitLab is
     /// unclear, so it is refused (nginx answers 501 too).
+    #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
     /// The client's request body broke off, was malformed, or went silent.
+    #[error("the client's request body failed")]
     RequestBody,
 }
 
 /// Marks an error that came from the client's request body, so a client that
 /// aborts its own upload is not counted as a GitLab failure.
-#[derive(Debug)]
-pub struct ClientBodyError(pub BoxError);
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(#[source] pub BoxError);
 
-impl fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "client request body: {}", self.0)
-    }
-}
-
-impl StdError for ClientBodyError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(self.0.as_ref())
-    }
-}
-
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection could be made (refused, DNS, TLS handshake): 502.
+    #[error("connect to upstream failed: {}", chain(.0.as_ref()))]
     Connect(BoxError),
     /// The connection attempt outlived `--connect-timeout`: 504.
+    #[error("connect to upstream timed out")]
     ConnectTimeout,
     /// No response headers within `--idle-timeout` after the request was sent: 504.
+    #[error("upstream sent no response headers in time")]
     ResponseTimeout,
     /// The exchange failed after connecting: 502.
+    #[error("upstream exchange failed: {}", chain(.0.as_ref()))]
     Exchange(BoxError),
 }
 
+/// What the client gets for a [`ProxyError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub status: StatusCode,
+    /// The `reason` metric label and the log's short name.
+    pub label: &'static str,
+    /// The plain-text body. Never carries the cause.
+    pub body: &'static str,
+}
+
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Downstream(DownstreamError::UnsupportedTransferCoding) => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::Downstream(DownstreamError::RequestBody) => StatusCode::BAD_REQUEST,
-            ProxyError::Upstream(UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout) => {
-                StatusCode::GATEWAY_TIMEOUT
+    /// Status, label and body, decided here and nowhere else.
+    pub fn answer(&self) -> Answer {
+        let (status, label, body) = match self {
+            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed\n",
+            ),
+            ProxyError::Downstream(DownstreamError::UnsupportedTransferCoding) => (
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported_transfer_coding",
+                "transfer coding not implemented\n",
+            ),
+            ProxyError::Downstream(DownstreamError::RequestBody) => (
+                StatusCode::BAD_REQUEST,
+                "request_body_failed",
+                "bad request: the request body broke off\n",
+            ),
+            ProxyError::Upstream(UpstreamError::Connect(_)) => (StatusCode::BAD_GATEWAY, "connect_failed", BAD_GATEWAY),
+            ProxyError::Upstream(UpstreamError::Exchange(_)) => {
+                (StatusCode::BAD_GATEWAY, "upstream_failed", BAD_GATEWAY)
             }
-            ProxyError::Upstream(UpstreamError::Connect(_) | UpstreamError::Exchange(_)) => StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    /// Short label for logs and the `reason` metric label.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => "method_not_allowed",
-            ProxyError::Downstream(DownstreamError::UnsupportedTransferCoding) => "unsupported_transfer_coding",
-            ProxyError::Downstream(DownstreamError::RequestBody) => "request_body_failed",
-            ProxyError::Upstream(UpstreamError::Connect(_)) => "connect_failed",
-            ProxyError::Upstream(UpstreamError::ConnectTimeout) => "connect_timeout",
-            ProxyError::Upstream(UpstreamError::ResponseTimeout) => "response_timeout",
-            ProxyError::Upstream(UpstreamError::Exchange(_)) => "upstream_failed",
-        }
-    }
-
-    /// The plain-text response the client gets. Never carries the cause.
-    pub fn into_response(self) -> Response<ProxyBody> {
-        let status = self.status();
-        let text = match &self {
-            ProxyError::Downstream(DownstreamError::MethodNotAllowed) => "method not allowed\n",
-            ProxyError::Downstream(DownstreamError::UnsupportedTransferCoding) => "transfer coding not implemented\n",
-            ProxyError::Downstream(DownstreamError::RequestBody) => "bad request: the request body broke off\n",
-            ProxyError::Upstream(UpstreamError::ConnectTimeout) => {
-                "gateway timeout: GitLab did not accept the connection in time\n"
-            }
-            ProxyError::Upstream(UpstreamError::ResponseTimeout) => "gateway timeout: GitLab did not answer in time\n",
-            ProxyError::Upstream(_) => "bad gateway: GitLab is unreachable or failed\n",
+            ProxyError::Upstream(UpstreamError::ConnectTimeout) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "connect_timeout",
+                "gateway timeout: GitLab did not accept the connection in time\n",
+            ),
+            ProxyError::Upstream(UpstreamError::ResponseTimeout) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "response_timeout",
+                "gateway timeout: GitLab did not answer in time\n",
+            ),
         };
-        let mut resp = Response::new(
-            Full::new(Bytes::from_static(text.as_bytes()))
-                .map_err(|e| match e {})
-                .boxed_unsync(),
-        );
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::METHOD_NOT_ALLOWED {
-            h.insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-            );
-        }
-        resp
+        Answer { status, label, body }
     }
 }
 
-impl fmt::Display for ProxyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+const BAD_GATEWAY: &str = "bad gateway: GitLab is unreachable or failed\n";
+
+/// Why a GitLab answer was refused. Labels are metric values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocError {
+    #[error("not found (404)")]
+    NotFound,
+    #[error("status {0}")]
+    Status(u16),
+    #[error("no answer within the upstream timeout")]
+    Timeout,
+    #[error("body over 1 MiB")]
+    TooLarge,
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("upstream: {0}")]
+    Upstream(String),
+}
+
+impl DocError {
+    pub fn label(&self) -> &'static str {
         match self {
-            ProxyError::Downstream(d) => f.write_str(match d {
-                DownstreamError::MethodNotAllowed => "method not allowed",
-                DownstreamError::UnsupportedTransferCoding => "unsupported transfer coding",
-                DownstreamError::RequestBody => "the client's request body failed",
-            }),
-            ProxyError::Upstream(UpstreamError::Connect(e)) => {
-                write!(f, "connect to upstream failed: {}", chain(e.as_ref()))
-            }
-            ProxyError::Upstream(UpstreamError::ConnectTimeout) => f.write_str("connect to upstream timed out"),
-            ProxyError::Upstream(UpstreamError::ResponseTimeout) => {
-                f.write_str("upstream sent no response headers in time")
-            }
-            ProxyError::Upstream(UpstreamError::Exchange(e)) => {
-                write!(f, "upstream exchange failed: {}", chain(e.as_ref()))
-            }
+            DocError::NotFound => "not_found",
+            DocError::Status(_) => "bad_status",
+            DocError::Timeout => "timeout",
+            DocError::TooLarge => "too_large",
+            DocError::NotJson(_) => "not_json",
+            DocError::Invalid(_) => "invalid",
+            DocError::Upstream(_) => "upstream_error",
         }
     }
 }
 
-impl StdError for ProxyError {}
+/// Why the proxy (or the demo) could not start: printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Settings that do not fit together.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file an option names is unusable: the message names the option and file.
+    #[error("{0}")]
+    File(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The operating system refused something else (signals, a socket's address).
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+    /// rustls refused the server configuration.
+    #[error("{0}")]
+    Tls(String),
+    /// The demo could not run its scenario.
+    #[error("{0}")]
+    Demo(String),
+}
+
+impl StartError {
+    /// 2 for what the user can fix in the options, 1 for the rest (`--help` says so).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) | StartError::File(_) => 2,
+            StartError::Bind { .. } | StartError::Io { .. } | StartError::Tls(_) | StartError::Demo(_) => 1,
+        }
+    }
+
+    pub fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
+        move |source| StartError::Io { what, source }
+    }
+}
 
 /// "outer: inner: root" from an error and its sources, for one log line.
 pub fn chain(err: &(dyn StdError + 'static)) -> String {
@@ -170,27 +203,53 @@ mod tests {
 
     #[test]
     fn statuses_map_in_one_place() {
-        let io = || -> BoxError { Box::new(std::io::Error::other("x")) };
-        assert_eq!(
-            ProxyError::Upstream(UpstreamError::Connect(io())).status(),
-            StatusCode::BAD_GATEWAY
-        );
-        assert_eq!(
-            ProxyError::Upstream(UpstreamError::Exchange(io())).status(),
-            StatusCode::BAD_GATEWAY
-        );
-        assert_eq!(
-            ProxyError::Upstream(UpstreamError::ConnectTimeout).status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
-        assert_eq!(
-            ProxyError::Upstream(UpstreamError::ResponseTimeout).status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
-        assert_eq!(
-            ProxyError::Downstream(DownstreamError::MethodNotAllowed).status(),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
+        let io = || -> BoxError { Box::new(std::io::Error::other("secret-cause")) };
+        let cases: [(ProxyError, StatusCode, &str); 7] = [
+            (
+                UpstreamError::Connect(io()).into(),
+                StatusCode::BAD_GATEWAY,
+                "connect_failed",
+            ),
+            (
+                UpstreamError::Exchange(io()).into(),
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+            ),
+            (
+                UpstreamError::ConnectTimeout.into(),
+                StatusCode::GATEWAY_TIMEOUT,
+                "connect_timeout",
+            ),
+            (
+                UpstreamError::ResponseTimeout.into(),
+                StatusCode::GATEWAY_TIMEOUT,
+                "response_timeout",
+            ),
+            (
+                DownstreamError::MethodNotAllowed.into(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                DownstreamError::UnsupportedTransferCoding.into(),
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported_transfer_coding",
+            ),
+            (
+                DownstreamError::RequestBody.into(),
+                StatusCode::BAD_REQUEST,
+                "request_body_failed",
+            ),
+        ];
+        for (err, status, label) in cases {
+            let answer = err.answer();
+            assert_eq!((answer.status, answer.label), (status, label), "{err}");
+            assert!(
+                answer.body.ends_with('\n') && !answer.body.contains("secret-cause"),
+                "{err}: {}",
+                answer.body
+            );
+        }
     }
 
     #[test]
@@ -202,25 +261,16 @@ mod tests {
             err.to_string().contains("secret-host:1234"),
             "the log line carries the cause"
         );
-        let resp = err.into_response();
-        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        let answer = err.answer();
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+        assert!(!answer.body.contains("secret-host"), "the client never sees it");
     }
 
     #[test]
     fn chain_joins_sources_without_repeats() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl fmt::Display for Outer {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("client error (Connect)")
-            }
-        }
-        impl StdError for Outer {
-            fn source(&self) -> Option<&(dyn StdError + 'static)> {
-                Some(&self.0)
-            }
-        }
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] std::io::Error);
         let e = Outer(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             "Connection refused",

@@ -1,27 +1,33 @@
 //! gitlab-oidc-proxy: a streaming reverse proxy for self-managed GitLab.
 //!
-//! Data flows one way: `listener` → `router` → either `oidc` (documents held in
-//! memory) or `passthrough` → `upstream`.
-#![forbid(unsafe_code)]
+//! Layers point one way. At the bottom, values: `config` (settings and their
+//! parsers), `error`, `body`, `metrics`. Requests flow `listener` → `router` →
+//! either `oidc` (documents held in memory) or `passthrough` → `upstream`. `app`
+//! wires a [`config::Config`] into running tasks; `demo` and the `simulator`
+//! sit on top. The command line (`cli.rs`) belongs to the binary, not to this
+//! library.
+//!
+//! Public: what the binary, the integration tests and the fuzz targets use.
 
-pub mod access_log;
-pub mod admin;
 pub mod app;
-pub mod body;
-pub mod compress;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod headers;
-pub mod listener;
-pub mod metrics;
-pub mod oidc;
-pub mod passthrough;
-pub mod proxy_protocol;
-pub mod redirect;
-pub mod router;
 pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;
-pub mod tls;
-pub mod upstream;
+
+mod access_log;
+mod admin;
+mod body;
+mod compress;
+mod headers;
+mod listener;
+mod metrics;
+mod oidc;
+mod passthrough;
+mod proxy_protocol;
+mod redirect;
+mod router;
+mod tls;
+mod upstream;

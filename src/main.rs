@@ -1,16 +1,22 @@
 #![forbid(unsafe_code)]
-//! Wiring only: parse the command line, start the proxy, run until a signal.
+//! Wiring only: parse the command line, start the proxy or the demo, run until
+//! a signal, and turn the outcome into the exit status `--help` documents.
+
+mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
 
-use gitlab_oidc_proxy::app::{RunningProxy, StartError};
-use gitlab_oidc_proxy::config::{Cli, Command, LogFormat, ServeArgs};
+use gitlab_oidc_proxy::app::RunningProxy;
+use gitlab_oidc_proxy::config::{Config, LogFormat};
 use gitlab_oidc_proxy::demo;
+use gitlab_oidc_proxy::error::StartError;
 use gitlab_oidc_proxy::shutdown::Signals;
 use gitlab_oidc_proxy::telemetry;
+
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -34,23 +40,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => {
             telemetry::init(args.log_format, "info");
-            runtime.block_on(serve(*args)).map(|()| 0)
+            runtime.block_on(serve(args.into_config())).map(|()| 0)
         }
         Command::Demo(args) => {
             // The demo's own table is the output; logs only for what goes wrong.
             telemetry::init(LogFormat::Text, "warn");
-            runtime.block_on(demo::run(args)).map_err(StartError::Runtime)
+            runtime.block_on(demo::run(args.into_settings()))
         }
     };
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(StartError::Config(msg)) => {
-            eprintln!("error: {msg}");
-            ExitCode::from(2)
-        }
-        Err(StartError::Runtime(msg)) => {
-            eprintln!("error: {msg}");
-            ExitCode::from(1)
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -62,17 +64,16 @@ fn one_line(rendered: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-async fn serve(args: ServeArgs) -> Result<(), StartError> {
+async fn serve(config: Config) -> Result<(), StartError> {
     // Before the listeners announce themselves, so an early SIGTERM is graceful too.
-    let mut signals =
-        Signals::install().map_err(|e| StartError::Runtime(format!("cannot install signal handlers: {e}")))?;
-    let proxy = RunningProxy::start(&args).await?;
+    let mut signals = Signals::install().map_err(StartError::io("cannot install signal handlers"))?;
+    let proxy = RunningProxy::start(&config).await?;
     let signal = signals.recv().await;
     tracing::info!(
         signal,
-        grace_secs = args.shutdown_grace.as_secs_f64(),
+        grace_secs = config.shutdown_grace.as_secs_f64(),
         "shutting down: no longer accepting"
     );
-    proxy.shutdown(args.shutdown_grace, signals.recv()).await;
+    proxy.shutdown(config.shutdown_grace, signals.recv()).await;
     Ok(())
 }

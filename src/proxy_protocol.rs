@@ -207,23 +207,23 @@ impl<S> Prefixed<S> {
     pub fn new(prefix: Bytes, inner: S) -> Self {
         Self { prefix, inner }
     }
+}
 
+/// What the tests look into.
+#[cfg(test)]
+impl<S> Prefixed<S> {
     /// The bytes not yet read from the prefix, and the inner stream.
-    pub fn into_parts(self) -> (Bytes, S) {
+    fn into_parts(self) -> (Bytes, S) {
         (self.prefix, self.inner)
     }
 
     /// The bytes not yet read from the prefix.
-    pub fn prefix(&self) -> &[u8] {
+    fn prefix(&self) -> &[u8] {
         &self.prefix
     }
 
-    pub fn get_ref(&self) -> &S {
+    fn get_ref(&self) -> &S {
         &self.inner
-    }
-
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
     }
 }
 

@@ -5,15 +5,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{HeaderValue, Method, Request, Response, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
-use crate::body::ProxyBody;
+use crate::body::{self, ProxyBody};
 use crate::compress;
 use crate::config::Proto;
-use crate::error::{DownstreamError, ProxyError};
+use crate::error::{Answer, DownstreamError, ProxyError};
 use crate::headers;
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::oidc::Oidc;
@@ -104,15 +104,16 @@ impl Router {
     }
 
     fn error_response(&self, err: ProxyError, record: &RequestRecord) -> Response<ProxyBody> {
+        let answer = err.answer();
         match &err {
             ProxyError::Upstream(_) => {
                 self.metrics
                     .upstream_errors
-                    .get_or_create(&ErrorLabels { reason: err.kind() })
+                    .get_or_create(&ErrorLabels { reason: answer.label })
                     .inc();
                 tracing::warn!(
                     target: "upstream",
-                    reason = err.kind(),
+                    reason = answer.label,
                     method = %record.method,
                     path = %record.path,
                     error = %err,
@@ -123,6 +124,43 @@ impl Router {
                 tracing::debug!(method = %record.method, path = %record.path, error = %err, "request refused");
             }
         }
-        err.into_response()
+        error_response(answer)
+    }
+}
+
+/// The short plain-text answer for a refused or failed request.
+fn error_response(answer: Answer) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(answer.body));
+    *resp.status_mut() = answer.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if answer.status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{DownstreamError, UpstreamError};
+
+    #[test]
+    fn error_responses_are_plain_text_and_never_cached() {
+        let resp = error_response(ProxyError::from(UpstreamError::ConnectTimeout).answer());
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+        assert!(resp.headers().get(header::ALLOW).is_none());
+        let resp = error_response(ProxyError::from(DownstreamError::MethodNotAllowed).answer());
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(resp.headers()[header::ALLOW].to_str().unwrap().contains("GET"));
     }
 }

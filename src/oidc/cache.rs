@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderValue;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::discovery::{self, Issuer};
+use super::discovery;
 use super::fetch::{Fetcher, Origin};
-use super::{DocError, OidcSettings, jwks};
+use super::jwks;
 use crate::compress::{self, Encoding};
-use crate::metrics::{Metrics, OutcomeLabels};
+use crate::config::{DISCOVERY_SUFFIX, Issuer, OidcSettings};
+use crate::error::DocError;
+use crate::metrics::{DocumentLabel, Metrics, OutcomeLabels};
 
 /// A document as served: body, strong ETag, and when GitLab last confirmed it,
 /// with compressed copies made once here rather than per request.
@@ -39,8 +40,8 @@ pub struct Encoded {
 impl Published {
     fn new(body: Vec<u8>, fetched_at: Instant) -> Self {
         // Derived from the body alone: every replica computes the same tag.
-        let digest = Sha256::digest(&body);
-        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+        let hex: String = digest.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
         let tag =
             |suffix: &str| HeaderValue::from_str(&format!("\"{hex}{suffix}\"")).expect("hex is a valid header value");
         let encoded = Encoding::ALL
@@ -317,7 +318,7 @@ impl Cache {
 
     async fn refresh_discovery(&self) -> Result<(), DocError> {
         let (root, origin) = self.gitlab_location();
-        let path = format!("{root}{}", super::DISCOVERY_SUFFIX);
+        let path = format!("{root}{}", DISCOVERY_SUFFIX);
         let (doc, issuer) = self
             .fetch_checked("discovery", &path, &origin, discovery::validate)
             .await?;
@@ -399,11 +400,11 @@ impl Cache {
         let keys = self.keys();
         self.metrics
             .oidc_age
-            .get_or_create(&crate::metrics::DocumentLabel { document: "discovery" })
+            .get_or_create(&DocumentLabel { document: "discovery" })
             .set(age(discovery_at));
         self.metrics
             .oidc_age
-            .get_or_create(&crate::metrics::DocumentLabel { document: "keys" })
+            .get_or_create(&DocumentLabel { document: "keys" })
             .set(age(keys.as_ref().map(|k| k.doc.fetched_at)));
         self.metrics
             .oidc_keys

@@ -4,53 +4,8 @@
 
 use serde_json::{Map, Value};
 
-use super::DocError;
-
-/// An issuer URL split the way the proxy needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issuer {
-    /// As published: no trailing slash, e.g. `https://example.com/gitlab`.
-    pub url: String,
-    /// `scheme://authority`.
-    pub origin: String,
-    /// The relative URL root: `""` or e.g. `/gitlab`.
-    pub path: String,
-    pub host: String,
-    pub https: bool,
-}
-
-impl Issuer {
-    pub fn parse(s: &str) -> Result<Issuer, String> {
-        let trimmed = s.trim().trim_end_matches('/');
-        let uri: http::Uri = trimmed.parse().map_err(|e| format!("'{s}' is not a URL ({e})"))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("'{s}': an issuer is an http or https URL")),
-        };
-        let authority = uri.authority().ok_or_else(|| format!("'{s}' has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("'{s}': an issuer carries no credentials"));
-        }
-        if uri.query().is_some() || trimmed.contains('#') {
-            return Err(format!("'{s}': an issuer has no query or fragment"));
-        }
-        let origin = format!("{}://{}", uri.scheme_str().unwrap_or("https"), authority);
-        let path = uri.path().trim_end_matches('/').to_owned();
-        Ok(Issuer {
-            url: format!("{origin}{path}"),
-            origin,
-            path,
-            host: authority.as_str().to_owned(),
-            https,
-        })
-    }
-
-    /// Where this issuer's discovery document lives on the proxy.
-    pub fn discovery_path(&self) -> String {
-        format!("{}{}", self.path, super::DISCOVERY_SUFFIX)
-    }
-}
+use crate::config::Issuer;
+use crate::error::DocError;
 
 /// Members a consumer such as AWS STS requires.
 const REQUIRED: [&str; 5] = [
@@ -129,32 +84,6 @@ mod tests {
     use super::*;
 
     const GITLAB_17: &str = r#"{"issuer":"https://gitlab.example.com","authorization_endpoint":"https://evil.example/oauth/authorize","token_endpoint":"https://gitlab.example.com/oauth/token","revocation_endpoint":"https://gitlab.example.com/oauth/revoke","introspection_endpoint":"https://gitlab.example.com/oauth/introspect","userinfo_endpoint":"https://gitlab.example.com/oauth/userinfo","jwks_uri":"https://evil.example:8443/oauth/discovery/keys","scopes_supported":["api","openid"],"response_types_supported":["code"],"response_modes_supported":["query","fragment","form_post"],"grant_types_supported":["authorization_code"],"token_endpoint_auth_methods_supported":["client_secret_basic"],"subject_types_supported":["public"],"id_token_signing_alg_values_supported":["RS256"],"claim_types_supported":["normal"],"claims_supported":["iss","sub"],"code_challenge_methods_supported":["plain","S256"]}"#;
-
-    #[test]
-    fn issuers_parse() {
-        let i = Issuer::parse("https://example.com/gitlab/").unwrap();
-        assert_eq!(i.url, "https://example.com/gitlab");
-        assert_eq!(i.origin, "https://example.com");
-        assert_eq!(i.path, "/gitlab");
-        assert_eq!(i.discovery_path(), "/gitlab/.well-known/openid-configuration");
-        assert!(i.https);
-        let j = Issuer::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!(
-            (j.url.as_str(), j.path.as_str(), j.host.as_str()),
-            ("http://127.0.0.1:8080", "", "127.0.0.1:8080")
-        );
-        assert_eq!(j.discovery_path(), "/.well-known/openid-configuration");
-        for bad in [
-            "ftp://x",
-            "example.com",
-            "https://u:p@x",
-            "https://x/?a=1",
-            "https://x/#f",
-            "",
-        ] {
-            assert!(Issuer::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn publish_rewrites_only_urls_and_keeps_order() {

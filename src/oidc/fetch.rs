@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 
-use super::DocError;
 use crate::body;
+use crate::error::DocError;
 use crate::upstream::Upstream;
 
 /// Larger answers are refused (a key set is a few KiB).

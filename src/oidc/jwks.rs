@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::DocError;
+use crate::error::DocError;
 
 /// Members that only a private key has (RFC 7518 §6.2.2, §6.3.2, §6.4.1).
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];

@@ -10,87 +10,16 @@ pub mod fetch;
 pub mod jwks;
 pub mod respond;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use http::{Method, Request, Response};
+use std::sync::Arc;
 
 use crate::body::ProxyBody;
+use crate::config::DISCOVERY_SUFFIX;
 use crate::metrics::{Metrics, ServedLabels};
 use cache::{Cache, Published};
-use discovery::Issuer;
 
-pub const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
 /// Key-set paths GitLab has had; all are answered with the united set.
 const KEY_PATHS: [&str; 2] = ["/oauth/discovery/keys", "/-/jwks"];
-
-#[derive(Debug, Clone)]
-pub struct OidcSettings {
-    /// Where the rewritten `jwks_uri` points, under the issuer.
-    pub jwks_path: String,
-    /// GitLab's external URL, when configured: where to fetch discovery, as whom.
-    pub external_url: Option<Issuer>,
-    /// More issuers to publish the document for (`--issuer`).
-    pub extra_issuers: Vec<Issuer>,
-    pub max_age: Duration,
-    pub refresh: Duration,
-    pub upstream_timeout: Duration,
-    pub stale_if_error: Duration,
-}
-
-impl OidcSettings {
-    /// Issuers are told apart by path alone (never by `Host`): two on one path
-    /// could not both be served, so that is refused at start.
-    pub fn check(&self) -> Result<(), String> {
-        let mut seen: Vec<&Issuer> = Vec::new();
-        for issuer in self.external_url.iter().chain(&self.extra_issuers) {
-            if let Some(other) = seen.iter().find(|o| o.path == issuer.path && o.url != issuer.url) {
-                return Err(format!(
-                    "issuers {} and {} share the path '{}'; the proxy tells issuers apart by path only",
-                    other.url, issuer.url, issuer.path
-                ));
-            }
-            seen.push(issuer);
-        }
-        if self.jwks_path.ends_with(DISCOVERY_SUFFIX) {
-            return Err(format!("--jwks-path {} is a discovery path", self.jwks_path));
-        }
-        Ok(())
-    }
-}
-
-/// Why a GitLab answer was refused. Labels are metric values.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DocError {
-    #[error("not found (404)")]
-    NotFound,
-    #[error("status {0}")]
-    Status(u16),
-    #[error("no answer within the upstream timeout")]
-    Timeout,
-    #[error("body over 1 MiB")]
-    TooLarge,
-    #[error("not JSON: {0}")]
-    NotJson(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("upstream: {0}")]
-    Upstream(String),
-}
-
-impl DocError {
-    pub fn label(&self) -> &'static str {
-        match self {
-            DocError::NotFound => "not_found",
-            DocError::Status(_) => "bad_status",
-            DocError::Timeout => "timeout",
-            DocError::TooLarge => "too_large",
-            DocError::NotJson(_) => "not_json",
-            DocError::Invalid(_) => "invalid",
-            DocError::Upstream(_) => "upstream_error",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Document {
@@ -224,54 +153,5 @@ impl Oidc {
         roots()
             .any(|root| root == discovery_prefix)
             .then_some(Document::Discovery)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(external: Option<&str>, extra: &[&str], jwks_path: &str) -> OidcSettings {
-        OidcSettings {
-            jwks_path: jwks_path.into(),
-            external_url: external.map(|u| Issuer::parse(u).unwrap()),
-            extra_issuers: extra.iter().map(|u| Issuer::parse(u).unwrap()).collect(),
-            max_age: Duration::from_secs(1),
-            refresh: Duration::from_secs(1),
-            upstream_timeout: Duration::from_secs(1),
-            stale_if_error: Duration::from_secs(1),
-        }
-    }
-
-    #[test]
-    fn issuers_on_one_path_are_refused() {
-        assert!(
-            settings(Some("https://g.example/gitlab"), &["https://g.example"], "/-/jwks")
-                .check()
-                .is_ok()
-        );
-        assert!(
-            settings(Some("https://g.example"), &["https://g.example/"], "/-/jwks")
-                .check()
-                .is_ok(),
-            "same issuer"
-        );
-        let err = settings(
-            Some("https://a.example/gitlab"),
-            &["https://b.example/gitlab"],
-            "/-/jwks",
-        )
-        .check();
-        assert!(err.unwrap_err().contains("share the path"));
-        assert!(
-            settings(None, &["https://a.example", "https://b.example"], "/-/jwks")
-                .check()
-                .is_err()
-        );
-        assert!(
-            settings(None, &[], "/.well-known/openid-configuration")
-                .check()
-                .is_err()
-        );
     }
 }

@@ -1,0 +1,459 @@
+//! The command line: flags and `GITLAB_OIDC_PROXY_*` variables, parsed by clap
+//! into the library's values ([`Config`], [`DemoSettings`]). The binary's front
+//! end; nothing in the library depends on it.
+//!
+//! clap gives flags precedence over the environment. Values are validated at
+//! parse time, so a bad one exits 2 with one line before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+use gitlab_oidc_proxy::config::{
+    Config, Issuer, LogFormat, OidcSettings, Proto, TlsConfig, UpstreamTarget, parse_cidr_list, parse_duration,
+    parse_jwks_path, parse_positive_duration, parse_upstream,
+};
+use gitlab_oidc_proxy::demo::DemoSettings;
+use gitlab_oidc_proxy::simulator::Profile;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gitlab-oidc-proxy",
+    version,
+    about = "Reverse proxy for self-managed GitLab that replaces the bundled nginx.",
+    long_about = "Reverse proxy for self-managed GitLab that replaces the bundled nginx. \
+        Every request streams through to GitLab (Workhorse) untouched: git over HTTP, LFS, \
+        uploads, websockets, long polling.\n\n\
+        Logging is filtered with RUST_LOG (default: info), e.g. RUST_LOG=info,access=warn."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the proxy in front of GitLab.
+    #[command(
+        after_help = "DURATION values: plain seconds (30) or with a unit (500ms, 30s, 5m, 1h).\n\
+        Logging: RUST_LOG filters (default info; the access log's target is `access`, e.g. RUST_LOG=info,access=warn).\n\
+        Exit status: 0 after a graceful shutdown, 2 for a bad option, 1 when the proxy cannot start."
+    )]
+    Serve(Box<ServeArgs>),
+    /// Simulated GitLab + the proxy + parallel STS-like verifications, before/after.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServeArgs {
+    /// Where GitLab (Workhorse) listens: http://host:port, https://host:port or
+    /// unix:/path/to/socket (omnibus: unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket).
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
+    pub(crate) upstream: UpstreamTarget,
+
+    /// Extra PEM CA bundle trusted for an https upstream, besides the system roots.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM_CA", value_name = "PEM")]
+    pub(crate) upstream_ca: Option<PathBuf>,
+
+    /// Public listener: plain HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub(crate) listen: SocketAddr,
+
+    /// Admin listener: GET /healthz, /readyz, /metrics. Never served on the public listener.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_ADMIN_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub(crate) admin_listen: SocketAddr,
+
+    /// Peers whose X-Forwarded-For and X-Forwarded-Proto are believed
+    /// (comma-separated CIDRs or addresses; empty for none). Every other
+    /// client-supplied forwarding header is always replaced.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TRUSTED_PROXIES", value_name = "CIDR[,CIDR...]", default_value = "", hide_default_value = true, value_parser = parse_cidrs)]
+    pub(crate) trusted_proxies: CidrList,
+
+    /// X-Forwarded-Proto sent to GitLab for the plain listener, for TLS terminated in
+    /// front of the proxy. With https, X-Forwarded-Ssl: on is sent too.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_FORWARDED_PROTO",
+        value_name = "PROTO",
+        default_value = "http"
+    )]
+    pub(crate) forwarded_proto: Proto,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub(crate) log_format: LogFormat,
+
+    /// How long a client may take to send request headers before it is disconnected;
+    /// also how long an idle keep-alive connection is kept open.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    pub(crate) header_timeout: Duration,
+
+    /// How long to wait for a connection to GitLab before answering 504.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub(crate) connect_timeout: Duration,
+
+    /// Longest silence within a request: from the client while it sends its body
+    /// (then it is cut), from GitLab before its response headers once the request
+    /// is sent (then 504) and within its response body (then the response is cut).
+    /// Like nginx's proxy_read_timeout; there is no limit on a request's total time.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
+    pub(crate) idle_timeout: Duration,
+
+    /// Longest silence in both directions on an upgraded connection (websocket,
+    /// web terminal) before it is closed.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPGRADE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
+    pub(crate) upgrade_idle_timeout: Duration,
+
+    /// On SIGTERM/SIGINT: stop accepting, then give in-flight requests and upgraded
+    /// connections this long to finish before exiting 0.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) shutdown_grace: Duration,
+
+    /// Response compression like omnibus nginx: gzip (br or zstd when the client
+    /// ranks them above gzip) for text, JSON, JavaScript, CSS, XML and SVG of at
+    /// least 250 bytes, streamed.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_COMPRESSION",
+        value_name = "MODE",
+        default_value = "on"
+    )]
+    pub(crate) compression: Switch,
+
+    /// Expect a PROXY protocol (v1 or v2) header on every connection to --listen and
+    /// --tls-listen, and take the client address from it. Connections from peers outside
+    /// --trusted-proxies, or without a valid header, are closed.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_PROXY_PROTOCOL", value_parser = BoolishValueParser::new())]
+    pub(crate) proxy_protocol: bool,
+
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+
+    #[command(flatten)]
+    pub(crate) oidc: OidcArgs,
+}
+
+/// TLS termination, as the omnibus nginx does it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "TLS")]
+pub(crate) struct TlsArgs {
+    /// HTTPS listener (TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_LISTEN", value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub(crate) tls_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain (leaf first; a misordered chain is put in order with a warning).
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_listen"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// PEM private key: PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_KEY", value_name = "PEM", requires = "tls_listen")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// Refuse to start (or to reload) when the chain is misordered or has duplicate
+    /// or unrelated certificates, instead of fixing it with a warning.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_STRICT_CHAIN", value_parser = BoolishValueParser::new())]
+    pub(crate) strict_chain: bool,
+
+    /// How often the certificate and key files are checked for changes (reloaded
+    /// when changed; SIGHUP reloads at once). 0 turns the check off.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_WATCH_INTERVAL", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) tls_watch_interval: Duration,
+
+    /// Longest time for a client to complete the TLS handshake.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub(crate) tls_handshake_timeout: Duration,
+
+    /// Answer every request on the plain --listen listener with a 301 to https
+    /// (not those a trusted proxy marks as https). The admin listener is unaffected.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_REDIRECT_HTTP", requires = "tls_listen", value_parser = BoolishValueParser::new())]
+    pub(crate) redirect_http: bool,
+
+    /// Send Strict-Transport-Security: max-age=SECS on responses to https requests.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_HSTS", value_name = "SECS")]
+    pub(crate) hsts: Option<u64>,
+}
+
+/// The OIDC documents the proxy answers itself.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "OIDC discovery and keys")]
+pub(crate) struct OidcArgs {
+    /// Path (under the issuer) of the key endpoint that the served discovery
+    /// document's jwks_uri names. The proxy answers it, /oauth/discovery/keys and
+    /// /-/jwks with the union of GitLab's key sets.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_JWKS_PATH", value_name = "PATH", default_value = "/-/jwks", value_parser = parse_jwks_path)]
+    pub(crate) jwks_path: String,
+
+    /// GitLab's external_url (relative URL root included). Discovery is fetched
+    /// from its path with its host. Without it, the proxy asks at / and learns
+    /// the issuer from GitLab's answer.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_EXTERNAL_URL", value_name = "URL", value_parser = Issuer::parse)]
+    pub(crate) external_url: Option<Issuer>,
+
+    /// Another issuer to publish the discovery document for, e.g. the tokens'
+    /// `iss` on a relative-URL-root install (GitLab issue 429159). Served at
+    /// {URL}/.well-known/openid-configuration with `issuer` set to URL.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_ISSUER", value_name = "URL", value_delimiter = ',', value_parser = Issuer::parse)]
+    pub(crate) issuer: Vec<Issuer>,
+
+    /// Cache-Control max-age on the served documents.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_MAX_AGE", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub(crate) max_age: Duration,
+
+    /// How often the documents are refetched from GitLab.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_REFRESH", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub(crate) refresh: Duration,
+
+    /// Longest wait for GitLab's answer to one document fetch.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "3s", value_parser = parse_positive_duration)]
+    pub(crate) upstream_timeout: Duration,
+
+    /// While GitLab fails, the last good copy is served for this long after
+    /// GitLab last confirmed it; then 503 (Cache-Control: no-store).
+    #[arg(long, env = "GITLAB_OIDC_PROXY_STALE_IF_ERROR", value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub(crate) stale_if_error: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DemoArgs {
+    /// Which GitLab to simulate (reference profiles).
+    #[arg(long, value_name = "VERSION", default_value = "14.4")]
+    pub(crate) profile: Profile,
+
+    /// Verifications run in parallel, like CI jobs assuming a role at once.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) jobs: u32,
+
+    /// Exit after the table: 0 only if every verification through the proxy passed.
+    #[arg(long)]
+    pub(crate) once: bool,
+
+    /// The proxy's public listener (its URL is the issuer).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+
+    /// The proxy's admin listener.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub(crate) admin_listen: SocketAddr,
+
+    /// The simulated GitLab's listener.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    pub(crate) gitlab_listen: SocketAddr,
+}
+
+/// `on` / `off`, as nginx spells its switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Switch {
+    On,
+    Off,
+}
+
+/// `--trusted-proxies`: one value holding a list (a bare `Vec` would make clap
+/// expect the flag once per entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CidrList(pub(crate) Vec<IpNet>);
+
+fn parse_cidrs(s: &str) -> Result<CidrList, gitlab_oidc_proxy::config::ValueError> {
+    parse_cidr_list(s).map(CidrList)
+}
+
+impl ServeArgs {
+    /// The values `serve` runs with.
+    pub(crate) fn into_config(self) -> Config {
+        Config {
+            upstream: self.upstream,
+            upstream_ca: self.upstream_ca,
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            trusted_proxies: self.trusted_proxies.0,
+            forwarded_proto: self.forwarded_proto,
+            header_timeout: self.header_timeout,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            upgrade_idle_timeout: self.upgrade_idle_timeout,
+            shutdown_grace: self.shutdown_grace,
+            compression: self.compression == Switch::On,
+            proxy_protocol: self.proxy_protocol,
+            tls: self.tls.into_config(),
+            oidc: self.oidc.into_settings(),
+        }
+    }
+}
+
+impl TlsArgs {
+    fn into_config(self) -> TlsConfig {
+        TlsConfig {
+            listen: self.tls_listen,
+            cert: self.tls_cert,
+            key: self.tls_key,
+            strict_chain: self.strict_chain,
+            watch_interval: self.tls_watch_interval,
+            handshake_timeout: self.tls_handshake_timeout,
+            redirect_http: self.redirect_http,
+            hsts: self.hsts,
+        }
+    }
+}
+
+impl OidcArgs {
+    fn into_settings(self) -> OidcSettings {
+        OidcSettings {
+            jwks_path: self.jwks_path,
+            external_url: self.external_url,
+            extra_issuers: self.issuer,
+            max_age: self.max_age,
+            refresh: self.refresh,
+            upstream_timeout: self.upstream_timeout,
+            stale_if_error: self.stale_if_error,
+        }
+    }
+}
+
+impl DemoArgs {
+    pub(crate) fn into_settings(self) -> DemoSettings {
+        DemoSettings {
+            profile: self.profile,
+            jobs: self.jobs,
+            once: self.once,
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            gitlab_listen: self.gitlab_listen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(["gitlab-oidc-proxy"].iter().chain(args)).unwrap()
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    /// `--help`'s defaults and `Config::new`'s are one set of values (the demo
+    /// builds its `Config` from the latter).
+    #[test]
+    fn defaults_match_config_new() {
+        // The environment must not leak into the defaults under test.
+        for (name, _) in std::env::vars() {
+            assert!(!name.starts_with("GITLAB_OIDC_PROXY_"), "unset {name} to run this test");
+        }
+        let Command::Serve(args) = parse(&["serve", "--upstream", "http://127.0.0.1:8181"]).command else {
+            panic!("not serve");
+        };
+        let upstream = parse_upstream("http://127.0.0.1:8181").unwrap();
+        assert_eq!(args.into_config(), Config::new(upstream));
+    }
+
+    #[test]
+    fn every_option_reaches_the_config() {
+        let Command::Serve(args) = parse(&[
+            "serve",
+            "--upstream=unix:/run/gitlab.sock",
+            "--upstream-ca=/ca.pem",
+            "--listen=127.0.0.1:1",
+            "--admin-listen=127.0.0.1:2",
+            "--trusted-proxies=10.0.0.0/8",
+            "--forwarded-proto=https",
+            "--header-timeout=1s",
+            "--connect-timeout=2s",
+            "--idle-timeout=3s",
+            "--upgrade-idle-timeout=4s",
+            "--shutdown-grace=5s",
+            "--compression=off",
+            "--proxy-protocol",
+            "--tls-listen=127.0.0.1:3",
+            "--tls-cert=/c.pem",
+            "--tls-key=/k.pem",
+            "--strict-chain",
+            "--tls-watch-interval=6s",
+            "--tls-handshake-timeout=7s",
+            "--hsts=60",
+            "--jwks-path=/oauth/ci/keys",
+            "--external-url=https://g.example/gitlab",
+            "--issuer=https://g.example",
+            "--max-age=8s",
+            "--refresh=9s",
+            "--upstream-timeout=10s",
+            "--stale-if-error=11s",
+        ])
+        .command
+        else {
+            panic!("not serve");
+        };
+        let c = args.into_config();
+        let s = Duration::from_secs;
+        assert_eq!(
+            c.upstream,
+            UpstreamTarget::Unix {
+                path: "/run/gitlab.sock".into()
+            }
+        );
+        assert_eq!(c.upstream_ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!((c.listen.port(), c.admin_listen.port()), (1, 2));
+        assert_eq!(c.trusted_proxies, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(c.forwarded_proto, Proto::Https);
+        assert_eq!(
+            [
+                c.header_timeout,
+                c.connect_timeout,
+                c.idle_timeout,
+                c.upgrade_idle_timeout,
+                c.shutdown_grace
+            ],
+            [s(1), s(2), s(3), s(4), s(5)]
+        );
+        assert!(!c.compression && c.proxy_protocol);
+        let t = &c.tls;
+        assert_eq!(t.listen.map(|a| a.port()), Some(3));
+        assert_eq!(
+            (t.cert.clone(), t.key.clone()),
+            (Some("/c.pem".into()), Some("/k.pem".into()))
+        );
+        assert!(t.strict_chain && !t.redirect_http);
+        assert_eq!((t.watch_interval, t.handshake_timeout, t.hsts), (s(6), s(7), Some(60)));
+        let o = &c.oidc;
+        assert_eq!(o.jwks_path, "/oauth/ci/keys");
+        assert_eq!(
+            o.external_url.as_ref().map(|i| i.url.as_str()),
+            Some("https://g.example/gitlab")
+        );
+        assert_eq!(
+            o.extra_issuers.iter().map(|i| i.url.as_str()).collect::<Vec<_>>(),
+            ["https://g.example"]
+        );
+        assert_eq!(
+            [o.max_age, o.refresh, o.upstream_timeout, o.stale_if_error],
+            [s(8), s(9), s(10), s(11)]
+        );
+    }
+}
