@@ -142,7 +142,7 @@ async fn sigterm_drains_in_flight_request_then_exits_0() {
     });
     up.next_seen().await;
 
-    proxy.signal(libc::SIGTERM);
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
     proxy.wait_for_log("shutting down").await;
     // Not accepting any more; the admin listener says so.
     let refused = tokio::time::timeout(Duration::from_secs(5), async {
@@ -182,7 +182,7 @@ async fn shutdown_grace_bounds_a_stuck_request() {
     let _stuck = tokio::spawn(async move { client().get(url.parse().unwrap()).await });
     up.next_seen().await;
     let started = Instant::now();
-    proxy.signal(libc::SIGINT);
+    proxy.signal(nix::sys::signal::Signal::SIGINT);
     let exit = proxy
         .wait_exit(Duration::from_secs(10))
         .await
@@ -267,7 +267,7 @@ async fn sigterm_lets_an_open_websocket_finish() {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/-/cable", proxy.addr))
         .await
         .unwrap();
-    proxy.signal(libc::SIGTERM);
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
     proxy.wait_for_log("shutting down").await;
     // The tunnel keeps working during the drain...
     for i in 0..3 {

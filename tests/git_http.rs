@@ -207,8 +207,8 @@ impl Git {
         match tokio::time::timeout(GIT_TIMEOUT, wait).await {
             Ok(output) => output.unwrap().expect("wait for git"),
             Err(_) => {
-                // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                // The whole group: git-remote-http and friends go too.
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
                 panic!("git {args:?} ran longer than {GIT_TIMEOUT:?}");
             }
         }

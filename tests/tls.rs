@@ -851,7 +851,7 @@ async fn sighup_reloads_the_certificate() {
         );
         let ok_before = metric_now(&proxy, RELOADS_OK).await;
 
-        proxy.signal(libc::SIGHUP);
+        proxy.signal(nix::sys::signal::Signal::SIGHUP);
         assert_serves_soon(&pki, &proxy, &new.der, "SIGHUP did not bring the new leaf").await;
         let proxy_ref = &proxy;
         assert!(
@@ -955,7 +955,7 @@ async fn broken_replacement_is_refused_and_the_last_good_stays() {
 
         // SIGHUP with the broken pair in place: refused too, still serving.
         let refused = metric_now(&proxy, RELOADS_REFUSED).await;
-        proxy.signal(libc::SIGHUP);
+        proxy.signal(nix::sys::signal::Signal::SIGHUP);
         assert!(
             refused_after(refused).await,
             "SIGHUP reload not refused:\n{}",
@@ -1089,7 +1089,7 @@ async fn sigterm_lets_in_flight_tls_requests_finish() {
         up.next_seen().await;
         up.next_seen().await;
 
-        proxy.signal(libc::SIGTERM);
+        proxy.signal(nix::sys::signal::Signal::SIGTERM);
         proxy.wait_for_log("shutting down").await;
         let tls = proxy.tls();
         let refused = tokio::time::timeout(Duration::from_secs(5), async {

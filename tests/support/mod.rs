@@ -190,10 +190,8 @@ impl Proxy {
         self.child.id() as i32
     }
 
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-        let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill failed");
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill failed");
     }
 
     /// Polls for the exit status for up to `within`.
