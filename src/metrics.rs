@@ -245,6 +245,106 @@ mod tests {
         assert!(text.contains("# EOF"));
     }
 
+    const EXPECTED_RENDERING: &str = r#"# HELP gitlab_oidc_proxy_http_requests Requests answered, by method and status.
+# TYPE gitlab_oidc_proxy_http_requests counter
+gitlab_oidc_proxy_http_requests_total{method="GET",status="200"} 1
+# HELP gitlab_oidc_proxy_http_request_duration_seconds Time from request to the end of the response body.
+# TYPE gitlab_oidc_proxy_http_request_duration_seconds histogram
+gitlab_oidc_proxy_http_request_duration_seconds_sum 0.0
+gitlab_oidc_proxy_http_request_duration_seconds_count 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="0.005"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="0.025"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="0.1"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="0.5"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="1.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="5.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="30.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="60.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="300.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="3600.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="+Inf"} 0
+# HELP gitlab_oidc_proxy_http_response_body_bytes Response body bytes sent to clients.
+# TYPE gitlab_oidc_proxy_http_response_body_bytes counter
+gitlab_oidc_proxy_http_response_body_bytes_total 0
+# HELP gitlab_oidc_proxy_upstream_errors Requests that failed because of GitLab, by reason.
+# TYPE gitlab_oidc_proxy_upstream_errors counter
+gitlab_oidc_proxy_upstream_errors_total{reason="r"} 1
+# HELP gitlab_oidc_proxy_open_connections Client connections open on the public listener.
+# TYPE gitlab_oidc_proxy_open_connections gauge
+gitlab_oidc_proxy_open_connections 0
+# HELP gitlab_oidc_proxy_open_upgraded_connections Upgraded connections (websockets) open.
+# TYPE gitlab_oidc_proxy_open_upgraded_connections gauge
+gitlab_oidc_proxy_open_upgraded_connections 0
+# HELP gitlab_oidc_proxy_upgraded_bytes Bytes relayed on upgraded connections, both directions.
+# TYPE gitlab_oidc_proxy_upgraded_bytes counter
+gitlab_oidc_proxy_upgraded_bytes_total 0
+# HELP gitlab_oidc_proxy_oidc_responses OIDC documents answered from memory, by document and state.
+# TYPE gitlab_oidc_proxy_oidc_responses counter
+gitlab_oidc_proxy_oidc_responses_total{document="d",state="s"} 1
+# HELP gitlab_oidc_proxy_oidc_upstream_fetches Fetches of OIDC documents from GitLab, by document and outcome.
+# TYPE gitlab_oidc_proxy_oidc_upstream_fetches counter
+gitlab_oidc_proxy_oidc_upstream_fetches_total{document="d",outcome="o"} 1
+# HELP gitlab_oidc_proxy_oidc_refreshes Refreshes of the held documents, by outcome.
+# TYPE gitlab_oidc_proxy_oidc_refreshes counter
+gitlab_oidc_proxy_oidc_refreshes_total{document="d",outcome="o"} 1
+# HELP gitlab_oidc_proxy_oidc_document_age_seconds Seconds since GitLab last confirmed the held document (-1: none held).
+# TYPE gitlab_oidc_proxy_oidc_document_age_seconds gauge
+gitlab_oidc_proxy_oidc_document_age_seconds{document="d"} 1.5
+# HELP gitlab_oidc_proxy_oidc_keys Keys in the held key set.
+# TYPE gitlab_oidc_proxy_oidc_keys gauge
+gitlab_oidc_proxy_oidc_keys 0
+# HELP gitlab_oidc_proxy_tls_reloads Certificate reloads (SIGHUP or changed files), by outcome.
+# TYPE gitlab_oidc_proxy_tls_reloads counter
+gitlab_oidc_proxy_tls_reloads_total{outcome="o"} 1
+# HELP gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds Unix time at which the first certificate of the served chain expires.
+# TYPE gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds gauge
+gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds 0
+# HELP gitlab_oidc_proxy_tls_handshake_failures TLS handshakes that failed, by reason (timeout or error).
+# TYPE gitlab_oidc_proxy_tls_handshake_failures counter
+gitlab_oidc_proxy_tls_handshake_failures_total{reason="r"} 1
+# HELP gitlab_oidc_proxy_proxy_protocol_rejected Connections closed for want of a valid PROXY header from a trusted peer, by reason.
+# TYPE gitlab_oidc_proxy_proxy_protocol_rejected counter
+gitlab_oidc_proxy_proxy_protocol_rejected_total{reason="r"} 1
+# EOF"#;
+
+    /// Every metric as a scraper sees it, each family with one series so its labels show.
+    fn rendered_shape() -> Vec<String> {
+        let m = Metrics::new();
+        let error = ErrorLabels { reason: "r" };
+        let outcome = OutcomeLabels {
+            document: "d",
+            outcome: "o",
+        };
+        m.requests
+            .get_or_create(&RequestLabels {
+                method: "GET",
+                status: 200,
+            })
+            .inc();
+        m.upstream_errors.get_or_create(&error).inc();
+        m.oidc_served
+            .get_or_create(&ServedLabels {
+                document: "d",
+                state: "s",
+            })
+            .inc();
+        m.oidc_fetches.get_or_create(&outcome).inc();
+        m.oidc_refreshes.get_or_create(&outcome).inc();
+        m.oidc_age.get_or_create(&DocumentLabel { document: "d" }).set(1.5);
+        m.tls_reloads.get_or_create(&OutcomeOnly { outcome: "o" }).inc();
+        m.tls_handshake_failures.get_or_create(&error).inc();
+        m.proxy_protocol_rejected.get_or_create(&error).inc();
+        m.encode().lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn names_help_types_and_labels_are_stable() {
+        // Dashboards and alerts depend on these: a change here must be deliberate.
+        let shape = rendered_shape();
+        let expected: Vec<&str> = EXPECTED_RENDERING.lines().collect();
+        assert_eq!(shape, expected, "rendered:\n{}", shape.join("\n"));
+    }
+
     #[test]
     fn unknown_methods_share_a_label() {
         assert_eq!(method_label(&Method::from_bytes(b"PROPFIND").unwrap()), "other");
