@@ -868,53 +868,65 @@ mod tests {
         }
     }
 
-    #[test]
-    fn eligible_table() {
-        let get = Method::GET;
-        let ok = StatusCode::OK;
-        let json = ("content-type", "application/json");
-        let yes = |m: &Method, s: StatusCode, h: &[(&str, &str)]| eligible(m, s, &headers(h));
+    const JSON: (&str, &str) = ("content-type", "application/json");
 
-        // Status.
-        assert!(yes(&get, ok, &[json]));
-        assert!(yes(&get, StatusCode::FORBIDDEN, &[json]));
-        assert!(yes(&get, StatusCode::NOT_FOUND, &[json]));
+    /// Whether a 200 response to GET with these headers is eligible.
+    fn eligible_get(pairs: &[(&str, &str)]) -> bool {
+        eligible(&Method::GET, StatusCode::OK, &headers(pairs))
+    }
+
+    #[test]
+    fn eligible_by_status_and_method() {
+        let json = headers(&[JSON]);
+        assert!(eligible(&Method::GET, StatusCode::OK, &json));
+        assert!(eligible(&Method::GET, StatusCode::FORBIDDEN, &json));
+        assert!(eligible(&Method::GET, StatusCode::NOT_FOUND, &json));
         for status in [201, 204, 206, 301, 302, 304, 400, 401, 500, 502] {
-            assert!(!yes(&get, StatusCode::from_u16(status).unwrap(), &[json]), "{status}");
+            assert!(
+                !eligible(&Method::GET, StatusCode::from_u16(status).unwrap(), &json),
+                "{status}"
+            );
         }
-        // Method.
-        assert!(!yes(&Method::HEAD, ok, &[json]));
-        assert!(yes(&Method::POST, ok, &[json]));
-        // Content-Encoding.
-        assert!(yes(&get, ok, &[json, ("content-encoding", "identity")]));
-        assert!(yes(&get, ok, &[json, ("content-encoding", "IDENTITY")]));
-        assert!(yes(&get, ok, &[json, ("content-encoding", "")]));
-        assert!(!yes(&get, ok, &[json, ("content-encoding", "gzip")]));
-        assert!(!yes(&get, ok, &[json, ("content-encoding", "br")]));
-        assert!(!yes(&get, ok, &[json, ("content-encoding", "identity, gzip")]));
-        assert!(!yes(
-            &get,
-            ok,
-            &[json, ("content-encoding", "identity"), ("content-encoding", "zstd")]
-        ));
+        assert!(!eligible(&Method::HEAD, StatusCode::OK, &json));
+        assert!(eligible(&Method::POST, StatusCode::OK, &json));
+    }
+
+    #[test]
+    fn eligible_by_content_encoding_and_range() {
+        assert!(eligible_get(&[JSON, ("content-encoding", "identity")]));
+        assert!(eligible_get(&[JSON, ("content-encoding", "IDENTITY")]));
+        assert!(eligible_get(&[JSON, ("content-encoding", "")]));
+        assert!(!eligible_get(&[JSON, ("content-encoding", "gzip")]));
+        assert!(!eligible_get(&[JSON, ("content-encoding", "br")]));
+        assert!(!eligible_get(&[JSON, ("content-encoding", "identity, gzip")]));
+        assert!(!eligible_get(&[
+            JSON,
+            ("content-encoding", "identity"),
+            ("content-encoding", "zstd")
+        ]));
         // Ranges.
-        assert!(!yes(&get, ok, &[json, ("content-range", "bytes 0-99/1000")]));
-        assert!(!yes(&get, StatusCode::PARTIAL_CONTENT, &[json]));
-        // Cache-Control.
-        assert!(yes(&get, ok, &[json, ("cache-control", "public, max-age=60")]));
-        assert!(!yes(&get, ok, &[json, ("cache-control", "no-transform")]));
-        assert!(!yes(
-            &get,
-            ok,
-            &[json, ("cache-control", "public, No-Transform, max-age=60")]
-        ));
-        assert!(!yes(
-            &get,
-            ok,
-            &[json, ("cache-control", "private"), ("cache-control", " no-transform ")]
-        ));
-        assert!(yes(&get, ok, &[json, ("cache-control", "no-transformer, x=\"no\"")]));
-        // Content-Type.
+        assert!(!eligible_get(&[JSON, ("content-range", "bytes 0-99/1000")]));
+        assert!(!eligible(&Method::GET, StatusCode::PARTIAL_CONTENT, &headers(&[JSON])));
+    }
+
+    #[test]
+    fn eligible_by_cache_control() {
+        assert!(eligible_get(&[JSON, ("cache-control", "public, max-age=60")]));
+        assert!(!eligible_get(&[JSON, ("cache-control", "no-transform")]));
+        assert!(!eligible_get(&[
+            JSON,
+            ("cache-control", "public, No-Transform, max-age=60")
+        ]));
+        assert!(!eligible_get(&[
+            JSON,
+            ("cache-control", "private"),
+            ("cache-control", " no-transform ")
+        ]));
+        assert!(eligible_get(&[JSON, ("cache-control", "no-transformer, x=\"no\"")]));
+    }
+
+    #[test]
+    fn eligible_by_content_type() {
         for ct in [
             "text/html",
             "text/html; charset=utf-8",
@@ -937,7 +949,7 @@ mod tests {
             "image/svg+xml",
             "IMAGE/SVG+XML",
         ] {
-            assert!(yes(&get, ok, &[("content-type", ct)]), "{ct}");
+            assert!(eligible_get(&[("content-type", ct)]), "{ct}");
         }
         for ct in [
             "text/event-stream",
@@ -958,20 +970,23 @@ mod tests {
             "json",
             "",
         ] {
-            assert!(!yes(&get, ok, &[("content-type", ct)]), "{ct}");
+            assert!(!eligible_get(&[("content-type", ct)]), "{ct}");
         }
-        assert!(!yes(&get, ok, &[]), "no content type");
+        assert!(!eligible_get(&[]), "no content type");
         assert!(
-            !yes(&get, ok, &[json, ("content-type", "text/html")]),
+            !eligible_get(&[JSON, ("content-type", "text/html")]),
             "two content types"
         );
-        // Content-Length.
-        assert!(yes(&get, ok, &[json, ("content-length", "250")]));
-        assert!(yes(&get, ok, &[json, ("content-length", "1000000")]));
-        assert!(!yes(&get, ok, &[json, ("content-length", "249")]));
-        assert!(!yes(&get, ok, &[json, ("content-length", "0")]));
-        assert!(!yes(&get, ok, &[json, ("content-length", "lots")]));
-        assert!(yes(&get, ok, &[json]), "unknown length");
+    }
+
+    #[test]
+    fn eligible_by_content_length() {
+        assert!(eligible_get(&[JSON, ("content-length", "250")]));
+        assert!(eligible_get(&[JSON, ("content-length", "1000000")]));
+        assert!(!eligible_get(&[JSON, ("content-length", "249")]));
+        assert!(!eligible_get(&[JSON, ("content-length", "0")]));
+        assert!(!eligible_get(&[JSON, ("content-length", "lots")]));
+        assert!(eligible_get(&[JSON]), "unknown length");
     }
 
     fn response(status: u16, pairs: &[(&str, &str)], body: ProxyBody) -> Response<ProxyBody> {
@@ -989,17 +1004,19 @@ mod tests {
             .collect()
     }
 
+    /// What every apply test starts from: a compressible, ranged, tagged response.
+    const BASE: [(&str, &str); 5] = [
+        ("content-type", "text/plain"),
+        ("content-length", "1000"),
+        ("accept-ranges", "bytes"),
+        ("etag", "\"abc\""),
+        ("vary", "Origin"),
+    ];
+
     #[tokio::test]
-    async fn apply_headers() {
+    async fn apply_compresses_and_rewrites_headers() {
         let text = log_text(1000);
-        let base = [
-            ("content-type", "text/plain"),
-            ("content-length", "1000"),
-            ("accept-ranges", "bytes"),
-            ("etag", "\"abc\""),
-            ("vary", "Origin"),
-        ];
-        let resp = apply(&Method::GET, Some(Gzip), response(200, &base, body::full(text.clone())));
+        let resp = apply(&Method::GET, Some(Gzip), response(200, &BASE, body::full(text.clone())));
         assert_eq!(values(&resp, header::CONTENT_ENCODING), ["gzip"]);
         assert!(resp.headers().get(header::CONTENT_LENGTH).is_none());
         assert!(resp.headers().get(header::ACCEPT_RANGES).is_none());
@@ -1008,8 +1025,11 @@ mod tests {
         assert_eq!(resp.body().size_hint().exact(), None);
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         assert_same(decode(Gzip, &bytes), &text, "apply");
+    }
 
-        // Vary already covering it, in any case, or `*`: left alone.
+    #[test]
+    fn apply_leaves_a_vary_that_covers_it_alone() {
+        // Vary already covering it, in any case, or `*`.
         for vary in [
             &["Accept-Encoding"][..],
             &["origin, accept-encoding"],
@@ -1021,7 +1041,10 @@ mod tests {
             let resp = apply(&Method::GET, Some(Br), response(200, &pairs, body::empty()));
             assert_eq!(values(&resp, header::VARY), *vary);
         }
+    }
 
+    #[test]
+    fn apply_weakens_etags_and_replaces_identity() {
         // Weak ETag stays, malformed one goes, Content-Encoding identity replaced.
         let pairs = [
             ("content-type", "text/plain"),
@@ -1045,9 +1068,13 @@ mod tests {
             response(404, &[("content-type", "text/html"), ("etag", "abc")], body::empty()),
         );
         assert!(resp.headers().get(header::ETAG).is_none());
+    }
 
+    #[tokio::test]
+    async fn apply_without_a_choice_only_adds_vary() {
         // No choice: only Vary, the body and everything else untouched.
-        let resp = apply(&Method::GET, None, response(200, &base, body::full(text.clone())));
+        let text = log_text(1000);
+        let resp = apply(&Method::GET, None, response(200, &BASE, body::full(text.clone())));
         assert_eq!(values(&resp, header::VARY), ["Origin", "Accept-Encoding"]);
         assert!(resp.headers().get(header::CONTENT_ENCODING).is_none());
         assert_eq!(values(&resp, header::CONTENT_LENGTH), ["1000"]);
@@ -1060,11 +1087,14 @@ mod tests {
             response(200, &[("content-type", "text/plain")], body::empty()),
         );
         assert_eq!(values(&resp, header::VARY), ["Accept-Encoding"]);
+    }
 
-        // Not eligible: untouched, whatever the choice.
+    #[tokio::test]
+    async fn apply_leaves_ineligible_responses_untouched() {
+        // Whatever the choice.
         for (method, status, pairs) in [
-            (Method::HEAD, 200, &base[..]),
-            (Method::GET, 500, &base[..]),
+            (Method::HEAD, 200, &BASE[..]),
+            (Method::GET, 500, &BASE[..]),
             (
                 Method::GET,
                 200,

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -69,119 +69,77 @@ pub struct OutcomeOnly {
     pub outcome: &'static str,
 }
 
+/// A metric's name (after the `gitlab_oidc_proxy_` prefix; the encoder adds `_total` to
+/// counters) and its help text.
+type Described = (&'static str, &'static str);
+
+const REQUESTS: Described = ("http_requests", "Requests answered, by method and status");
+const REQUEST_DURATION: Described = (
+    "http_request_duration_seconds",
+    "Time from request to the end of the response body",
+);
+const RESPONSE_BYTES: Described = ("http_response_body_bytes", "Response body bytes sent to clients");
+const UPSTREAM_ERRORS: Described = ("upstream_errors", "Requests that failed because of GitLab, by reason");
+const OPEN_CONNECTIONS: Described = ("open_connections", "Client connections open on the public listener");
+const OPEN_TUNNELS: Described = ("open_upgraded_connections", "Upgraded connections (websockets) open");
+const TUNNEL_BYTES: Described = (
+    "upgraded_bytes",
+    "Bytes relayed on upgraded connections, both directions",
+);
+const OIDC_SERVED: Described = (
+    "oidc_responses",
+    "OIDC documents answered from memory, by document and state",
+);
+const OIDC_FETCHES: Described = (
+    "oidc_upstream_fetches",
+    "Fetches of OIDC documents from GitLab, by document and outcome",
+);
+const OIDC_REFRESHES: Described = ("oidc_refreshes", "Refreshes of the held documents, by outcome");
+const OIDC_AGE: Described = (
+    "oidc_document_age_seconds",
+    "Seconds since GitLab last confirmed the held document (-1: none held)",
+);
+const OIDC_KEYS: Described = ("oidc_keys", "Keys in the held key set");
+const TLS_RELOADS: Described = (
+    "tls_reloads",
+    "Certificate reloads (SIGHUP or changed files), by outcome",
+);
+const TLS_EXPIRY: Described = (
+    "tls_certificate_expiry_timestamp_seconds",
+    "Unix time at which the first certificate of the served chain expires",
+);
+const TLS_HANDSHAKE_FAILURES: Described = (
+    "tls_handshake_failures",
+    "TLS handshakes that failed, by reason (timeout or error)",
+);
+const PROXY_PROTOCOL_REJECTED: Described = (
+    "proxy_protocol_rejected",
+    "Connections closed for want of a valid PROXY header from a trusted peer, by reason",
+);
+
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("gitlab_oidc_proxy");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "Requests answered, by method and status",
-            requests.clone(),
-        );
-        let request_duration = Histogram::new([0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0]);
-        registry.register(
-            "http_request_duration_seconds",
-            "Time from request to the end of the response body",
-            request_duration.clone(),
-        );
-        let response_bytes = Counter::default();
-        registry.register(
-            "http_response_body_bytes",
-            "Response body bytes sent to clients",
-            response_bytes.clone(),
-        );
-        let upstream_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "upstream_errors",
-            "Requests that failed because of GitLab, by reason",
-            upstream_errors.clone(),
-        );
-        let open_connections = Gauge::default();
-        registry.register(
-            "open_connections",
-            "Client connections open on the public listener",
-            open_connections.clone(),
-        );
-        let open_tunnels = Gauge::default();
-        registry.register(
-            "open_upgraded_connections",
-            "Upgraded connections (websockets) open",
-            open_tunnels.clone(),
-        );
-        let tunnel_bytes = Counter::default();
-        registry.register(
-            "upgraded_bytes",
-            "Bytes relayed on upgraded connections, both directions",
-            tunnel_bytes.clone(),
-        );
-        let oidc_served = Family::<ServedLabels, Counter>::default();
-        registry.register(
-            "oidc_responses",
-            "OIDC documents answered from memory, by document and state",
-            oidc_served.clone(),
-        );
-        let oidc_fetches = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "oidc_upstream_fetches",
-            "Fetches of OIDC documents from GitLab, by document and outcome",
-            oidc_fetches.clone(),
-        );
-        let oidc_refreshes = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "oidc_refreshes",
-            "Refreshes of the held documents, by outcome",
-            oidc_refreshes.clone(),
-        );
-        let oidc_age = Family::<DocumentLabel, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "oidc_document_age_seconds",
-            "Seconds since GitLab last confirmed the held document (-1: none held)",
-            oidc_age.clone(),
-        );
-        let oidc_keys = Gauge::default();
-        registry.register("oidc_keys", "Keys in the held key set", oidc_keys.clone());
-        let tls_reloads = Family::<OutcomeOnly, Counter>::default();
-        registry.register(
-            "tls_reloads",
-            "Certificate reloads (SIGHUP or changed files), by outcome",
-            tls_reloads.clone(),
-        );
-        let tls_expiry = Gauge::default();
-        registry.register(
-            "tls_certificate_expiry_timestamp_seconds",
-            "Unix time at which the first certificate of the served chain expires",
-            tls_expiry.clone(),
-        );
-        let tls_handshake_failures = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "tls_handshake_failures",
-            "TLS handshakes that failed, by reason (timeout or error)",
-            tls_handshake_failures.clone(),
-        );
-        let proxy_protocol_rejected = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "proxy_protocol_rejected",
-            "Connections closed for want of a valid PROXY header from a trusted peer, by reason",
-            proxy_protocol_rejected.clone(),
-        );
+        let mut r = Registry::with_prefix("gitlab_oidc_proxy");
+        let buckets = [0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
+        // Field order is registration order, which is the order /metrics lists them in.
         Metrics {
-            registry,
-            tls_reloads,
-            tls_expiry,
-            tls_handshake_failures,
-            proxy_protocol_rejected,
-            oidc_served,
-            oidc_fetches,
-            oidc_refreshes,
-            oidc_age,
-            oidc_keys,
-            requests,
-            request_duration,
-            response_bytes,
-            upstream_errors,
-            open_connections,
-            open_tunnels,
-            tunnel_bytes,
+            requests: register(&mut r, REQUESTS, Family::default()),
+            request_duration: register(&mut r, REQUEST_DURATION, Histogram::new(buckets)),
+            response_bytes: register(&mut r, RESPONSE_BYTES, Counter::default()),
+            upstream_errors: register(&mut r, UPSTREAM_ERRORS, Family::default()),
+            open_connections: register(&mut r, OPEN_CONNECTIONS, Gauge::default()),
+            open_tunnels: register(&mut r, OPEN_TUNNELS, Gauge::default()),
+            tunnel_bytes: register(&mut r, TUNNEL_BYTES, Counter::default()),
+            oidc_served: register(&mut r, OIDC_SERVED, Family::default()),
+            oidc_fetches: register(&mut r, OIDC_FETCHES, Family::default()),
+            oidc_refreshes: register(&mut r, OIDC_REFRESHES, Family::default()),
+            oidc_age: register(&mut r, OIDC_AGE, Family::default()),
+            oidc_keys: register(&mut r, OIDC_KEYS, Gauge::default()),
+            tls_reloads: register(&mut r, TLS_RELOADS, Family::default()),
+            tls_expiry: register(&mut r, TLS_EXPIRY, Gauge::default()),
+            tls_handshake_failures: register(&mut r, TLS_HANDSHAKE_FAILURES, Family::default()),
+            proxy_protocol_rejected: register(&mut r, PROXY_PROTOCOL_REJECTED, Family::default()),
+            registry: r,
         }
     }
 
@@ -197,6 +155,13 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Registers `metric` and returns the handle the proxy updates: clones of a metric share
+/// its value, so the registry's copy sees every update.
+fn register<M: Metric + Clone>(registry: &mut Registry, (name, help): Described, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// A fixed label for a method, so a client inventing methods cannot grow the series.
@@ -243,6 +208,106 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# EOF"));
+    }
+
+    const EXPECTED_RENDERING: &str = r#"# HELP gitlab_oidc_proxy_http_requests Requests answered, by method and status.
+# TYPE gitlab_oidc_proxy_http_requests counter
+gitlab_oidc_proxy_http_requests_total{method="GET",status="200"} 1
+# HELP gitlab_oidc_proxy_http_request_duration_seconds Time from request to the end of the response body.
+# TYPE gitlab_oidc_proxy_http_request_duration_seconds histogram
+gitlab_oidc_proxy_http_request_duration_seconds_sum 0.0
+gitlab_oidc_proxy_http_request_duration_seconds_count 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="0.005"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="0.025"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="0.1"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="0.5"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="1.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="5.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="30.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="60.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="300.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="3600.0"} 0
+gitlab_oidc_proxy_http_request_duration_seconds_bucket{le="+Inf"} 0
+# HELP gitlab_oidc_proxy_http_response_body_bytes Response body bytes sent to clients.
+# TYPE gitlab_oidc_proxy_http_response_body_bytes counter
+gitlab_oidc_proxy_http_response_body_bytes_total 0
+# HELP gitlab_oidc_proxy_upstream_errors Requests that failed because of GitLab, by reason.
+# TYPE gitlab_oidc_proxy_upstream_errors counter
+gitlab_oidc_proxy_upstream_errors_total{reason="r"} 1
+# HELP gitlab_oidc_proxy_open_connections Client connections open on the public listener.
+# TYPE gitlab_oidc_proxy_open_connections gauge
+gitlab_oidc_proxy_open_connections 0
+# HELP gitlab_oidc_proxy_open_upgraded_connections Upgraded connections (websockets) open.
+# TYPE gitlab_oidc_proxy_open_upgraded_connections gauge
+gitlab_oidc_proxy_open_upgraded_connections 0
+# HELP gitlab_oidc_proxy_upgraded_bytes Bytes relayed on upgraded connections, both directions.
+# TYPE gitlab_oidc_proxy_upgraded_bytes counter
+gitlab_oidc_proxy_upgraded_bytes_total 0
+# HELP gitlab_oidc_proxy_oidc_responses OIDC documents answered from memory, by document and state.
+# TYPE gitlab_oidc_proxy_oidc_responses counter
+gitlab_oidc_proxy_oidc_responses_total{document="d",state="s"} 1
+# HELP gitlab_oidc_proxy_oidc_upstream_fetches Fetches of OIDC documents from GitLab, by document and outcome.
+# TYPE gitlab_oidc_proxy_oidc_upstream_fetches counter
+gitlab_oidc_proxy_oidc_upstream_fetches_total{document="d",outcome="o"} 1
+# HELP gitlab_oidc_proxy_oidc_refreshes Refreshes of the held documents, by outcome.
+# TYPE gitlab_oidc_proxy_oidc_refreshes counter
+gitlab_oidc_proxy_oidc_refreshes_total{document="d",outcome="o"} 1
+# HELP gitlab_oidc_proxy_oidc_document_age_seconds Seconds since GitLab last confirmed the held document (-1: none held).
+# TYPE gitlab_oidc_proxy_oidc_document_age_seconds gauge
+gitlab_oidc_proxy_oidc_document_age_seconds{document="d"} 1.5
+# HELP gitlab_oidc_proxy_oidc_keys Keys in the held key set.
+# TYPE gitlab_oidc_proxy_oidc_keys gauge
+gitlab_oidc_proxy_oidc_keys 0
+# HELP gitlab_oidc_proxy_tls_reloads Certificate reloads (SIGHUP or changed files), by outcome.
+# TYPE gitlab_oidc_proxy_tls_reloads counter
+gitlab_oidc_proxy_tls_reloads_total{outcome="o"} 1
+# HELP gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds Unix time at which the first certificate of the served chain expires.
+# TYPE gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds gauge
+gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds 0
+# HELP gitlab_oidc_proxy_tls_handshake_failures TLS handshakes that failed, by reason (timeout or error).
+# TYPE gitlab_oidc_proxy_tls_handshake_failures counter
+gitlab_oidc_proxy_tls_handshake_failures_total{reason="r"} 1
+# HELP gitlab_oidc_proxy_proxy_protocol_rejected Connections closed for want of a valid PROXY header from a trusted peer, by reason.
+# TYPE gitlab_oidc_proxy_proxy_protocol_rejected counter
+gitlab_oidc_proxy_proxy_protocol_rejected_total{reason="r"} 1
+# EOF"#;
+
+    /// Every metric as a scraper sees it, each family with one series so its labels show.
+    fn rendered_shape() -> Vec<String> {
+        let m = Metrics::new();
+        let error = ErrorLabels { reason: "r" };
+        let outcome = OutcomeLabels {
+            document: "d",
+            outcome: "o",
+        };
+        m.requests
+            .get_or_create(&RequestLabels {
+                method: "GET",
+                status: 200,
+            })
+            .inc();
+        m.upstream_errors.get_or_create(&error).inc();
+        m.oidc_served
+            .get_or_create(&ServedLabels {
+                document: "d",
+                state: "s",
+            })
+            .inc();
+        m.oidc_fetches.get_or_create(&outcome).inc();
+        m.oidc_refreshes.get_or_create(&outcome).inc();
+        m.oidc_age.get_or_create(&DocumentLabel { document: "d" }).set(1.5);
+        m.tls_reloads.get_or_create(&OutcomeOnly { outcome: "o" }).inc();
+        m.tls_handshake_failures.get_or_create(&error).inc();
+        m.proxy_protocol_rejected.get_or_create(&error).inc();
+        m.encode().lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn names_help_types_and_labels_are_stable() {
+        // Dashboards and alerts depend on these: a change here must be deliberate.
+        let shape = rendered_shape();
+        let expected: Vec<&str> = EXPECTED_RENDERING.lines().collect();
+        assert_eq!(shape, expected, "rendered:\n{}", shape.join("\n"));
     }
 
     #[test]

@@ -142,6 +142,10 @@ fn bad_values_exit_2_with_one_line() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+#[test]
+fn external_url_and_issuer_on_different_paths_exit_2() {
     let clash = run(
         &[
             "serve",
@@ -160,6 +164,10 @@ fn bad_values_exit_2_with_one_line() {
         stderr.contains("share the path") && stderr.trim_end().lines().count() == 1,
         "{stderr}"
     );
+}
+
+#[test]
+fn missing_upstream_ca_exits_2() {
     let (_dir, missing) = support::absent_socket();
     let out = run(
         &[

@@ -44,10 +44,45 @@ async fn clone_and_push(t: Transport) {
     let git = Git::new(tmp.path().join("home"));
     let root = tmp.path().join("repositories");
     let bare = root.join("group/project.git");
+    let initial = create_project(&git, tmp.path(), &bare).await;
 
-    // The project: an initial commit on main plus distinct topic-branch tips.
-    let scratch = tmp.path().join("scratch");
-    git.ok(tmp.path(), &["init", "-q", "-b", "main", "scratch"]).await;
+    let backend = PathBuf::from(git.ok(tmp.path(), &["--exec-path"]).await.trim()).join("git-http-backend");
+    let mut up = upstream(t, move |req| http_backend(req, backend.clone(), root.clone())).await;
+    let proxy = Proxy::start(&up.target, &[]);
+    let url = proxy.url("/group/project.git");
+
+    // Clone through the proxy: protocol v2, with a gzip-encoded fetch request.
+    let clone = tmp.path().join("clone");
+    git.ok(tmp.path(), &["clone", "-q", &url, path_str(&clone)]).await;
+    assert_cloned(&git, &clone, &initial).await;
+    assert_fetch_requests(&drain(&mut up));
+
+    // Commit a large incompressible file and push it back through the proxy,
+    // deleting a branch on the way.
+    let pushed = commit_and_push(&git, &clone).await;
+    assert_push_requests(&drain(&mut up));
+    assert_bare_holds(&git, &bare, &pushed).await;
+
+    // And a fresh clone through the proxy gets it all back.
+    let again = tmp.path().join("again");
+    git.ok(tmp.path(), &["clone", "-q", &url, path_str(&again)]).await;
+    assert_eq!(git.ok(&again, &["rev-parse", "HEAD"]).await, pushed.head);
+    assert!(
+        std::fs::read(again.join("big.bin")).unwrap() == pushed.big,
+        "big.bin differs in the second clone"
+    );
+    assert_eq!(
+        std::fs::read_to_string(again.join("README")).unwrap(),
+        "initial\nsecond\n"
+    );
+    eprintln!("{t:?}: clone and push took {:?}", started.elapsed());
+}
+
+/// Creates the project at `bare`: an initial commit on main plus distinct topic-branch
+/// tips. Returns main's commit (with git's trailing newline).
+async fn create_project(git: &Git, dir: &Path, bare: &Path) -> String {
+    let scratch = dir.join("scratch");
+    git.ok(dir, &["init", "-q", "-b", "main", "scratch"]).await;
     std::fs::write(scratch.join("README"), "initial\n").unwrap();
     git.ok(&scratch, &["add", "README"]).await;
     git.ok(&scratch, &["commit", "-q", "-m", "initial"]).await;
@@ -59,29 +94,26 @@ async fn clone_and_push(t: Transport) {
         git.ok(&scratch, &["branch", &format!("topic-{i}"), oid.trim()]).await;
     }
     std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
-    git.ok(tmp.path(), &["clone", "-q", "--bare", "scratch", path_str(&bare)])
-        .await;
-    git.ok(&bare, &["config", "http.receivepack", "true"]).await;
-    let initial = git.ok(&bare, &["rev-parse", "refs/heads/main"]).await;
+    git.ok(dir, &["clone", "-q", "--bare", "scratch", path_str(bare)]).await;
+    git.ok(bare, &["config", "http.receivepack", "true"]).await;
+    git.ok(bare, &["rev-parse", "refs/heads/main"]).await
+}
 
-    let backend = PathBuf::from(git.ok(tmp.path(), &["--exec-path"]).await.trim()).join("git-http-backend");
-    let mut up = upstream(t, move |req| http_backend(req, backend.clone(), root.clone())).await;
-    let proxy = Proxy::start(&up.target, &[]);
-    let url = proxy.url("/group/project.git");
-
-    // Clone through the proxy: protocol v2, with a gzip-encoded fetch request.
-    let clone = tmp.path().join("clone");
-    git.ok(tmp.path(), &["clone", "-q", &url, path_str(&clone)]).await;
-    assert_eq!(git.ok(&clone, &["rev-parse", "HEAD"]).await, initial);
+/// The clone is at `initial` and has every topic branch.
+async fn assert_cloned(git: &Git, clone: &Path, initial: &str) {
+    assert_eq!(git.ok(clone, &["rev-parse", "HEAD"]).await, initial);
     let remote_refs = git
-        .ok(&clone, &["for-each-ref", "--format=%(refname)", "refs/remotes/origin/"])
+        .ok(clone, &["for-each-ref", "--format=%(refname)", "refs/remotes/origin/"])
         .await;
     assert_eq!(
         remote_refs.lines().filter(|r| r.contains("/topic-")).count(),
         TOPIC_BRANCHES,
         "{remote_refs}"
     );
-    let seen = drain(&mut up);
+}
+
+/// The clone reached the backend as protocol v2, with its large fetch request gzipped.
+fn assert_fetch_requests(seen: &[Seen]) {
     let advert = seen
         .iter()
         .find(|s| s.uri == "/group/project.git/info/refs?service=git-upload-pack")
@@ -102,24 +134,37 @@ async fn clone_and_push(t: Transport) {
             .any(|s| s.headers.get("content-encoding").is_some_and(|v| v == "gzip")),
         "git gzips an upload-pack request over 1 KiB: {fetches:#?}"
     );
+}
 
-    // Commit a large incompressible file and push it back through the proxy,
-    // deleting a branch on the way.
+/// What [`commit_and_push`] pushed.
+struct Pushed {
+    /// The new tip of main.
+    head: String,
+    big_oid: String,
+    big: Vec<u8>,
+}
+
+/// Commits a [`BIG_FILE`] of random bytes and an edit of README in `clone`, and pushes
+/// main with topic-0 deleted.
+async fn commit_and_push(git: &Git, clone: &Path) -> Pushed {
     let mut big = vec![0u8; BIG_FILE];
     std::fs::File::open("/dev/urandom")
         .unwrap()
         .read_exact(&mut big)
         .unwrap();
     std::fs::write(clone.join("big.bin"), &big).unwrap();
-    git.ok(&clone, &["add", "big.bin"]).await;
-    git.ok(&clone, &["commit", "-q", "-m", "add big.bin"]).await;
+    git.ok(clone, &["add", "big.bin"]).await;
+    git.ok(clone, &["commit", "-q", "-m", "add big.bin"]).await;
     std::fs::write(clone.join("README"), "initial\nsecond\n").unwrap();
-    git.ok(&clone, &["commit", "-q", "-a", "-m", "edit README"]).await;
-    let pushed = git.ok(&clone, &["rev-parse", "HEAD"]).await;
-    let big_oid = git.ok(&clone, &["rev-parse", "HEAD:big.bin"]).await;
-    git.ok(&clone, &["push", "-q", "origin", "main", ":topic-0"]).await;
+    git.ok(clone, &["commit", "-q", "-a", "-m", "edit README"]).await;
+    let head = git.ok(clone, &["rev-parse", "HEAD"]).await;
+    let big_oid = git.ok(clone, &["rev-parse", "HEAD:big.bin"]).await;
+    git.ok(clone, &["push", "-q", "origin", "main", ":topic-0"]).await;
+    Pushed { head, big_oid, big }
+}
 
-    let seen = drain(&mut up);
+/// The push reached the backend chunked, without a Content-Length.
+fn assert_push_requests(seen: &[Seen]) {
     let advert = seen
         .iter()
         .find(|s| s.uri == "/group/project.git/info/refs?service=git-receive-pack")
@@ -138,36 +183,24 @@ async fn clone_and_push(t: Transport) {
         chunked.headers["content-type"],
         "application/x-git-receive-pack-request"
     );
+}
 
-    // The bare repository holds exactly what was pushed.
-    assert_eq!(git.ok(&bare, &["rev-parse", "refs/heads/main"]).await, pushed);
-    assert_eq!(git.ok(&bare, &["rev-parse", "main:big.bin"]).await, big_oid);
-    let blob = git.run(&bare, &["cat-file", "blob", "main:big.bin"]).await;
+/// The bare repository holds exactly what was pushed.
+async fn assert_bare_holds(git: &Git, bare: &Path, pushed: &Pushed) {
+    assert_eq!(git.ok(bare, &["rev-parse", "refs/heads/main"]).await, pushed.head);
+    assert_eq!(git.ok(bare, &["rev-parse", "main:big.bin"]).await, pushed.big_oid);
+    let blob = git.run(bare, &["cat-file", "blob", "main:big.bin"]).await;
     assert!(blob.status.success());
-    assert!(blob.stdout == big, "big.bin differs in the bare repository");
+    assert!(blob.stdout == pushed.big, "big.bin differs in the bare repository");
     assert_eq!(
-        git.ok(&bare, &["cat-file", "blob", "main:README"]).await,
+        git.ok(bare, &["cat-file", "blob", "main:README"]).await,
         "initial\nsecond\n"
     );
     let gone = git
-        .run(&bare, &["rev-parse", "--verify", "-q", "refs/heads/topic-0"])
+        .run(bare, &["rev-parse", "--verify", "-q", "refs/heads/topic-0"])
         .await;
     assert!(!gone.status.success(), "topic-0 was deleted by the push");
-    git.ok(&bare, &["fsck", "--full", "--no-dangling"]).await;
-
-    // And a fresh clone through the proxy gets it all back.
-    let again = tmp.path().join("again");
-    git.ok(tmp.path(), &["clone", "-q", &url, path_str(&again)]).await;
-    assert_eq!(git.ok(&again, &["rev-parse", "HEAD"]).await, pushed);
-    assert!(
-        std::fs::read(again.join("big.bin")).unwrap() == big,
-        "big.bin differs in the second clone"
-    );
-    assert_eq!(
-        std::fs::read_to_string(again.join("README")).unwrap(),
-        "initial\nsecond\n"
-    );
-    eprintln!("{t:?}: clone and push took {:?}", started.elapsed());
+    git.ok(bare, &["fsck", "--full", "--no-dangling"]).await;
 }
 
 // ---------------------------------------------------------------- git client

@@ -427,68 +427,83 @@ async fn served_headers_are_cacheable_and_safe() {
         assert_eq!(b.body, a.body, "{path}");
         assert_eq!(b.header("etag"), Some(etag.as_str()), "{path}");
 
-        for tag in [etag.clone(), format!("W/{etag}"), format!("\"nope\", {etag}")] {
-            let c = send(Method::GET, &url, &[("if-none-match", &tag)]).await;
-            assert_eq!(c.status, StatusCode::NOT_MODIFIED, "{path} If-None-Match {tag}");
-            assert_eq!(c.header("etag"), Some(etag.as_str()), "{path}");
-            assert_eq!(c.header("cache-control"), Some("public, max-age=3600"), "{path}");
-            assert!(c.body.is_empty() && c.header("set-cookie").is_none(), "{path}");
-        }
-        let stale = send(Method::GET, &url, &[("if-none-match", "\"0123\"")]).await;
-        assert_cacheable(&stale, 3600, path);
-        assert_eq!(stale.body, a.body);
-
-        let head = send(Method::HEAD, &url, &[]).await;
-        assert_cacheable(&head, 3600, &format!("HEAD {path}"));
-        assert!(head.body.is_empty(), "HEAD {path} has a body");
-        assert_eq!(head.header("etag"), Some(etag.as_str()));
-        assert_eq!(head.header("content-length"), Some(a.body.len().to_string().as_str()));
-
-        let preflight = send(
-            Method::OPTIONS,
-            &url,
-            &[
-                ("origin", "https://console.example.org"),
-                ("access-control-request-method", "GET"),
-            ],
-        )
-        .await;
-        assert_eq!(preflight.status, StatusCode::NO_CONTENT, "OPTIONS {path}");
-        assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
-        let methods = preflight.header("access-control-allow-methods").unwrap_or_default();
-        assert!(methods.contains("GET") && methods.contains("HEAD"), "{methods}");
-        assert!(preflight.body.is_empty());
-
-        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
-            let refused = send(method.clone(), &url, &[]).await;
-            assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
-            let allow = refused.header("allow").unwrap_or_default();
-            assert!(
-                allow.contains("GET") && allow.contains("HEAD"),
-                "{method} {path}: Allow {allow}"
-            );
-            assert!(!allow.contains(method.as_str()), "{allow}");
-        }
-
-        // HTTP/2 clients (h2c) get the same.
-        let h2 = h2c_client().get(url.parse().unwrap()).await.unwrap();
-        assert_eq!(h2.version(), http::Version::HTTP_2);
-        assert_eq!(h2.headers()["etag"], etag.as_str());
-        assert_eq!(h2.headers()["cache-control"], "public, max-age=3600");
-        assert_eq!(body_bytes(h2).await, a.body, "h2c {path}");
-
-        // Cache busting: same body, and GitLab never hears of it.
-        for query in ["?x=123", "?x=124&_=1", "?"] {
-            let busted = get(&format!("{url}{query}")).await;
-            assert_cacheable(&busted, 3600, &format!("{path}{query}"));
-            assert_eq!(busted.body, a.body, "{path}{query}");
-        }
+        assert_revalidation(&url, path, &a, &etag).await;
+        assert_head_and_preflight(&url, path, &a, &etag).await;
+        assert_other_methods_refused(&url, path).await;
+        assert_h2c_and_cache_busting(&url, path, &a, &etag).await;
     }
     assert_eq!(
         sim.hits(),
         hits,
         "requests reached GitLab (hits per discovery, oauth keys, jwks)"
     );
+}
+
+/// `If-None-Match` with the tag (strong, weak or in a list) gets 304; another tag the body.
+async fn assert_revalidation(url: &str, path: &str, a: &Answer, etag: &str) {
+    for tag in [etag.to_owned(), format!("W/{etag}"), format!("\"nope\", {etag}")] {
+        let c = send(Method::GET, url, &[("if-none-match", &tag)]).await;
+        assert_eq!(c.status, StatusCode::NOT_MODIFIED, "{path} If-None-Match {tag}");
+        assert_eq!(c.header("etag"), Some(etag), "{path}");
+        assert_eq!(c.header("cache-control"), Some("public, max-age=3600"), "{path}");
+        assert!(c.body.is_empty() && c.header("set-cookie").is_none(), "{path}");
+    }
+    let stale = send(Method::GET, url, &[("if-none-match", "\"0123\"")]).await;
+    assert_cacheable(&stale, 3600, path);
+    assert_eq!(stale.body, a.body);
+}
+
+/// HEAD gets GET's headers without the body; a CORS preflight gets 204 allowing GET and HEAD.
+async fn assert_head_and_preflight(url: &str, path: &str, a: &Answer, etag: &str) {
+    let head = send(Method::HEAD, url, &[]).await;
+    assert_cacheable(&head, 3600, &format!("HEAD {path}"));
+    assert!(head.body.is_empty(), "HEAD {path} has a body");
+    assert_eq!(head.header("etag"), Some(etag));
+    assert_eq!(head.header("content-length"), Some(a.body.len().to_string().as_str()));
+
+    let preflight = send(
+        Method::OPTIONS,
+        url,
+        &[
+            ("origin", "https://console.example.org"),
+            ("access-control-request-method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(preflight.status, StatusCode::NO_CONTENT, "OPTIONS {path}");
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+    let methods = preflight.header("access-control-allow-methods").unwrap_or_default();
+    assert!(methods.contains("GET") && methods.contains("HEAD"), "{methods}");
+    assert!(preflight.body.is_empty());
+}
+
+async fn assert_other_methods_refused(url: &str, path: &str) {
+    for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+        let refused = send(method.clone(), url, &[]).await;
+        assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        let allow = refused.header("allow").unwrap_or_default();
+        assert!(
+            allow.contains("GET") && allow.contains("HEAD"),
+            "{method} {path}: Allow {allow}"
+        );
+        assert!(!allow.contains(method.as_str()), "{allow}");
+    }
+}
+
+async fn assert_h2c_and_cache_busting(url: &str, path: &str, a: &Answer, etag: &str) {
+    // HTTP/2 clients (h2c) get the same.
+    let h2 = h2c_client().get(url.parse().unwrap()).await.unwrap();
+    assert_eq!(h2.version(), http::Version::HTTP_2);
+    assert_eq!(h2.headers()["etag"], etag);
+    assert_eq!(h2.headers()["cache-control"], "public, max-age=3600");
+    assert_eq!(body_bytes(h2).await, a.body, "h2c {path}");
+
+    // Cache busting: same body, and GitLab never hears of it.
+    for query in ["?x=123", "?x=124&_=1", "?"] {
+        let busted = get(&format!("{url}{query}")).await;
+        assert_cacheable(&busted, 3600, &format!("{path}{query}"));
+        assert_eq!(busted.body, a.body, "{path}{query}");
+    }
 }
 
 // ---------------------------------------------------------------- key paths

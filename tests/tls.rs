@@ -1301,17 +1301,35 @@ async fn redirect_http_sends_plain_requests_to_https() {
         let seen = up.next_seen().await;
         assert_eq!(seen.uri, "/behind-lb");
         assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    })
+    .await
+}
 
+#[tokio::test]
+async fn redirect_http_uses_the_https_external_url_authority() {
+    bounded(async {
+        let mut up = upstream(Transport::Tcp, echo).await;
+        let pki = Pki::new();
+        let leaf = pki.leaf();
         // With an https external URL, its authority is used whatever the Host.
         for (external, request_path, location) in [
-            ("https://gitlab.example.test", "/foo?x=1", "https://gitlab.example.test/foo?x=1"),
+            (
+                "https://gitlab.example.test",
+                "/foo?x=1",
+                "https://gitlab.example.test/foo?x=1",
+            ),
             (
                 "https://gitlab.example.test:8443/gitlab",
                 "/gitlab/explore?x=1",
                 "https://gitlab.example.test:8443/gitlab/explore?x=1",
             ),
         ] {
-            let proxy = start_tls(&up.target, &pki, &leaf, &["--redirect-http", "--external-url", external]);
+            let proxy = start_tls(
+                &up.target,
+                &pki,
+                &leaf,
+                &["--redirect-http", "--external-url", external],
+            );
             let resp = plain(
                 &proxy,
                 &format!("GET {request_path} HTTP/1.1\r\nHost: elsewhere.example:8080\r\nConnection: close\r\n\r\n"),

@@ -18,10 +18,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::verify_server_name;
 use rustls::server::ParsedCertificate;
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SigningKey};
 use rustls_pki_types::pem::{self, PemObject, SectionKind};
 use rustls_pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer, ServerName,
+    SubjectPublicKeyInfoDer,
 };
 use x509_parser::certificate::X509Certificate;
 use x509_parser::der_parser::parse_der;
@@ -211,8 +212,43 @@ pub fn load_pair(
     now: SystemTime,
 ) -> Result<LoadedPair, ChainError> {
     let ders = read_certificates(cert_pem)?;
-    let certs = ders
-        .iter()
+    let certs = parse_certificates(&ders)?;
+    let (signing_key, key_spki_der) = read_signing_key(key_pem)?;
+    let (_, key_spki) = SubjectPublicKeyInfo::from_der(key_spki_der.as_ref())
+        .map_err(|_| ChainError::KeyUnusable("its public key cannot be encoded".to_owned()))?;
+
+    // What was fixed in the chain's layout: warnings normally, errors in strict mode.
+    let (unique, mut fixes) = dedupe(&certs);
+    let holders = key_holders(&unique, &key_spki, now);
+    let Some(&leaf) = holders.first() else {
+        return Err(ChainError::KeyMatchesNone { count: certs.len() });
+    };
+    let (path, path_warnings) = issuer_path(&unique, leaf, now)?;
+    fixes.extend(dropped_certificates(&unique, &holders, &path));
+    let served: Vec<&Cert<'_>> = path.iter().map(|&i| unique[i]).collect();
+    fixes.extend(order_fix(&served));
+
+    check_validity(&served, now)?;
+    // Host names, checked by webpki as clients check them (SAN only, wildcards for one label).
+    check_hosts(unique[leaf], hosts)?;
+
+    // Never None: the path holds at least the leaf.
+    let Some(earliest) = earliest_expiring(&served) else {
+        return Err(ChainError::NoCertificates);
+    };
+    let warnings = report(fixes, path_warnings, unique[leaf], earliest, strict, now)?;
+    let chain: Vec<CertificateDer<'static>> = served.iter().map(|c| c.der.clone()).collect();
+    Ok(LoadedPair {
+        certified: Arc::new(CertifiedKey::new(chain, signing_key)),
+        not_after: system_time(earliest.not_after()),
+        leaf_subject: leaf_subject(unique[leaf]),
+        warnings,
+    })
+}
+
+/// Parses every certificate of the file; one that does not parse is an error naming its position.
+fn parse_certificates<'a>(ders: &'a [CertificateDer<'static>]) -> Result<Vec<Cert<'a>>, ChainError> {
+    ders.iter()
         .enumerate()
         .map(|(i, der)| match X509Certificate::from_der(der.as_ref()) {
             Ok((_, x509)) => Ok(Cert { pos: i + 1, der, x509 }),
@@ -221,27 +257,31 @@ pub fn load_pair(
                 reason: e.to_string(),
             }),
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
 
+/// The key file's signing key and its public key (to find the leaf by). The private key's
+/// DER is dropped as soon as the signing key holds it.
+fn read_signing_key(key_pem: &[u8]) -> Result<(Arc<dyn SigningKey>, SubjectPublicKeyInfoDer<'static>), ChainError> {
     let key_der = read_private_key(key_pem)?;
     let signing_key =
         rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|_| ChainError::UnsupportedKey {
             kind: describe_key(&key_der),
         })?;
     drop(key_der);
-    let key_spki_der = signing_key
+    let spki = signing_key
         .public_key()
-        .ok_or_else(|| ChainError::KeyUnusable("its public key cannot be derived".to_owned()))?;
-    let (_, key_spki) = SubjectPublicKeyInfo::from_der(key_spki_der.as_ref())
-        .map_err(|_| ChainError::KeyUnusable("its public key cannot be encoded".to_owned()))?;
+        .ok_or_else(|| ChainError::KeyUnusable("its public key cannot be derived".to_owned()))?
+        .into_owned();
+    Ok((signing_key, spki))
+}
 
-    let mut warnings = Vec::new();
-    // What was fixed in the chain's layout: warnings normally, errors in strict mode.
-    let mut fixes = Vec::new();
-
-    // 3. Exact duplicates.
+/// The certificates with exact duplicates dropped (the first copy is kept), and a fix
+/// reported for each copy.
+fn dedupe<'c, 'a>(certs: &'c [Cert<'a>]) -> (Vec<&'c Cert<'a>>, Vec<String>) {
     let mut unique: Vec<&Cert<'_>> = Vec::new();
-    for cert in &certs {
+    let mut fixes = Vec::new();
+    for cert in certs {
         match unique.iter().find(|kept| kept.der == cert.der) {
             Some(first) => fixes.push(format!(
                 "certificate {} is an exact duplicate of #{}; the copy was dropped",
@@ -251,72 +291,102 @@ pub fn load_pair(
             None => unique.push(cert),
         }
     }
+    (unique, fixes)
+}
 
-    // 2. The leaf is the certificate holding the private key's public key. A renewed
-    // certificate appended to the old one holds the same key: the one valid longest wins.
-    let mut holders: Vec<usize> = (0..unique.len())
-        .filter(|&i| key_matches(unique[i], &key_spki))
-        .collect();
-    if holders.is_empty() {
-        return Err(ChainError::KeyMatchesNone { count: certs.len() });
-    }
+/// The indices of the certificates holding the private key's public key, the leaf first;
+/// empty when none does. A renewed certificate appended to the old one holds the same key:
+/// the one valid longest comes first.
+fn key_holders(unique: &[&Cert<'_>], key: &SubjectPublicKeyInfo<'_>, now: SystemTime) -> Vec<usize> {
+    let mut holders: Vec<usize> = (0..unique.len()).filter(|&i| key_matches(unique[i], key)).collect();
     holders.sort_by_key(|&i| {
         let c = unique[i];
         (!c.valid_at(now), std::cmp::Reverse(c.not_after().timestamp()), c.pos)
     });
-    let leaf = holders[0];
+    holders
+}
 
-    // 4. Serving order: each certificate followed by the one whose name matches its issuer
-    // and whose key verifies its signature, until a self-issued one or an issuer not in the file.
+/// Serving order, as indices into `unique`: the leaf, then each certificate followed by its
+/// issuer, until a self-issued one or an issuer not in the file. Also the warnings for
+/// issuers that could only be matched by name.
+fn issuer_path(unique: &[&Cert<'_>], leaf: usize, now: SystemTime) -> Result<(Vec<usize>, Vec<String>), ChainError> {
     let mut path = vec![leaf];
-    loop {
-        let current = unique[*path.last().unwrap_or(&leaf)];
-        if current.self_issued() {
+    let mut warnings = Vec::new();
+    let mut current = unique[leaf];
+    while !current.self_issued() {
+        let Some(issuer) = find_issuer(unique, &path, current, now)? else {
             break;
-        }
-        let mut signers = Vec::new();
-        let mut unverifiable = Vec::new();
-        let mut impostor = None;
-        for (i, candidate) in unique.iter().enumerate() {
-            if path.contains(&i) || !same_name(candidate, current.x509.issuer()) {
-                continue;
-            }
-            match current.x509.verify_signature(Some(candidate.x509.public_key())) {
-                Ok(()) => signers.push(i),
-                Err(X509Error::SignatureUnsupportedAlgorithm) => unverifiable.push(i),
-                Err(_) => impostor = impostor.or(Some(i)),
-            }
-        }
-        // A same-named certificate that did not sign is harmless beside the one that
-        // did (a CA's old and new intermediates; it is dropped as extra), but alone
-        // it is a wrong or forged issuer that clients would reject.
-        if let Some(i) = impostor
-            && signers.is_empty()
-            && unverifiable.is_empty()
-        {
-            return Err(ChainError::ForgedIssuer {
-                issuer: unique[i].label(),
-                subject: current.label(),
-            });
-        }
-        let by_name_only = signers.is_empty();
-        let chosen = if by_name_only { &mut unverifiable } else { &mut signers };
-        // Cross-signed issuers share name and key: prefer one that is currently valid.
-        chosen.sort_by_key(|&i| (!unique[i].valid_at(now), unique[i].pos));
-        let Some(&next) = chosen.first() else { break };
-        if by_name_only {
+        };
+        if issuer.by_name_only {
             warnings.push(format!(
                 "the signature of certificate {} uses an algorithm that cannot be checked here; {} was taken as its \
                  issuer by name only",
                 current.label(),
-                unique[next].label()
+                unique[issuer.index].label()
             ));
         }
-        path.push(next);
+        path.push(issuer.index);
+        current = unique[issuer.index];
     }
+    Ok((path, warnings))
+}
 
-    // Certificates off the path.
-    for &i in holders[1..].iter().filter(|i| !path.contains(i)) {
+/// The issuer [`find_issuer`] chose.
+struct IssuerMatch {
+    index: usize,
+    /// Its key could not check the signature (an algorithm not supported here): matched by
+    /// name alone.
+    by_name_only: bool,
+}
+
+/// Among the certificates not yet on `path`, the one whose name matches `subject`'s issuer
+/// and whose key verifies its signature; None when the file holds no such certificate.
+fn find_issuer(
+    unique: &[&Cert<'_>],
+    path: &[usize],
+    subject: &Cert<'_>,
+    now: SystemTime,
+) -> Result<Option<IssuerMatch>, ChainError> {
+    let mut signers = Vec::new();
+    let mut unverifiable = Vec::new();
+    let mut impostor = None;
+    for (i, candidate) in unique.iter().enumerate() {
+        if path.contains(&i) || !same_name(candidate, subject.x509.issuer()) {
+            continue;
+        }
+        match subject.x509.verify_signature(Some(candidate.x509.public_key())) {
+            Ok(()) => signers.push(i),
+            Err(X509Error::SignatureUnsupportedAlgorithm) => unverifiable.push(i),
+            Err(_) => impostor = impostor.or(Some(i)),
+        }
+    }
+    // A same-named certificate that did not sign is harmless beside the one that
+    // did (a CA's old and new intermediates; it is dropped as extra), but alone
+    // it is a wrong or forged issuer that clients would reject.
+    if let Some(i) = impostor
+        && signers.is_empty()
+        && unverifiable.is_empty()
+    {
+        return Err(ChainError::ForgedIssuer {
+            issuer: unique[i].label(),
+            subject: subject.label(),
+        });
+    }
+    let by_name_only = signers.is_empty();
+    let mut chosen = if by_name_only { unverifiable } else { signers };
+    // Cross-signed issuers share name and key: prefer one that is currently valid.
+    chosen.sort_by_key(|&i| (!unique[i].valid_at(now), unique[i].pos));
+    Ok(chosen.first().map(|&index| IssuerMatch { index, by_name_only }))
+}
+
+/// A fix for each certificate left off the served path: other holders of the key first
+/// (they lost to the leaf), then the unrelated ones.
+fn dropped_certificates(unique: &[&Cert<'_>], holders: &[usize], path: &[usize]) -> Vec<String> {
+    let mut fixes = Vec::new();
+    let Some((&leaf, others)) = holders.split_first() else {
+        return fixes;
+    };
+    for &i in others.iter().filter(|i| !path.contains(i)) {
         fixes.push(format!(
             "certificate {} also holds the private key's public key, but {} is valid longer and was served instead; \
              {} was dropped",
@@ -334,24 +404,29 @@ pub fn load_pair(
             ));
         }
     }
+    fixes
+}
 
-    // 5. Order.
-    if path.windows(2).any(|w| unique[w[0]].pos > unique[w[1]].pos) {
-        let mut found: Vec<&Cert<'_>> = path.iter().map(|&i| unique[i]).collect();
-        found.sort_by_key(|c| c.pos);
-        let found: Vec<String> = found.iter().map(|c| format!("#{} {}", c.pos, c.subject())).collect();
-        let served: Vec<String> = path.iter().map(|&i| format!("#{}", unique[i].pos)).collect();
-        fixes.push(format!(
-            "the chain is out of order in the certificate file ({}); it is served leaf first, each certificate \
-             followed by its issuer, as {}",
-            found.join(", "),
-            served.join(", ")
-        ));
+/// A fix when the file did not already hold the served chain in serving order.
+fn order_fix(served: &[&Cert<'_>]) -> Option<String> {
+    if !served.windows(2).any(|w| w[0].pos > w[1].pos) {
+        return None;
     }
+    let mut found = served.to_vec();
+    found.sort_by_key(|c| c.pos);
+    let found: Vec<String> = found.iter().map(|c| format!("#{} {}", c.pos, c.subject())).collect();
+    let order: Vec<String> = served.iter().map(|c| format!("#{}", c.pos)).collect();
+    Some(format!(
+        "the chain is out of order in the certificate file ({}); it is served leaf first, each certificate \
+         followed by its issuer, as {}",
+        found.join(", "),
+        order.join(", ")
+    ))
+}
 
-    // 7. Validity of everything served.
-    for &i in &path {
-        let cert = unique[i];
+/// Every served certificate must be valid now; the first one that is not is the error.
+fn check_validity(served: &[&Cert<'_>], now: SystemTime) -> Result<(), ChainError> {
+    for cert in served {
         if now < system_time(cert.not_before()) {
             return Err(ChainError::NotYetValid {
                 cert: cert.label(),
@@ -365,59 +440,67 @@ pub fn load_pair(
             });
         }
     }
+    Ok(())
+}
 
-    // 8. Host names, checked by webpki as clients check them (SAN only, wildcards for one label).
-    check_hosts(unique[leaf], hosts)?;
+/// The served certificate that expires first (normally the leaf); the earliest in the file
+/// on a tie.
+fn earliest_expiring<'c, 'a>(served: &[&'c Cert<'a>]) -> Option<&'c Cert<'a>> {
+    served
+        .iter()
+        .copied()
+        .min_by_key(|c| (c.not_after().timestamp(), c.pos))
+}
 
-    // 6. Strict mode refuses what would otherwise be fixed.
+/// The warnings to load with, in this order: the layout fixes, the path's own warnings, a
+/// self-signed leaf, an expiry close at hand. In strict mode any layout fix is an error instead.
+fn report(
+    fixes: Vec<String>,
+    path_warnings: Vec<String>,
+    leaf: &Cert<'_>,
+    earliest: &Cert<'_>,
+    strict: bool,
+    now: SystemTime,
+) -> Result<Vec<String>, ChainError> {
     if strict && !fixes.is_empty() {
         return Err(ChainError::Strict { problems: fixes });
     }
-    warnings.splice(0..0, fixes);
-
-    if unique[leaf].self_issued() {
+    let mut warnings = fixes;
+    warnings.extend(path_warnings);
+    if leaf.self_issued() {
         warnings.push(format!(
             "certificate {} is self-signed; AWS STS and most clients accept only a publicly trusted chain",
-            unique[leaf].label()
+            leaf.label()
         ));
     }
+    warnings.extend(expiry_warning(earliest, now));
+    Ok(warnings)
+}
 
-    // 9. Expiry.
-    let Some(&earliest) = path
-        .iter()
-        .min_by_key(|&&i| (unique[i].not_after().timestamp(), unique[i].pos))
-    else {
-        return Err(ChainError::NoCertificates);
+/// A warning when `cert` expires within [`EXPIRY_WARNING`] of `now`.
+fn expiry_warning(cert: &Cert<'_>, now: SystemTime) -> Option<String> {
+    let left = system_time(cert.not_after()).duration_since(now).unwrap_or_default();
+    if left >= EXPIRY_WARNING {
+        return None;
+    }
+    let when = match left.as_secs() / 86_400 {
+        0 => "in less than a day".to_owned(),
+        1 => "in 1 day".to_owned(),
+        n => format!("in {n} days"),
     };
-    let earliest = unique[earliest];
-    let not_after = system_time(earliest.not_after());
-    let left = not_after.duration_since(now).unwrap_or_default();
-    if left < EXPIRY_WARNING {
-        let days = left.as_secs() / 86_400;
-        let when = match days {
-            0 => "in less than a day".to_owned(),
-            1 => "in 1 day".to_owned(),
-            n => format!("in {n} days"),
-        };
-        warnings.push(format!(
-            "certificate {} expires on {} ({when}); renew it",
-            earliest.label(),
-            format_date(earliest.not_after())
-        ));
-    }
+    Some(format!(
+        "certificate {} expires on {} ({when}); renew it",
+        cert.label(),
+        format_date(cert.not_after())
+    ))
+}
 
-    let leaf_cert = unique[leaf];
-    let leaf_subject = match leaf_cert.x509.subject().to_string() {
+/// The leaf's subject for display; its alternative names when the subject is empty.
+fn leaf_subject(leaf: &Cert<'_>) -> String {
+    match leaf.x509.subject().to_string() {
         s if !s.is_empty() => s,
-        _ => leaf_cert.san_list().unwrap_or_else(|| "empty subject".to_owned()),
-    };
-    let chain: Vec<CertificateDer<'static>> = path.iter().map(|&i| unique[i].der.clone()).collect();
-    Ok(LoadedPair {
-        certified: Arc::new(CertifiedKey::new(chain, signing_key)),
-        not_after,
-        leaf_subject,
-        warnings,
-    })
+        _ => leaf.san_list().unwrap_or_else(|| "empty subject".to_owned()),
+    }
 }
 
 fn key_matches(cert: &Cert<'_>, key: &SubjectPublicKeyInfo<'_>) -> bool {
