@@ -80,18 +80,13 @@ pub async fn run(args: DemoArgs) -> Result<u8, String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let listen = public.local_addr().map_err(|e| e.to_string())?;
     let issuer = format!("http://{listen}");
-    println!(
-        "Generating RSA keys and starting a simulated GitLab {} ...",
-        args.profile
-    );
+    println!("Starting a simulated GitLab {} ...", args.profile);
     let config = SimConfig {
         profile: args.profile,
         external_url: issuer.clone(),
         token_issuer: None,
     };
-    let gitlab = tokio::task::spawn_blocking(move || SimulatedGitLab::new(config))
-        .await
-        .map_err(|e| e.to_string())??;
+    let gitlab = SimulatedGitLab::new(config)?;
     let gitlab_task = gitlab.serve(gitlab_listener);
 
     let serve_args = serve_args(gitlab_addr, listen, args.admin_listen)?;
