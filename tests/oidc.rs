@@ -2,7 +2,8 @@
 //! the simulated GitLab (every profile of the reference). Tokens are checked the
 //! way an OIDC consumer (AWS STS, go-oidc) does it: discovery, then `jwks_uri`,
 //! then the key by the token's `kid`, verified with `jsonwebtoken` (RS256, `iss`,
-//! `aud`), never with code of the proxy.
+//! `aud`; a dev-dependency on RustCrypto, independent of the ring the simulator
+//! signs with), never with code of the proxy.
 
 mod support;
 
