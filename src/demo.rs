@@ -3,15 +3,17 @@
 //! through the proxy. Prints what changes, then serves for curl.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
@@ -72,19 +74,13 @@ pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
     let public = bind(args.listen).await?;
     let listen = local(&public)?;
     let issuer = format!("http://{listen}");
-    println!(
-        "Generating RSA keys and starting a simulated GitLab {} ...",
-        args.profile
-    );
+    println!("Starting a simulated GitLab {} ...", args.profile);
     let config = SimConfig {
         profile: args.profile,
         external_url: issuer.clone(),
         token_issuer: None,
     };
-    let gitlab = tokio::task::spawn_blocking(move || SimulatedGitLab::new(config))
-        .await
-        .map_err(|e| StartError::Demo(e.to_string()))?
-        .map_err(StartError::Demo)?;
+    let gitlab = SimulatedGitLab::new(config).map_err(StartError::Demo)?;
     let gitlab_task = gitlab.serve(gitlab_listener);
     let proxy = RunningProxy::start_on(&proxy_config(gitlab_addr, listen, args.admin_listen)?, Some(public)).await?;
     wait_warm(&proxy).await?;
@@ -181,30 +177,148 @@ async fn verify(client: &Client<HttpConnector, Empty<Bytes>>, base: &str, issuer
         let jwks_uri = discovery["jwks_uri"].as_str().ok_or("discovery has no jwks_uri")?;
         let (keys, cc) = get_json(client, jwks_uri).await?;
         seen.keys_cache_control = cc;
-        let kid = jsonwebtoken::decode_header(token)
-            .map_err(|e| e.to_string())?
-            .kid
-            .ok_or("token has no kid")?;
-        let key = keys["keys"]
-            .as_array()
-            .and_then(|keys| keys.iter().find(|k| k["kid"] == kid.as_str()))
-            .ok_or_else(|| {
-                format!("Couldn't retrieve verification key from your identity provider (kid {kid} not in {jwks_uri})")
-            })?;
-        let (n, e) = (
-            key["n"].as_str().unwrap_or_default(),
-            key["e"].as_str().unwrap_or_default(),
-        );
-        let decoding = DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?;
-        let mut validation = Validation::new(Algorithm::RS256);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[AUDIENCE]);
-        jsonwebtoken::decode::<Value>(token, &decoding, &validation).map_err(|e| format!("token rejected: {e}"))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let expected = Expected {
+            issuer,
+            audience: AUDIENCE,
+            now,
+        };
+        verify_jws(token, &keys, jwks_uri, &expected).map_err(|e| e.to_string())?;
         Ok(())
     }
     .await;
     seen.elapsed = started.elapsed();
     seen
+}
+
+/// Leeway on `exp` and `nbf`, jsonwebtoken's default (clock skew between hosts).
+const LEEWAY_SECS: f64 = 60.0;
+
+/// What a token must say to be accepted.
+struct Expected<'a> {
+    issuer: &'a str,
+    audience: &'a str,
+    /// Seconds since the Unix epoch.
+    now: u64,
+}
+
+/// Why [`verify_jws`] refused a token.
+#[derive(Debug, thiserror::Error)]
+enum JwsError {
+    #[error("token is not a compact JWS: {0}")]
+    Malformed(&'static str),
+    #[error("token has no kid")]
+    NoKid,
+    #[error("Couldn't retrieve verification key from your identity provider (kid {kid} not in {jwks_uri})")]
+    UnknownKid { kid: String, jwks_uri: String },
+    #[error("token rejected: {0}")]
+    Rejected(#[from] Rejection),
+}
+
+/// A well-formed token that does not pass.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    #[error("alg {0} is not RS256")]
+    Algorithm(String),
+    #[error("key {0} has no usable RSA n and e")]
+    Key(String),
+    #[error("the signature does not verify with key {0}")]
+    Signature(String),
+    #[error("iss {0} is not the issuer")]
+    Issuer(String),
+    #[error("aud {0} does not include the audience")]
+    Audience(String),
+    #[error("no numeric {0}")]
+    Missing(&'static str),
+    #[error("expired (exp {0})")]
+    Expired(f64),
+    #[error("not valid yet (nbf {0})")]
+    NotYetValid(f64),
+}
+
+/// Checks a compact JWS as STS does: RS256 only, signed by the key of its `kid`
+/// in the key set `jwks` (fetched from `jwks_uri`), then `iss`, `aud`, `exp`
+/// and `nbf`. Returns the claims.
+fn verify_jws(token: &str, jwks: &Value, jwks_uri: &str, expected: &Expected) -> Result<Value, JwsError> {
+    let [header_b64, payload_b64, signature_b64] = split_jws(token)?;
+    let header = decode_json(header_b64, "the header is not base64url JSON")?;
+    // The verifier, not the token, picks the algorithm.
+    if header["alg"] != "RS256" {
+        return Err(Rejection::Algorithm(header["alg"].to_string()).into());
+    }
+    let kid = header["kid"].as_str().ok_or(JwsError::NoKid)?;
+    let key = jwks["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
+        .ok_or_else(|| JwsError::UnknownKid {
+            kid: kid.to_owned(),
+            jwks_uri: jwks_uri.to_owned(),
+        })?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature_b64)
+        .map_err(|_| JwsError::Malformed("the signature is not base64url"))?;
+    let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+    check_signature(kid, key, signing_input.as_bytes(), &signature)?;
+    let claims = decode_json(payload_b64, "the payload is not base64url JSON")?;
+    check_claims(&claims, expected)?;
+    Ok(claims)
+}
+
+fn split_jws(token: &str) -> Result<[&str; 3], JwsError> {
+    let mut parts = token.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(header), Some(payload), Some(signature), None) => Ok([header, payload, signature]),
+        _ => Err(JwsError::Malformed("expected three dot-separated parts")),
+    }
+}
+
+/// A base64url (unpadded) JSON object.
+fn decode_json(part: &str, complaint: &'static str) -> Result<Value, JwsError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| JwsError::Malformed(complaint))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        _ => Err(JwsError::Malformed(complaint)),
+    }
+}
+
+/// RS256 (RSASSA-PKCS1-v1_5 with SHA-256) with the JWK `key`'s `n` and `e`.
+fn check_signature(kid: &str, key: &Value, signing_input: &[u8], signature: &[u8]) -> Result<(), Rejection> {
+    let member = |name: &str| key[name].as_str().and_then(|v| URL_SAFE_NO_PAD.decode(v).ok());
+    let (Some(n), Some(e)) = (member("n"), member("e")) else {
+        return Err(Rejection::Key(kid.to_owned()));
+    };
+    RsaPublicKeyComponents { n, e }
+        .verify(&RSA_PKCS1_2048_8192_SHA256, signing_input, signature)
+        .map_err(|_| Rejection::Signature(kid.to_owned()))
+}
+
+fn check_claims(claims: &Value, expected: &Expected) -> Result<(), Rejection> {
+    if claims["iss"] != expected.issuer {
+        return Err(Rejection::Issuer(claims["iss"].to_string()));
+    }
+    let audience_ok = match &claims["aud"] {
+        Value::String(aud) => aud == expected.audience,
+        Value::Array(auds) => auds.iter().any(|aud| aud == expected.audience),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(Rejection::Audience(claims["aud"].to_string()));
+    }
+    let now = expected.now as f64;
+    let exp = claims["exp"].as_f64().ok_or(Rejection::Missing("exp"))?;
+    if exp + LEEWAY_SECS < now {
+        return Err(Rejection::Expired(exp));
+    }
+    match &claims["nbf"] {
+        Value::Null => Ok(()),
+        nbf => match nbf.as_f64() {
+            Some(nbf) if nbf > now + LEEWAY_SECS => Err(Rejection::NotYetValid(nbf)),
+            Some(_) => Ok(()),
+            None => Err(Rejection::Missing("nbf")),
+        },
+    }
 }
 
 async fn get_json(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Result<(Value, String), String> {
@@ -314,4 +428,209 @@ fn print_walkthrough(issuer: &str, gitlab: SocketAddr, admin: SocketAddr, token:
     println!("  curl -s  -X POST http://{admin}/refresh");
     println!("A CI ID token signed by the simulated CI key (aud {AUDIENCE}):");
     println!("  {token}");
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use serde_json::json;
+
+    use super::*;
+
+    const ISSUER: &str = "https://gitlab.example.com";
+    const JWKS_URI: &str = "https://gitlab.example.com/oauth/discovery/keys";
+    const KID: &str = "test-kid";
+    const NOW: u64 = 1_700_000_000;
+    /// One of the simulator's public demo keys; here it signs through `rsa` and
+    /// `jsonwebtoken`, so the verifier is checked against an independent signer.
+    const PRIVATE_JWK: &str = include_str!("simulator/keys/ci-0.json");
+
+    fn private_jwk() -> Value {
+        serde_json::from_str(PRIVATE_JWK).unwrap()
+    }
+
+    fn key_set() -> Value {
+        let jwk = private_jwk();
+        json!({"keys": [
+            {"kty": "RSA", "kid": "another", "e": "AQAB", "n": "AQAB", "use": "sig", "alg": "RS256"},
+            {"kty": "RSA", "kid": KID, "e": jwk["e"], "n": jwk["n"], "use": "sig", "alg": "RS256"},
+        ]})
+    }
+
+    fn encoding_key() -> EncodingKey {
+        let jwk = private_jwk();
+        let int =
+            |name: &str| rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap());
+        let key = rsa::RsaPrivateKey::from_components(int("n"), int("e"), int("d"), vec![int("p"), int("q")]).unwrap();
+        EncodingKey::from_rsa_der(key.to_pkcs1_der().unwrap().as_bytes())
+    }
+
+    fn header() -> Value {
+        json!({"kid": KID, "typ": "JWT", "alg": "RS256"})
+    }
+
+    fn claims() -> Value {
+        json!({
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": NOW,
+            "nbf": NOW - 5,
+            "exp": NOW + 3600,
+            "sub": "project_path:my-group/my-project:ref_type:branch:ref:main",
+        })
+    }
+
+    fn with(mut value: Value, member: &str, new: Value) -> Value {
+        value[member] = new;
+        value
+    }
+
+    /// `header.claims.signature`, RS256-signed whatever the header says.
+    fn token(header: &Value, claims: &Value) -> String {
+        let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+        signed(&format!("{}.{}", b64(header), b64(claims)))
+    }
+
+    /// `input.signature`.
+    fn signed(input: &str) -> String {
+        let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &encoding_key(), Algorithm::RS256).unwrap();
+        format!("{input}.{signature}")
+    }
+
+    fn check(token: &str) -> Result<Value, JwsError> {
+        let expected = Expected {
+            issuer: ISSUER,
+            audience: AUDIENCE,
+            now: NOW,
+        };
+        verify_jws(token, &key_set(), JWKS_URI, &expected)
+    }
+
+    fn rejection(token: &str) -> Rejection {
+        match check(token) {
+            Err(JwsError::Rejected(why)) => why,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_token_passes() {
+        let claims = check(&token(&header(), &claims())).unwrap();
+        assert_eq!(claims["iss"], ISSUER);
+        let listed = with(claims.clone(), "aud", json!(["other", AUDIENCE]));
+        check(&token(&header(), &listed)).unwrap();
+        // Within jsonwebtoken's default leeway of 60 s.
+        let late = with(claims.clone(), "exp", json!(NOW - 59));
+        check(&token(&header(), &late)).unwrap();
+        let early = with(claims, "nbf", json!(NOW + 59));
+        check(&token(&header(), &early)).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_signature_byte_fails() {
+        let good = token(&header(), &claims());
+        let (input, signature) = good.rsplit_once('.').unwrap();
+        let mut signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        signature[100] ^= 0x01;
+        let bad = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature));
+        let why = rejection(&bad);
+        assert!(matches!(why, Rejection::Signature(_)), "{why:?}");
+        assert_eq!(
+            check(&bad).unwrap_err().to_string(),
+            "token rejected: the signature does not verify with key test-kid"
+        );
+    }
+
+    #[test]
+    fn changed_claims_break_the_signature() {
+        let good = token(&header(), &claims());
+        let forged = token(&header(), &with(claims(), "sub", json!("someone else")));
+        let [h, _, s] = split_jws(&good).unwrap();
+        let [_, p, _] = split_jws(&forged).unwrap();
+        assert!(matches!(rejection(&format!("{h}.{p}.{s}")), Rejection::Signature(_)));
+    }
+
+    #[test]
+    fn a_wrong_issuer_fails() {
+        let bad = token(&header(), &with(claims(), "iss", json!("https://evil.example")));
+        assert!(matches!(rejection(&bad), Rejection::Issuer(iss) if iss == "\"https://evil.example\""));
+        let none = token(&header(), &with(claims(), "iss", Value::Null));
+        assert!(matches!(rejection(&none), Rejection::Issuer(_)));
+    }
+
+    #[test]
+    fn a_wrong_audience_fails() {
+        for aud in [
+            json!("sts.example.com"),
+            json!(["a", "b"]),
+            json!([]),
+            json!(7),
+            Value::Null,
+        ] {
+            let bad = token(&header(), &with(claims(), "aud", aud.clone()));
+            assert!(matches!(rejection(&bad), Rejection::Audience(_)), "{aud}");
+        }
+    }
+
+    #[test]
+    fn an_expired_or_premature_token_fails() {
+        let expired = token(&header(), &with(claims(), "exp", json!(NOW - 61)));
+        assert!(matches!(rejection(&expired), Rejection::Expired(_)));
+        let premature = token(&header(), &with(claims(), "nbf", json!(NOW + 61)));
+        assert!(matches!(rejection(&premature), Rejection::NotYetValid(_)));
+        let endless = token(&header(), &with(claims(), "exp", Value::Null));
+        assert!(matches!(rejection(&endless), Rejection::Missing("exp")));
+        let odd = token(&header(), &with(claims(), "nbf", json!("yesterday")));
+        assert!(matches!(rejection(&odd), Rejection::Missing("nbf")));
+    }
+
+    #[test]
+    fn a_kid_not_in_the_set_fails() {
+        let bad = token(&with(header(), "kid", json!("rotated-away")), &claims());
+        assert_eq!(
+            check(&bad).unwrap_err().to_string(),
+            "Couldn't retrieve verification key from your identity provider \
+             (kid rotated-away not in https://gitlab.example.com/oauth/discovery/keys)"
+        );
+        let kidless = token(&with(header(), "kid", Value::Null), &claims());
+        assert!(matches!(check(&kidless), Err(JwsError::NoKid)));
+        let unusable = token(&with(header(), "kid", json!("another")), &claims());
+        assert!(matches!(rejection(&unusable), Rejection::Signature(_)));
+    }
+
+    #[test]
+    fn alg_none_fails() {
+        let none = with(header(), "alg", json!("none"));
+        let signed = token(&none, &claims());
+        assert!(matches!(rejection(&signed), Rejection::Algorithm(alg) if alg == "\"none\""));
+        let (input, _) = signed.rsplit_once('.').unwrap();
+        let unsigned = format!("{input}.");
+        assert!(matches!(rejection(&unsigned), Rejection::Algorithm(_)));
+        let hs256 = token(&with(header(), "alg", json!("HS256")), &claims());
+        assert!(matches!(rejection(&hs256), Rejection::Algorithm(_)));
+    }
+
+    #[test]
+    fn a_malformed_token_fails() {
+        let good = token(&header(), &claims());
+        let [h, p, s] = split_jws(&good).unwrap();
+        let array = URL_SAFE_NO_PAD.encode("[]");
+        for bad in [
+            String::new(),
+            format!("{h}.{p}"),
+            format!("{good}.{s}"),
+            format!("{h}=.{p}.{s}"),
+            format!("{array}.{p}.{s}"),
+            format!("{h}.{p}.{s}!"),
+            signed(&format!("{h}.{array}")),
+            signed(&format!("{h}.bm90IGpzb24")),
+        ] {
+            assert!(
+                matches!(check(&bad), Err(JwsError::Malformed(_))),
+                "{bad}: {:?}",
+                check(&bad)
+            );
+        }
+    }
 }

@@ -14,10 +14,11 @@
 //! - `/oauth/discovery/keys` and `/-/jwks`: the key sets (`/-/jwks` is 404 on 17.0).
 //! - `/-/health`, `/-/readiness`, `/-/liveness`, `/`; anything else is 404.
 //!
-//! Keys: RSA 2048 for CI, as GitLab; RSA 2048 for OIDC too, where omnibus uses
-//! 4096 (generation time, see [`OIDC_KEY_BITS`]). The initial pair is generated
-//! once per process and shared by all instances; [`SimulatedGitLab::rotate_ci_key`]
-//! replaces one instance's CI key.
+//! Keys: fixed RSA 2048 demo keys embedded in the binary (see [`OIDC_KEY_BITS`]
+//! and [`CI_KEY_BITS`]). They are public and sign nothing real: never trust a
+//! token of this simulator outside a demo or a test. The OIDC key and the initial
+//! CI key are the same in every instance; [`SimulatedGitLab::rotate_ci_key`]
+//! moves one instance's CI key along a pool of [`CI_KEY_POOL`], wrapping around.
 
 mod keys;
 mod server;
@@ -29,20 +30,20 @@ use std::future::Future;
 use std::io;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rand::Rng;
+use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-pub use keys::{CI_KEY_BITS, OIDC_KEY_BITS, thumbprint};
-use keys::{KeyMaterial, b64url};
+pub use keys::{CI_KEY_BITS, CI_KEY_POOL, OIDC_KEY_BITS, thumbprint};
+use keys::{KeyMaterial, KeyPool, b64url};
 
 /// Which GitLab generation to imitate (reference section 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,8 +217,9 @@ pub struct SimulatedGitLab {
     /// The discovery `issuer`: the external URL without a trailing slash.
     issuer: String,
     token_issuer: String,
-    oidc_key: Arc<KeyMaterial>,
-    ci_key: RwLock<Arc<KeyMaterial>>,
+    keys: &'static KeyPool,
+    /// Position of the current CI key in the pool's rotation order.
+    ci_index: AtomicUsize,
     hits: [AtomicUsize; 3],
     faults: Mutex<[Fault; 3]>,
     jobs: AtomicU64,
@@ -249,7 +251,7 @@ const REF: &str = "main";
 
 impl SimulatedGitLab {
     /// Parses the external URL and takes the process-wide keys (the first call in
-    /// a process generates them, which blocks for up to a few seconds).
+    /// a process parses the embedded ones, in milliseconds).
     pub fn new(config: SimConfig) -> Result<Arc<Self>, String> {
         let url = config.external_url.trim();
         let uri: http::Uri = url.parse().map_err(|e| format!("external URL {url:?}: {e}"))?;
@@ -269,7 +271,7 @@ impl SimulatedGitLab {
         let issuer = format!("{origin}{root}");
         let token_issuer = config.token_issuer.unwrap_or_else(|| origin.clone());
 
-        let (oidc_key, ci_key) = keys::shared_keys()?;
+        let keys = keys::pool().map_err(|e| e.to_string())?;
         Ok(Arc::new(SimulatedGitLab {
             profile: config.profile,
             scheme,
@@ -277,8 +279,8 @@ impl SimulatedGitLab {
             root,
             issuer,
             token_issuer,
-            oidc_key,
-            ci_key: RwLock::new(ci_key),
+            keys,
+            ci_index: AtomicUsize::new(0),
             hits: Default::default(),
             faults: Mutex::new(Default::default()),
             jobs: AtomicU64::new(FIRST_JOB_ID),
@@ -350,7 +352,7 @@ impl SimulatedGitLab {
     }
 
     pub fn oidc_kid(&self) -> String {
-        self.oidc_key.kid().to_owned()
+        self.keys.oidc.kid().to_owned()
     }
 
     /// A CI ID token (JWT, RS256, header `{"kid","typ":"JWT","alg":"RS256"}` in
@@ -436,27 +438,21 @@ impl SimulatedGitLab {
         self.faults.lock().unwrap_or_else(PoisonError::into_inner)[doc.index()].clone()
     }
 
-    /// Replaces the CI signing key with a freshly generated RSA 2048 key, as an
-    /// admin rotation does (no overlap: the old key disappears at once); returns
-    /// the new kid. Blocks for the generation (typically well under a second).
-    /// Should generation ever fail (only if the OS RNG does), the old key stays,
-    /// the failure is logged and the old kid is returned.
+    /// Replaces the CI signing key with the next of the [`CI_KEY_POOL`] fixed
+    /// keys, as an admin rotation does (no overlap: the old key disappears at
+    /// once); returns the new kid. The kid always changes, but once past the last
+    /// key of the pool the rotation wraps around to the first, so kids recur.
     pub fn rotate_ci_key(&self) -> String {
-        match KeyMaterial::generate(CI_KEY_BITS) {
-            Ok(key) => {
-                let kid = key.kid().to_owned();
-                *self.ci_key.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
-                kid
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "simulated GitLab: CI key rotation failed");
-                self.ci_kid()
-            }
-        }
+        let next = |i: usize| (i + 1) % CI_KEY_POOL;
+        let previous = self
+            .ci_index
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |i| Some(next(i)))
+            .unwrap_or_else(|i| i);
+        self.keys.ci(next(previous)).kid().to_owned()
     }
 
-    fn ci_key(&self) -> Arc<KeyMaterial> {
-        Arc::clone(&self.ci_key.read().unwrap_or_else(PoisonError::into_inner))
+    fn ci_key(&self) -> &'static KeyMaterial {
+        self.keys.ci(self.ci_index.load(Ordering::SeqCst))
     }
 
     fn record_hit(&self, doc: SimDoc) {
@@ -465,14 +461,14 @@ impl SimulatedGitLab {
 
     /// The keys a key set lists on this profile (OIDC first, then CI), or None
     /// when the document does not exist (404).
-    fn key_set_keys(&self, doc: SimDoc) -> Option<Vec<Arc<KeyMaterial>>> {
+    fn key_set_keys(&self, doc: SimDoc) -> Option<Vec<&'static KeyMaterial>> {
         let with_ci = match doc {
             SimDoc::Discovery => return None,
             SimDoc::OauthKeys => self.profile.oauth_keys_include_ci(),
             SimDoc::Jwks if !self.profile.serves_jwks() => return None,
             SimDoc::Jwks => true,
         };
-        let mut keys = vec![Arc::clone(&self.oidc_key)];
+        let mut keys = vec![&self.keys.oidc];
         if with_ci {
             keys.push(self.ci_key());
         }
@@ -516,9 +512,20 @@ impl SimulatedGitLab {
     }
 }
 
+/// `N` bytes from the OS random generator. Should it ever fail (then TLS fails
+/// too), the bytes are zero and an error is logged: they only make ids unique.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0; N];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        tracing::error!("simulated GitLab: the OS random generator failed; using zeros");
+        bytes = [0; N];
+    }
+    bytes
+}
+
 /// A random version 4 UUID, as GitLab's `jti`.
 fn random_uuid() -> String {
-    let mut b: [u8; 16] = rand::thread_rng().r#gen();
+    let mut b: [u8; 16] = random_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();

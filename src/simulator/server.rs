@@ -7,11 +7,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use rand::Rng;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
-use super::{Fault, Profile, SimDoc, SimulatedGitLab};
+use super::{Fault, Profile, SimDoc, SimulatedGitLab, random_bytes};
 use crate::body::{ProxyBody, empty, full};
 
 const JSON: &str = "application/json; charset=utf-8";
@@ -232,8 +230,8 @@ fn json_reply<B>(sim: &SimulatedGitLab, doc: SimDoc, req: &Request<B>, body: Byt
 
 /// `W/"<first 32 hex chars of sha256(body)>"`.
 pub(super) fn weak_etag(body: &[u8]) -> String {
-    let digest = Sha256::digest(body);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    let hex: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("W/\"{hex}\"")
 }
 
@@ -277,7 +275,7 @@ fn request_base<B>(sim: &SimulatedGitLab, req: &Request<B>) -> String {
 }
 
 fn session_cookie(sim: &SimulatedGitLab) -> String {
-    let id: [u8; 16] = rand::thread_rng().r#gen();
+    let id: [u8; 16] = random_bytes();
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let path = if sim.root.is_empty() { "/" } else { &sim.root };
     let secure = if sim.scheme == "https" { "; secure" } else { "" };
@@ -386,8 +384,10 @@ fn finish(reply: Reply, method: &Method, started: Instant) -> Response<ProxyBody
 /// A ULID-shaped correlation id (26 Crockford base32 characters).
 fn request_id() -> String {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let mut rng = rand::thread_rng();
-    (0..26)
-        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+    // 256 is a multiple of 32: taking each byte modulo 32 keeps the draw uniform.
+    let bytes: [u8; 26] = random_bytes();
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
         .collect()
 }

@@ -1,6 +1,7 @@
-//! Real sockets on 127.0.0.1, hyper-util's legacy client; the keys are the
-//! process-wide ones, so only `rotate_ci_key_replaces_the_key_at_once` generates one.
+//! Real sockets on 127.0.0.1, hyper-util's legacy client; the keys are the fixed
+//! embedded ones, checked with `jsonwebtoken` and `rsa`, never with ring.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -200,7 +201,7 @@ async fn jwk_members_and_kid_thumbprint() {
         assert_eq!(key["alg"], "RS256");
         let n = key["n"].as_str().unwrap();
         let modulus = URL_SAFE_NO_PAD.decode(n).unwrap();
-        assert!(matches!(modulus.len(), 256 | 512), "RSA 2048 or 4096");
+        assert_eq!(modulus.len(), OIDC_KEY_BITS / 8, "RSA 2048");
         // RFC 7638, recomputed independently of the simulator's helper.
         let canonical = format!(r#"{{"e":"AQAB","kty":"RSA","n":"{n}"}}"#);
         let kid = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(canonical.as_bytes()));
@@ -569,16 +570,30 @@ async fn hits_count_every_arrival() {
 #[tokio::test]
 async fn rotate_ci_key_replaces_the_key_at_once() {
     let run = start(Profile::V16_8, None).await;
-    let old = run.sim.ci_kid();
-    let before = get(&run, KEYS).await;
-    let new = run.sim.rotate_ci_key();
-    assert_ne!(new, old);
-    assert_eq!(run.sim.ci_kid(), new);
-    let after = get(&run, KEYS).await;
-    assert_eq!(after.kids(), [run.sim.oidc_kid(), new.clone()]);
-    assert_ne!(before.header("etag"), after.header("etag"));
-    let token = run.sim.mint_ci_token("aud");
-    assert_eq!(jsonwebtoken::decode_header(&token).unwrap().kid, Some(new));
+    let other = start(Profile::V16_8, None).await;
+    let initial = run.sim.ci_kid();
+    let mut seen = vec![initial.clone()];
+    for _ in 0..CI_KEY_POOL {
+        let before = get(&run, KEYS).await;
+        let new = run.sim.rotate_ci_key();
+        assert_ne!(&new, seen.last().unwrap(), "every rotation changes the kid");
+        assert_eq!(run.sim.ci_kid(), new);
+        let after = get(&run, KEYS).await;
+        assert_eq!(after.kids(), [run.sim.oidc_kid(), new.clone()]);
+        assert_ne!(before.header("etag"), after.header("etag"));
+        let token = run.sim.mint_ci_token("aud");
+        assert_eq!(jsonwebtoken::decode_header(&token).unwrap().kid, Some(new.clone()));
+        let jwk = &after.json()["keys"][1];
+        let key = DecodingKey::from_rsa_components(jwk["n"].as_str().unwrap(), jwk["e"].as_str().unwrap()).unwrap();
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&["aud"]);
+        jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap();
+        seen.push(new);
+    }
+    // A full cycle visits every key of the pool once, then wraps around.
+    assert_eq!(seen.last(), Some(&initial));
+    assert_eq!(seen[..CI_KEY_POOL].iter().collect::<HashSet<_>>().len(), CI_KEY_POOL);
+    assert_eq!(other.sim.ci_kid(), initial, "rotation is per instance");
 }
 
 #[tokio::test]
@@ -608,18 +623,39 @@ async fn other_routes() {
 }
 
 #[test]
-#[ignore = "measurement: cargo test --lib simulator::tests::keygen_timing -- --ignored --nocapture"]
-fn keygen_timing() {
-    for bits in [2048, 4096] {
-        let times: Vec<Duration> = (0..10)
-            .map(|_| {
-                let started = Instant::now();
-                KeyMaterial::generate(bits).unwrap();
-                started.elapsed()
-            })
-            .collect();
-        println!("RSA {bits}: {times:?}");
+fn embedded_keys_load_and_sign() {
+    let pool = keys::pool().unwrap();
+    let all: Vec<&KeyMaterial> = std::iter::once(&pool.oidc)
+        .chain((0..CI_KEY_POOL).map(|i| pool.ci(i)))
+        .collect();
+    let kids: HashSet<&str> = all.iter().map(|k| k.kid()).collect();
+    assert_eq!(kids.len(), CI_KEY_POOL + 1, "distinct kids");
+    for key in all {
+        let jwk = key.public_jwk();
+        let (n, e) = (jwk["n"].as_str().unwrap(), jwk["e"].as_str().unwrap());
+        assert_eq!(key.kid(), thumbprint(e, n));
+        let message = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJkZW1vIn0";
+        let signature = key.sign(message).unwrap();
+        let decoding = DecodingKey::from_rsa_components(n, e).unwrap();
+        assert!(jsonwebtoken::crypto::verify(&signature, message, &decoding, Algorithm::RS256).unwrap());
+        assert!(!jsonwebtoken::crypto::verify(&signature, b"other", &decoding, Algorithm::RS256).unwrap());
+        check_private_jwk(key.private_jwk());
     }
+}
+
+/// The leaked private members are a consistent RSA 2048 key (checked by `rsa`).
+fn check_private_jwk(jwk: &Value) {
+    let int = |name: &str| rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap());
+    let key = rsa::RsaPrivateKey::from_components(int("n"), int("e"), int("d"), vec![int("p"), int("q")]).unwrap();
+    use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+    assert_eq!(key.size() * 8, CI_KEY_BITS);
+    assert_eq!(key.dp(), Some(&int("dp")));
+    assert_eq!(key.dq(), Some(&int("dq")));
+    assert_eq!(key.crt_coefficient(), Some(int("qi")));
+    assert_eq!(
+        object_keys(jwk),
+        ["kty", "kid", "e", "n", "d", "p", "q", "dp", "dq", "qi", "use", "alg"]
+    );
 }
 
 #[tokio::test]
