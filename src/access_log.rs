@@ -20,7 +20,7 @@ use crate::error::BoxError;
 use crate::metrics::{Metrics, RequestLabels, method_label};
 
 /// What is known about a request when it arrives.
-pub struct RequestRecord {
+pub(crate) struct RequestRecord {
     pub method: Method,
     /// Path only: the query string may carry `private_token=`.
     pub path: String,
@@ -30,7 +30,7 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    pub fn new(method: &Method, uri: &http::Uri, version: Version, client: IpAddr) -> Self {
+    pub(crate) fn new(method: &Method, uri: &http::Uri, version: Version, client: IpAddr) -> Self {
         RequestRecord {
             method: method.clone(),
             path: uri.path().to_owned(),
@@ -42,7 +42,7 @@ impl RequestRecord {
 }
 
 /// Wraps a response body; logs and records metrics once, when it ends or is dropped.
-pub struct LoggedBody {
+pub(crate) struct LoggedBody {
     inner: ProxyBody,
     record: RequestRecord,
     status: StatusCode,
@@ -52,7 +52,7 @@ pub struct LoggedBody {
 }
 
 impl LoggedBody {
-    pub fn new(inner: ProxyBody, record: RequestRecord, status: StatusCode, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(inner: ProxyBody, record: RequestRecord, status: StatusCode, metrics: Arc<Metrics>) -> Self {
         LoggedBody {
             inner,
             record,
@@ -129,25 +129,25 @@ impl RequestRecord {
 /// Holds a request's record until a response exists. If the client goes away
 /// first (hyper drops the handler), the request is still logged: status 499
 /// (nginx's "client closed request"), outcome `client_gone`.
-pub struct PendingLog {
+pub(crate) struct PendingLog {
     record: Option<RequestRecord>,
     metrics: Arc<Metrics>,
 }
 
 impl PendingLog {
-    pub fn new(record: RequestRecord, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(record: RequestRecord, metrics: Arc<Metrics>) -> Self {
         PendingLog {
             record: Some(record),
             metrics,
         }
     }
 
-    pub fn record(&self) -> &RequestRecord {
+    pub(crate) fn record(&self) -> &RequestRecord {
         self.record.as_ref().expect("taken only by into_body")
     }
 
     /// The response is ready: its body carries the record from here on.
-    pub fn into_body(mut self, body: ProxyBody, status: StatusCode) -> LoggedBody {
+    pub(crate) fn into_body(mut self, body: ProxyBody, status: StatusCode) -> LoggedBody {
         let record = self.record.take().expect("taken once");
         LoggedBody::new(body, record, status, self.metrics.clone())
     }

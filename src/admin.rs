@@ -18,7 +18,7 @@ use crate::body::{self, ProxyBody};
 use crate::metrics::Metrics;
 use crate::oidc::cache::Cache;
 
-pub struct Admin {
+pub(crate) struct Admin {
     pub metrics: Arc<Metrics>,
     pub cache: Arc<Cache>,
     /// Fires when the proxy starts draining: readiness turns 503 so load
@@ -27,7 +27,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    pub(crate) async fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         match (req.method(), req.uri().path()) {
             (_, "/healthz") if get => text(StatusCode::OK, "ok\n"),
@@ -115,7 +115,7 @@ fn not_allowed(allow: &'static str) -> Response<ProxyBody> {
 }
 
 /// Serves until aborted; admin connections are not part of the drain.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(pair) => pair,

@@ -15,9 +15,9 @@ use tokio::time::{Instant, Sleep};
 use crate::error::BoxError;
 
 /// What every route returns and what goes to GitLab.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
-pub fn boxed<B>(body: B) -> ProxyBody
+pub(crate) fn boxed<B>(body: B) -> ProxyBody
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -25,17 +25,17 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     boxed(http_body_util::Full::new(bytes.into()))
 }
 
-pub fn empty() -> ProxyBody {
+pub(crate) fn empty() -> ProxyBody {
     boxed(http_body_util::Empty::new())
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("no data for {0:?}")]
-pub struct IdleTimeout(pub Duration);
+pub(crate) struct IdleTimeout(pub Duration);
 
 pin_project! {
     /// Fails the body when the peer goes silent for longer than `idle`, so a stuck
@@ -52,7 +52,7 @@ pin_project! {
 }
 
 impl<B> IdleTimeoutBody<B> {
-    pub fn new(inner: B, idle: Duration) -> Self {
+    pub(crate) fn new(inner: B, idle: Duration) -> Self {
         IdleTimeoutBody {
             inner,
             sleep: None,
@@ -101,7 +101,7 @@ where
 
 /// Wraps a request body so the sender learns when it has been sent in full:
 /// hyper drops a body once it is done with it, which closes the channel.
-pub fn with_end_signal(body: ProxyBody) -> (ProxyBody, tokio::sync::oneshot::Receiver<()>) {
+pub(crate) fn with_end_signal(body: ProxyBody) -> (ProxyBody, tokio::sync::oneshot::Receiver<()>) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     (boxed(SignalOnDrop { inner: body, _tx: tx }), rx)
 }

@@ -23,7 +23,7 @@ use crate::body::{self, ProxyBody};
 use crate::error::BoxError;
 
 /// Smallest `Content-Length` worth compressing (nginx `gzip_min_length 250`).
-pub const MIN_LENGTH: u64 = 250;
+pub(crate) const MIN_LENGTH: u64 = 250;
 
 /// Streaming levels: nginx's level 2 for gzip; cheap settings for br and zstd. On
 /// 1.1 MB of job-log-like text (release build): gzip 2 gives 363 KB in 9 ms, br 4
@@ -52,7 +52,7 @@ const MAX_RESERVE: usize = 64 * 1024;
 /// above an uncompressed one (100 held open, release build): gzip 0.37 MB, zstd
 /// 1.2 MB, br 1.8 MB; slow readers asking for br could otherwise pin gigabytes.
 /// Past the cap, responses go out identity, always acceptable and free of memory.
-pub const MAX_HEAVY_STREAMS: usize = 64;
+pub(crate) const MAX_HEAVY_STREAMS: usize = 64;
 static HEAVY_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 /// A place among the `MAX_HEAVY_STREAMS`, given back on drop.
@@ -121,7 +121,7 @@ impl Encoding {
 /// `*` stands for the codings not listed, `x-gzip` for gzip. A coding listed more
 /// than once gets its highest q. An invalid q counts as 0, as in nginx. Elements that
 /// do not parse are skipped. `None`: send identity (we never answer 406).
-pub fn negotiate(request_headers: &HeaderMap) -> Option<Encoding> {
+pub(crate) fn negotiate(request_headers: &HeaderMap) -> Option<Encoding> {
     // q in thousandths; None = not listed.
     let mut listed: [Option<u16>; 3] = [None; 3];
     let mut star: Option<u16> = None;
@@ -193,7 +193,7 @@ fn parse_q(value: &[u8]) -> Option<u16> {
 /// no `Cache-Control: no-transform`; one Content-Type, textual (not
 /// `text/event-stream`), JSON, JavaScript, XML or SVG; Content-Length, when present,
 /// at least [`MIN_LENGTH`]. Unknown length (chunked) is eligible.
-pub fn eligible(method: &Method, status: StatusCode, response_headers: &HeaderMap) -> bool {
+pub(crate) fn eligible(method: &Method, status: StatusCode, response_headers: &HeaderMap) -> bool {
     if *method == Method::HEAD {
         return false;
     }
@@ -272,7 +272,7 @@ fn compressible_type(content_type: &[u8]) -> bool {
 /// `choice` is None, like `gzip_vary on`), and for Some: Content-Encoding, no
 /// Content-Length or Accept-Ranges, a weak ETag, and the streaming encoder.
 /// A response that is not eligible is returned untouched.
-pub fn apply(method: &Method, choice: Option<Encoding>, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+pub(crate) fn apply(method: &Method, choice: Option<Encoding>, resp: Response<ProxyBody>) -> Response<ProxyBody> {
     if !eligible(method, resp.status(), resp.headers()) {
         return resp;
     }
@@ -344,7 +344,7 @@ fn weaken_etag(h: &mut HeaderMap) {
 }
 
 /// Whole-buffer compression at the best level, for the small cached OIDC documents.
-pub fn encode_all(encoding: Encoding, data: &[u8]) -> Bytes {
+pub(crate) fn encode_all(encoding: Encoding, data: &[u8]) -> Bytes {
     const VEC_WRITE: &str = "writing to a Vec cannot fail";
     let out = match encoding {
         Encoding::Gzip => {
@@ -478,7 +478,7 @@ pin_project! {
 
 impl CompressBody {
     #[cfg(test)]
-    pub fn new(inner: ProxyBody, encoding: Encoding) -> io::Result<CompressBody> {
+    pub(crate) fn new(inner: ProxyBody, encoding: Encoding) -> io::Result<CompressBody> {
         Ok(CompressBody::with_encoder(inner, Encoder::new(encoding)?))
     }
 
@@ -1300,19 +1300,19 @@ mod tests {
         // Other tests may hold a few slots meanwhile: fill until refused.
         let mut held = Vec::new();
         for i in 0..2 * MAX_HEAVY_STREAMS {
-            let resp = open(if i % 2 == 0 { Encoding::Br } else { Encoding::Zstd });
+            let resp = open(if i % 2 == 0 { Br } else { Zstd });
             if !encoded(&resp) {
                 break;
             }
             held.push(resp);
         }
         assert!(held.len() <= MAX_HEAVY_STREAMS, "{} streams open", held.len());
-        let refused = open(Encoding::Zstd);
+        let refused = open(Zstd);
         assert!(!encoded(&refused), "a stream past the cap was compressed");
         assert!(refused.headers().contains_key(header::VARY));
-        assert!(encoded(&open(Encoding::Gzip)), "gzip is not capped");
+        assert!(encoded(&open(Gzip)), "gzip is not capped");
         drop(held);
-        assert!(encoded(&open(Encoding::Br)), "slots were not given back");
+        assert!(encoded(&open(Br)), "slots were not given back");
     }
 
     #[test]

@@ -67,7 +67,7 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// Removes hop-by-hop headers and those the `Connection` header nominates,
 /// except protected end-to-end ones.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in connection_tokens(headers) {
         if !is_protected(&name) {
             headers.remove(&name);
@@ -79,7 +79,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// True when a request uses a transfer coding other than `chunked`.
-pub fn has_unsupported_transfer_coding(headers: &HeaderMap) -> bool {
+pub(crate) fn has_unsupported_transfer_coding(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
@@ -93,7 +93,7 @@ pub fn has_unsupported_transfer_coding(headers: &HeaderMap) -> bool {
 
 /// Joins several `Cookie` fields into one, as RFC 9113 §8.2.3 asks before
 /// a request goes on over HTTP/1.1.
-pub fn merge_cookies(headers: &mut HeaderMap) {
+pub(crate) fn merge_cookies(headers: &mut HeaderMap) {
     if headers.get_all(header::COOKIE).iter().count() < 2 {
         return;
     }
@@ -109,7 +109,7 @@ pub fn merge_cookies(headers: &mut HeaderMap) {
 
 /// Response-only extra: `X-Accel-*` are instructions to nginx from Workhorse
 /// (`X-Accel-Buffering: no`); nginx consumes them and so do we (we never buffer).
-pub fn strip_response_internal(headers: &mut HeaderMap) {
+pub(crate) fn strip_response_internal(headers: &mut HeaderMap) {
     let internal: Vec<HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().starts_with("x-accel-"))
@@ -122,7 +122,7 @@ pub fn strip_response_internal(headers: &mut HeaderMap) {
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus
 /// `Upgrade: websocket`), if any. HTTP/2 has no such mechanism.
-pub fn requested_upgrade(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn requested_upgrade(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
     if version != Version::HTTP_11 {
         return None;
     }
@@ -134,13 +134,13 @@ pub fn requested_upgrade(version: Version, headers: &HeaderMap) -> Option<Header
 }
 
 /// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
-pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+pub(crate) fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
 }
 
 /// HTTP/2 requests carry the host in `:authority`; HTTP/1.1 GitLab needs `Host`.
-pub fn ensure_host(headers: &mut HeaderMap, uri: &Uri) {
+pub(crate) fn ensure_host(headers: &mut HeaderMap, uri: &Uri) {
     if headers.contains_key(header::HOST) {
         return;
     }
@@ -151,14 +151,14 @@ pub fn ensure_host(headers: &mut HeaderMap, uri: &Uri) {
 
 /// Who sent the request, as far as the proxy can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Forwarded {
+pub(crate) struct Forwarded {
     /// The client: the peer, or with trusted proxies the nearest untrusted address
     /// in `X-Forwarded-For` (nginx `real_ip_recursive on`).
     pub client: IpAddr,
     pub proto: Proto,
 }
 
-pub fn is_trusted(addr: IpAddr, trusted: &[IpNet]) -> bool {
+pub(crate) fn is_trusted(addr: IpAddr, trusted: &[IpNet]) -> bool {
     let addr = canonical(addr);
     trusted.iter().any(|net| net.contains(&addr))
 }
@@ -174,7 +174,7 @@ fn canonical(addr: IpAddr) -> IpAddr {
 /// Rewrites the forwarding headers for the request going to GitLab: every
 /// client-supplied one is dropped and replaced, except that from a trusted
 /// proxy `X-Forwarded-For` is appended to and `X-Forwarded-Proto` believed.
-pub fn apply_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted: &[IpNet], listener_proto: Proto) -> Forwarded {
+pub(crate) fn apply_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted: &[IpNet], listener_proto: Proto) -> Forwarded {
     let peer = canonical(peer);
     let (chain, forwarded) = if is_trusted(peer, trusted) {
         let prior = joined(headers, "x-forwarded-for");

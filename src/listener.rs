@@ -24,7 +24,7 @@ use crate::metrics::{ErrorLabels, Metrics};
 use crate::proxy_protocol;
 use crate::router::{ConnInfo, ListenerKind, Router};
 
-pub struct ListenerSettings {
+pub(crate) struct ListenerSettings {
     pub kind: ListenerKind,
     pub proto: Proto,
     /// Longest time to receive a request's headers, and the idle keep-alive limit.
@@ -46,7 +46,7 @@ struct Shared {
 }
 
 /// Accepts until `shutdown` fires. Connection tasks go into `tracker`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
     settings: ListenerSettings,

@@ -165,7 +165,7 @@ fn register<M: Metric + Clone>(registry: &mut Registry, (name, help): Described,
 }
 
 /// A fixed label for a method, so a client inventing methods cannot grow the series.
-pub fn method_label(method: &Method) -> &'static str {
+pub(crate) fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",

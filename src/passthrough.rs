@@ -20,7 +20,7 @@ use crate::headers;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
-pub struct Passthrough {
+pub(crate) struct Passthrough {
     upstream: Arc<Upstream>,
     /// Longest silence inside a response body from GitLab.
     body_idle: Duration,
@@ -32,7 +32,7 @@ pub struct Passthrough {
 }
 
 impl Passthrough {
-    pub fn new(
+    pub(crate) fn new(
         upstream: Arc<Upstream>,
         body_idle: Duration,
         upgrade_idle: Duration,
@@ -50,7 +50,7 @@ impl Passthrough {
 
     /// Sends the request to GitLab and returns its response, streaming. The
     /// forwarding headers have already been set by the router.
-    pub async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    pub(crate) async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         let client_version = req.version();
         let upgrade = headers::requested_upgrade(client_version, req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));

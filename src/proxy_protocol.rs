@@ -27,19 +27,19 @@ const V1_MAX_LEN: usize = 107;
 const V2_FIXED_LEN: usize = 16;
 /// Largest header accepted (v2: 16 + length). The protocol allows 16 + 65535, but no load balancer
 /// sends more than a few hundred bytes, and this bounds what one connection can make us buffer.
-pub const MAX_HEADER_LEN: usize = 4096;
+pub(crate) const MAX_HEADER_LEN: usize = 4096;
 
 /// What the header said. `source` is None for v2 LOCAL (health checks) and v1 UNKNOWN / v2 UNSPEC / unix
 /// addresses: then the TCP peer is the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProxyHeader {
+pub(crate) struct ProxyHeader {
     pub source: Option<SocketAddr>,
     /// 1 (text) or 2 (binary).
     pub version: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyProtocolError {
+pub(crate) enum ProxyProtocolError {
     #[error("connection did not start with a PROXY protocol header")]
     Missing,
     #[error("invalid PROXY protocol header: {0}")]
@@ -56,7 +56,7 @@ pub enum ProxyProtocolError {
 
 impl ProxyProtocolError {
     /// Short, fixed label for metrics.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::Missing => "missing",
             Self::Invalid(_) => "invalid",
@@ -70,7 +70,7 @@ impl ProxyProtocolError {
 
 /// Reads exactly one header from `stream` within `timeout`. Bytes read past the header (a client's first TLS
 /// or HTTP bytes may arrive in the same segment) are returned in the [`Prefixed`] wrapper, so nothing is lost.
-pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     timeout: Duration,
 ) -> Result<(ProxyHeader, Prefixed<S>), ProxyProtocolError> {
@@ -204,7 +204,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<S> Prefixed<S> {
-    pub fn new(prefix: Bytes, inner: S) -> Self {
+    pub(crate) fn new(prefix: Bytes, inner: S) -> Self {
         Self { prefix, inner }
     }
 }

@@ -7,7 +7,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use crate::body::{self, ProxyBody};
 
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// The https external URL's authority, when configured: always used.
     pub authority: Option<String>,
     /// The TLS listener's port, added to the request's host unless 443.
@@ -16,7 +16,7 @@ pub struct Target {
 
 impl Target {
     /// 301 to the https URL, or 400 when the request names no usable host.
-    pub fn respond<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+    pub(crate) fn respond<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
         let host = req
             .headers()
             .get(header::HOST)
@@ -38,7 +38,7 @@ impl Target {
     }
 
     /// The https URL for a request's Host and path, if the Host is a valid authority.
-    pub fn location(&self, host: Option<&str>, path: &str) -> Option<String> {
+    pub(crate) fn location(&self, host: Option<&str>, path: &str) -> Option<String> {
         let path = if path.starts_with('/') { path } else { "/" };
         if let Some(authority) = &self.authority {
             return Some(format!("https://{authority}{path}"));

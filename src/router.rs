@@ -22,7 +22,7 @@ use crate::redirect;
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// The client: the TCP peer, or the address in its PROXY header.
     pub peer: SocketAddr,
     /// A PROXY header was read: `peer` is the load balancer's client, whose own
@@ -34,12 +34,12 @@ pub struct ConnInfo {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerKind {
+pub(crate) enum ListenerKind {
     Plain,
     Tls,
 }
 
-pub struct RouterSettings {
+pub(crate) struct RouterSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// `--redirect-http`: where plain-listener requests are sent.
     pub redirect: Option<redirect::Target>,
@@ -48,7 +48,7 @@ pub struct RouterSettings {
     pub compression: bool,
 }
 
-pub struct Router {
+pub(crate) struct Router {
     oidc: Oidc,
     passthrough: Passthrough,
     settings: RouterSettings,
@@ -56,7 +56,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(oidc: Oidc, passthrough: Passthrough, settings: RouterSettings, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(oidc: Oidc, passthrough: Passthrough, settings: RouterSettings, metrics: Arc<Metrics>) -> Self {
         Router {
             oidc,
             passthrough,
@@ -65,7 +65,7 @@ impl Router {
         }
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
+    pub(crate) async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
         let s = &self.settings;
         let trusted: &[IpNet] = if conn.proxied { &[] } else { &s.trusted_proxies };
         let forwarded = headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), trusted, conn.proto);

@@ -194,10 +194,10 @@ fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, St
 /// Marks a connect attempt that ran out of time, so it maps to 504.
 #[derive(Debug, thiserror::Error)]
 #[error("connect timed out")]
-pub struct ConnectTimedOut;
+pub(crate) struct ConnectTimedOut;
 
 #[derive(Clone)]
-pub struct TimeoutConnector<C> {
+pub(crate) struct TimeoutConnector<C> {
     inner: C,
     timeout: Duration,
 }
@@ -238,7 +238,7 @@ where
 
 /// Connects to Workhorse's unix socket whatever the URI says.
 #[derive(Clone)]
-pub struct UnixConnector {
+pub(crate) struct UnixConnector {
     path: Arc<Path>,
 }
 
@@ -263,7 +263,7 @@ impl tower_service::Service<Uri> for UnixConnector {
 }
 
 /// A unix stream as hyper IO; a newtype because hyper-util's `Connection` is foreign.
-pub struct UnixIo(TokioIo<UnixStream>);
+pub(crate) struct UnixIo(TokioIo<UnixStream>);
 
 impl Connection for UnixIo {
     fn connected(&self) -> Connected {

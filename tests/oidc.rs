@@ -1034,7 +1034,7 @@ async fn everything_else_passes_through() {
         sim.gitlab.set_fault(doc, Fault::Delay(Duration::from_secs(2)));
     }
     let proxy = start_proxy(&sim, &[]).await;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let early = get(&proxy.url("/group/project/.well-known/openid-configuration")).await;
     assert_eq!(early.status, StatusCode::NOT_FOUND);
     assert!(

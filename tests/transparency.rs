@@ -26,7 +26,7 @@ macro_rules! over_both_transports {
 }
 
 /// No scenario may hang the suite.
-async fn bounded(scenario: impl std::future::Future<Output = ()>) {
+async fn bounded(scenario: impl Future<Output = ()>) {
     tokio::time::timeout(Duration::from_secs(60), scenario)
         .await
         .expect("scenario ran over 60 s");

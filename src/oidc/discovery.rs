@@ -17,7 +17,7 @@ const REQUIRED: [&str; 5] = [
 ];
 
 /// Checks GitLab's document; returns it (key order kept) and its issuer.
-pub fn validate(body: &[u8]) -> Result<(Map<String, Value>, Issuer), DocError> {
+pub(crate) fn validate(body: &[u8]) -> Result<(Map<String, Value>, Issuer), DocError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| DocError::NotJson(e.to_string()))?;
     let Value::Object(doc) = value else {
         return Err(DocError::Invalid("discovery document is not a JSON object".into()));
@@ -48,7 +48,7 @@ pub fn validate(body: &[u8]) -> Result<(Map<String, Value>, Issuer), DocError> {
 /// The document as served for `issuer`: `issuer` set to it, `jwks_uri` to
 /// `{issuer}{jwks_path}`, every other absolute http(s) URL moved to its origin.
 /// Every other member, and the member order, stay as GitLab sent them.
-pub fn publish(doc: &Map<String, Value>, issuer: &Issuer, jwks_path: &str) -> Vec<u8> {
+pub(crate) fn publish(doc: &Map<String, Value>, issuer: &Issuer, jwks_path: &str) -> Vec<u8> {
     let mut out = doc.clone();
     for (name, value) in out.iter_mut() {
         match name.as_str() {

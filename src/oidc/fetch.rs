@@ -12,7 +12,7 @@ use crate::error::DocError;
 use crate::upstream::Upstream;
 
 /// Larger answers are refused (a key set is a few KiB).
-pub const MAX_BODY: usize = 1 << 20;
+pub(crate) const MAX_BODY: usize = 1 << 20;
 
 /// Where GitLab is asked, and as whom: the issuer's host and scheme, so GitLab
 /// builds the same URLs it would for a client of that issuer.

@@ -11,10 +11,10 @@ const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"]
 const MAX_RSA: usize = 100;
 const MAX_EC: usize = 100;
 
-pub type Jwk = Map<String, Value>;
+pub(crate) type Jwk = Map<String, Value>;
 
 /// One upstream key set, each key checked.
-pub fn parse(body: &[u8]) -> Result<Vec<Jwk>, DocError> {
+pub(crate) fn parse(body: &[u8]) -> Result<Vec<Jwk>, DocError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| DocError::NotJson(e.to_string()))?;
     let Some(keys) = value.get("keys").and_then(Value::as_array) else {
         return Err(DocError::Invalid("key set is not an object with a `keys` list".into()));
@@ -45,13 +45,13 @@ pub fn parse(body: &[u8]) -> Result<Vec<Jwk>, DocError> {
         .collect()
 }
 
-pub fn kid(key: &Jwk) -> &str {
+pub(crate) fn kid(key: &Jwk) -> &str {
     key.get("kid").and_then(Value::as_str).unwrap_or_default()
 }
 
 /// The union by `kid`, first occurrence first, then the limits consumers impose
 /// (AWS STS: at most 100 RSA keys) and at least one RSA key to verify with.
-pub fn merge(sets: &[Vec<Jwk>]) -> Result<Vec<Jwk>, DocError> {
+pub(crate) fn merge(sets: &[Vec<Jwk>]) -> Result<Vec<Jwk>, DocError> {
     let mut merged: Vec<Jwk> = Vec::new();
     for key in sets.iter().flatten() {
         if !merged.iter().any(|k| kid(k) == kid(key)) {
@@ -76,7 +76,7 @@ pub fn merge(sets: &[Vec<Jwk>]) -> Result<Vec<Jwk>, DocError> {
     Ok(merged)
 }
 
-pub fn publish(keys: &[Jwk]) -> Vec<u8> {
+pub(crate) fn publish(keys: &[Jwk]) -> Vec<u8> {
     let keys = keys.iter().cloned().map(Value::Object).collect();
     let mut set = Map::new();
     set.insert("keys".into(), Value::Array(keys));

@@ -4,11 +4,11 @@
 //! `cache` holds the documents and refreshes them; `respond` builds the
 //! cacheable answers. Everything else passes through to GitLab.
 
-pub mod cache;
-pub mod discovery;
-pub mod fetch;
-pub mod jwks;
-pub mod respond;
+pub(crate) mod cache;
+pub(crate) mod discovery;
+pub(crate) mod fetch;
+pub(crate) mod jwks;
+pub(crate) mod respond;
 
 use http::{Method, Request, Response};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ impl Document {
     }
 }
 
-pub struct Oidc {
+pub(crate) struct Oidc {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     /// Serve the precompressed copies to clients that accept them.
@@ -44,7 +44,7 @@ pub struct Oidc {
 }
 
 impl Oidc {
-    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>, compression: bool) -> Self {
+    pub(crate) fn new(cache: Arc<Cache>, metrics: Arc<Metrics>, compression: bool) -> Self {
         Oidc {
             cache,
             metrics,
@@ -53,7 +53,7 @@ impl Oidc {
     }
 
     /// The answer for a request that is ours, or None to pass it through.
-    pub async fn handle<B>(&self, req: &Request<B>) -> Option<Response<ProxyBody>> {
+    pub(crate) async fn handle<B>(&self, req: &Request<B>) -> Option<Response<ProxyBody>> {
         let path = req.uri().path();
         let document = self.route(path)?;
         if document == Document::Discovery

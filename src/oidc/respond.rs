@@ -14,7 +14,7 @@ const ALLOWED: &str = "GET, HEAD, OPTIONS";
 
 /// 200 with the document, or 304 when the client already holds it. With
 /// `compression`, the copy precompressed in the client's preferred encoding.
-pub fn document(
+pub(crate) fn document(
     method: &Method,
     request: &HeaderMap,
     doc: &Published,
@@ -71,7 +71,7 @@ fn if_none_match(request: &HeaderMap, etag: &HeaderValue) -> bool {
 }
 
 /// CORS preflight: any origin may read the documents.
-pub fn preflight(request: &HeaderMap) -> Response<ProxyBody> {
+pub(crate) fn preflight(request: &HeaderMap) -> Response<ProxyBody> {
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let h = resp.headers_mut();
@@ -85,7 +85,7 @@ pub fn preflight(request: &HeaderMap) -> Response<ProxyBody> {
     resp
 }
 
-pub fn method_not_allowed() -> Response<ProxyBody> {
+pub(crate) fn method_not_allowed() -> Response<ProxyBody> {
     let mut resp = json(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -98,7 +98,7 @@ pub fn method_not_allowed() -> Response<ProxyBody> {
 
 /// 503 when no good copy may be served: never cached, retried soon when a
 /// first copy is still being fetched.
-pub fn unavailable(document: &str, retry_after: Option<Duration>) -> Response<ProxyBody> {
+pub(crate) fn unavailable(document: &str, retry_after: Option<Duration>) -> Response<ProxyBody> {
     let description = format!("the {document} document could not be fetched from GitLab");
     let mut resp = json(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", &description);
     if let Some(after) = retry_after {

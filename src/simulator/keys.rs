@@ -50,7 +50,7 @@ const _: () = assert!(CI_KEY_POOL >= 2);
 
 /// Why an embedded key cannot be used (a defect of the build, not of input).
 #[derive(Clone, Debug, thiserror::Error)]
-pub enum KeyError {
+pub(super) enum KeyError {
     #[error("embedded key {file}: not a private RSA JWK: {reason}")]
     NotAJwk { file: &'static str, reason: String },
     #[error("embedded key {file}: member {member} is not base64url without padding")]
@@ -84,7 +84,7 @@ struct PrivateJwk {
 }
 
 /// One RSA signing key with everything the simulator serves or signs with.
-pub struct KeyMaterial {
+pub(super) struct KeyMaterial {
     kid: String,
     public_jwk: Value,
     private_jwk: Value,
@@ -132,22 +132,22 @@ impl KeyMaterial {
         Ok(material)
     }
 
-    pub fn kid(&self) -> &str {
+    pub(super) fn kid(&self) -> &str {
         &self.kid
     }
 
     /// `{"kty","kid","e","n","use","alg"}`, in that order.
-    pub fn public_jwk(&self) -> &Value {
+    pub(super) fn public_jwk(&self) -> &Value {
         &self.public_jwk
     }
 
     /// The public members plus `d, p, q, dp, dq, qi` (for the leak fault).
-    pub fn private_jwk(&self) -> &Value {
+    pub(super) fn private_jwk(&self) -> &Value {
         &self.private_jwk
     }
 
     /// The base64url RS256 signature of `message` (a JWS signing input).
-    pub fn sign(&self, message: &[u8]) -> Result<String, ring::error::Unspecified> {
+    pub(super) fn sign(&self, message: &[u8]) -> Result<String, ring::error::Unspecified> {
         let mut signature = vec![0; self.pair.public().modulus_len()];
         // The RNG blinds the private-key operation; PKCS#1 v1.5 itself is deterministic.
         self.pair
@@ -208,7 +208,7 @@ fn private_jwk(kid: &str, jwk: &PrivateJwk) -> Value {
     })
 }
 
-pub fn b64url(bytes: &[u8]) -> String {
+pub(super) fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
@@ -221,7 +221,7 @@ pub fn thumbprint(e: &str, n: &str) -> String {
 
 /// Every embedded key, loaded once per process and shared by all instances.
 #[derive(Debug)]
-pub struct KeyPool {
+pub(super) struct KeyPool {
     pub oidc: KeyMaterial,
     /// [`CI_KEY_POOL`] keys in rotation order.
     ci: Vec<KeyMaterial>,
@@ -247,7 +247,7 @@ impl KeyPool {
     }
 
     /// The CI key at position `index` of the rotation, wrapping around.
-    pub fn ci(&self, index: usize) -> &KeyMaterial {
+    pub(super) fn ci(&self, index: usize) -> &KeyMaterial {
         &self.ci[index % self.ci.len()]
     }
 }
@@ -255,6 +255,6 @@ impl KeyPool {
 static POOL: OnceLock<Result<KeyPool, KeyError>> = OnceLock::new();
 
 /// The process-wide keys (parsed on first use, in milliseconds).
-pub fn pool() -> Result<&'static KeyPool, KeyError> {
+pub(super) fn pool() -> Result<&'static KeyPool, KeyError> {
     POOL.get_or_init(KeyPool::load).as_ref().map_err(Clone::clone)
 }

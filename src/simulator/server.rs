@@ -20,7 +20,7 @@ pub(super) const OVERSIZED_MIN: usize = 1024 * 1024 + 64 * 1024;
 
 /// Returned by the service to make hyper drop the connection without an answer.
 #[derive(Debug)]
-pub struct HangUp;
+pub(super) struct HangUp;
 
 impl fmt::Display for HangUp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

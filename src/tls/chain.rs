@@ -33,10 +33,10 @@ use x509_parser::time::ASN1Time;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
 /// A certificate that expires within this time of "now" draws a warning.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+pub(crate) const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
 
 /// A checked certificate chain and key, ready to be served.
-pub struct LoadedPair {
+pub(crate) struct LoadedPair {
     /// The chain in served order, leaf first, each certificate followed by its issuer.
     pub certified: Arc<CertifiedKey>,
     /// The earliest notAfter on the served chain (normally the leaf's).
@@ -62,7 +62,7 @@ impl fmt::Debug for LoadedPair {
 /// Why a certificate/key pair was refused. `Display` is one line meant for the admin;
 /// certificates are named by their position in the certificate file (#1 = first) and subject.
 #[derive(Debug, thiserror::Error)]
-pub enum ChainError {
+pub(crate) enum ChainError {
     #[error("certificate file: {0}")]
     CertPem(String),
     #[error("certificate file: no CERTIFICATE block found (expected PEM starting with -----BEGIN CERTIFICATE-----)")]
@@ -204,7 +204,7 @@ fn format_date(t: &ASN1Time) -> String {
 /// in serving order and checks it; see the module documentation. `hosts` are the DNS names
 /// or IP literals the leaf must be valid for. With `strict`, anything that needed fixing in
 /// the chain's layout is an error instead of a warning.
-pub fn load_pair(
+pub(crate) fn load_pair(
     cert_pem: &[u8],
     key_pem: &[u8],
     hosts: &[String],

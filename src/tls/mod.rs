@@ -1,20 +1,20 @@
 //! TLS termination: the rustls server configuration and the certificate it
 //! serves, which can be replaced while connections are open.
 
-pub mod chain;
-pub mod store;
+pub(crate) mod chain;
+pub(crate) mod store;
 
 use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls::server::ServerSessionMemoryCache;
 
-pub use store::{CertStore, TlsSettings};
+pub(crate) use store::{CertStore, TlsSettings};
 
 /// TLS 1.2 and 1.3 with the ring provider's safe defaults; ALPN offers h2 first,
 /// as nginx with `http2 on` does. The certificate comes from `store` on every
 /// handshake, so a reload reaches new connections only.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, String> {
+pub(crate) fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

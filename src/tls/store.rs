@@ -18,7 +18,7 @@ use super::chain::{self, EXPIRY_WARNING, LoadedPair};
 use crate::metrics::{Metrics, OutcomeOnly};
 
 #[derive(Debug, Clone)]
-pub struct TlsSettings {
+pub(crate) struct TlsSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// Hosts the leaf must be valid for (those of https issuers).
@@ -40,7 +40,7 @@ fn stamp(settings: &TlsSettings) -> Option<Stamp> {
     Some(Stamp(vec![one(cert), one(key)]))
 }
 
-pub struct CertStore {
+pub(crate) struct CertStore {
     settings: TlsSettings,
     current: RwLock<LoadedPair>,
     /// The files' stamp when last loaded or refused, so one bad write is reported once.
@@ -62,7 +62,7 @@ impl ResolvesServerCert for CertStore {
 
 impl CertStore {
     /// The first load: any problem is a configuration error.
-    pub fn load(settings: TlsSettings, metrics: Arc<Metrics>) -> Result<Arc<CertStore>, String> {
+    pub(crate) fn load(settings: TlsSettings, metrics: Arc<Metrics>) -> Result<Arc<CertStore>, String> {
         let seen = stamp(&settings);
         let pair = read_pair(&settings)?;
         let store = CertStore {
@@ -77,7 +77,7 @@ impl CertStore {
 
     /// Loads the files again; on any problem the served pair stays. Returns
     /// whether the new pair is now served.
-    pub fn reload(&self, trigger: &'static str) -> bool {
+    pub(crate) fn reload(&self, trigger: &'static str) -> bool {
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&self.settings);
         match read_pair(&self.settings) {
             Ok(pair) => {
@@ -133,7 +133,7 @@ impl CertStore {
     /// read whole. Refused files are tried again every `RETRY` (a renewal that
     /// is not valid yet, or whose key lands later, is taken once it is good).
     /// Also repeats the expiry warning once a day.
-    pub async fn watch(self: Arc<Self>, mut hup: mpsc::Receiver<()>) {
+    pub(crate) async fn watch(self: Arc<Self>, mut hup: mpsc::Receiver<()>) {
         const RETRY: Duration = Duration::from_secs(60);
         let interval = self.settings.watch_interval;
         let watching = !interval.is_zero();

@@ -25,16 +25,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::mpsc;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type TestBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type TestBody = UnsyncBoxBody<Bytes, BoxError>;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_gitlab-oidc-proxy");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_gitlab-oidc-proxy");
 
-pub fn full(b: impl Into<Bytes>) -> TestBody {
+pub(crate) fn full(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
 }
 
-pub fn empty() -> TestBody {
+pub(crate) fn empty() -> TestBody {
     full(Bytes::new())
 }
 
@@ -42,7 +42,7 @@ pub fn empty() -> TestBody {
 
 /// The real binary, started with `--listen`/`--admin-listen` on ephemeral
 /// loopback ports; the addresses are read from its JSON "listening" log line.
-pub struct Proxy {
+pub(crate) struct Proxy {
     child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -52,11 +52,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn start(upstream: &str, extra: &[&str]) -> Proxy {
+    pub(crate) fn start(upstream: &str, extra: &[&str]) -> Proxy {
         Self::start_with_env(upstream, extra, &[])
     }
 
-    pub fn start_with_env(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
+    pub(crate) fn start_with_env(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
         let mut cmd = Self::command(upstream, extra, env);
         let mut child = cmd.spawn().expect("spawn proxy");
         let stderr = child.stderr.take().unwrap();
@@ -104,7 +104,7 @@ impl Proxy {
 
     /// Runs `serve` expecting it to refuse to start: its exit status (None if it
     /// was still running after `within`, then killed) and everything on stderr.
-    pub fn start_expecting_exit(upstream: &str, extra: &[&str], within: Duration) -> (Option<ExitStatus>, String) {
+    pub(crate) fn start_expecting_exit(upstream: &str, extra: &[&str], within: Duration) -> (Option<ExitStatus>, String) {
         let mut child = Self::command(upstream, extra, &[]).spawn().expect("spawn proxy");
         let mut stderr = child.stderr.take().unwrap();
         let reader = std::thread::spawn(move || {
@@ -150,31 +150,31 @@ impl Proxy {
         cmd
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// An https URL on the TLS listener, named `localhost` (SNI and the certificate's name).
-    pub fn https_url(&self, path: &str) -> String {
+    pub(crate) fn https_url(&self, path: &str) -> String {
         format!("https://localhost:{}{}", self.tls().port(), path)
     }
 
-    pub fn tls(&self) -> SocketAddr {
+    pub(crate) fn tls(&self) -> SocketAddr {
         self.tls_addr
             .expect("the proxy has no TLS listener (no tls_listen in its listening line)")
     }
 
-    pub fn admin_url(&self, path: &str) -> String {
+    pub(crate) fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
 
     /// Waits until the log holds `needle` (log lines are written after the
     /// response, so a test must not race them).
-    pub async fn wait_for_log(&self, needle: &str) -> String {
+    pub(crate) async fn wait_for_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let logs = self.logs();
@@ -186,16 +186,16 @@ impl Proxy {
         }
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+    pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill failed");
     }
 
     /// Polls for the exit status for up to `within`.
-    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -209,7 +209,7 @@ impl Proxy {
     }
 
     /// Peak resident memory of the proxy process (VmHWM), in KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
@@ -218,7 +218,7 @@ impl Proxy {
             .expect("VmHWM in /proc status")
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         let resp = client().get(self.admin_url("/metrics").parse().unwrap()).await.unwrap();
         String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
@@ -234,21 +234,21 @@ impl Drop for Proxy {
 // ---------------------------------------------------------------- upstreams
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     Tcp,
     Unix,
 }
 
 /// What an upstream saw of one request (the head; bodies are the handler's).
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub method: http::Method,
     pub uri: http::Uri,
     pub version: http::Version,
     pub headers: http::HeaderMap,
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// The `--upstream` value for the proxy.
     pub target: String,
     pub seen: mpsc::UnboundedReceiver<Seen>,
@@ -266,20 +266,20 @@ impl Drop for Upstream {
 
 impl Upstream {
     /// The next request head the upstream saw, waiting up to 10 s.
-    pub async fn next_seen(&mut self) -> Seen {
+    pub(crate) async fn next_seen(&mut self) -> Seen {
         tokio::time::timeout(Duration::from_secs(10), self.seen.recv())
             .await
             .expect("upstream saw no request in 10 s")
             .expect("upstream gone")
     }
 
-    pub fn saw_nothing(&mut self) -> bool {
+    pub(crate) fn saw_nothing(&mut self) -> bool {
         self.seen.try_recv().is_err()
     }
 }
 
 /// An HTTP/1.1 upstream (with upgrades) calling `handler` for every request.
-pub async fn upstream<F, Fut>(transport: Transport, handler: F) -> Upstream
+pub(crate) async fn upstream<F, Fut>(transport: Transport, handler: F) -> Upstream
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
@@ -332,17 +332,17 @@ where
     }
 }
 
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// Answers 200 with the request body streamed straight back.
-pub async fn echo(req: Request<Incoming>) -> Response<TestBody> {
+pub(crate) async fn echo(req: Request<Incoming>) -> Response<TestBody> {
     Response::new(req.into_body().map_err(Into::into).boxed_unsync())
 }
 
 /// Accepts raw connections on `transport`, handing each stream to `handler`
 /// (for websocket servers and other non-hyper peers).
-pub async fn raw_upstream<F, Fut>(
+pub(crate) async fn raw_upstream<F, Fut>(
     transport: Transport,
     handler: F,
 ) -> (String, Option<tempfile::TempDir>, tokio::task::JoinHandle<()>)
@@ -377,7 +377,7 @@ where
 }
 
 /// A websocket upstream that echoes until the peer closes.
-pub async fn ws_echo_upstream(t: Transport) -> (String, Option<tempfile::TempDir>, tokio::task::JoinHandle<()>) {
+pub(crate) async fn ws_echo_upstream(t: Transport) -> (String, Option<tempfile::TempDir>, tokio::task::JoinHandle<()>) {
     raw_upstream(t, |io| async move {
         let Ok(mut ws) = tokio_tungstenite::accept_async(io).await else {
             return;
@@ -392,7 +392,7 @@ pub async fn ws_echo_upstream(t: Transport) -> (String, Option<tempfile::TempDir
 }
 
 /// A path for a unix socket that nothing listens on.
-pub fn absent_socket() -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn absent_socket() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("absent.sock");
     (dir, path)
@@ -401,23 +401,23 @@ pub fn absent_socket() -> (tempfile::TempDir, PathBuf) {
 // ---------------------------------------------------------------- clients
 
 /// A plain HTTP/1.1 client with its own pool.
-pub fn client() -> Client<HttpConnector, TestBody> {
+pub(crate) fn client() -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
 /// An HTTP/2 client with prior knowledge (h2c).
-pub fn h2c_client() -> Client<HttpConnector, TestBody> {
+pub(crate) fn h2c_client() -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(HttpConnector::new())
 }
 
-pub async fn body_bytes(resp: Response<Incoming>) -> Bytes {
+pub(crate) async fn body_bytes(resp: Response<Incoming>) -> Bytes {
     resp.into_body().collect().await.unwrap().to_bytes()
 }
 
 /// Writes raw bytes to `addr` and reads until the peer closes or `within` passes.
-pub async fn raw_exchange(addr: SocketAddr, request: &[u8], within: Duration) -> String {
+pub(crate) async fn raw_exchange(addr: SocketAddr, request: &[u8], within: Duration) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
@@ -426,7 +426,7 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], within: Duration) ->
 }
 
 /// Header names of a raw HTTP/1.1 response head, lower-cased.
-pub fn raw_header_names(response: &str) -> Vec<String> {
+pub(crate) fn raw_header_names(response: &str) -> Vec<String> {
     response
         .split("\r\n\r\n")
         .next()
@@ -439,14 +439,14 @@ pub fn raw_header_names(response: &str) -> Vec<String> {
 
 /// The value of one series in the OpenMetrics text, e.g.
 /// `gitlab_oidc_proxy_tls_reloads_total{outcome="ok"}` (0 when absent).
-pub fn metric_value(text: &str, series: &str) -> f64 {
+pub(crate) fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
         .unwrap_or(0.0)
 }
 
 /// The sum of every series of the metric `name`, whatever its labels (0 when absent).
-pub fn metric_sum(text: &str, name: &str) -> f64 {
+pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|line| {
             line.strip_prefix(name)
@@ -457,7 +457,7 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 }
 
 /// The JSON log lines at `level` (`WARN`, `ERROR`, ...).
-pub fn log_lines_at(logs: &str, level: &str) -> Vec<serde_json::Value> {
+pub(crate) fn log_lines_at(logs: &str, level: &str) -> Vec<serde_json::Value> {
     logs.lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|v| v["level"] == level)
@@ -465,7 +465,7 @@ pub fn log_lines_at(logs: &str, level: &str) -> Vec<serde_json::Value> {
 }
 
 /// Polls `check` every 50 ms until it holds, for at most `within`.
-pub async fn wait_until<F, Fut>(within: Duration, mut check: F) -> bool
+pub(crate) async fn wait_until<F, Fut>(within: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -484,11 +484,11 @@ where
 
 // ---------------------------------------------------------------- TLS
 
-pub use rustls::pki_types::CertificateDer;
+pub(crate) use rustls::pki_types::CertificateDer;
 
 /// A private PKI generated at runtime into a temporary directory: a root CA and an
 /// intermediate CA (ECDSA P-256) that sign leaves. Clients trust the root only.
-pub struct Pki {
+pub(crate) struct Pki {
     pub dir: tempfile::TempDir,
     pub root_der: CertificateDer<'static>,
     /// The root as a PEM file (for curl's `--cacert`, openssl's `-CAfile`).
@@ -499,7 +499,7 @@ pub struct Pki {
 }
 
 /// A leaf certificate and its private key.
-pub struct Leaf {
+pub(crate) struct Leaf {
     pub der: CertificateDer<'static>,
     pub pem: String,
     pub key_pem: String,
@@ -508,7 +508,7 @@ pub struct Leaf {
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Leaves are for these names unless a test says otherwise.
-pub const LEAF_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "gitlab.example.test"];
+pub(crate) const LEAF_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "gitlab.example.test"];
 
 fn ca_params(cn: &str, not_after: std::time::SystemTime) -> rcgen::CertificateParams {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -527,17 +527,17 @@ fn ca_params(cn: &str, not_after: std::time::SystemTime) -> rcgen::CertificatePa
 }
 
 impl Pki {
-    pub fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         Self::with_intermediate_expiry(std::time::SystemTime::now() + 365 * DAY)
     }
 
     /// A PKI whose intermediate CA expires at `not_after`.
-    pub fn with_intermediate_expiry(not_after: std::time::SystemTime) -> Pki {
+    pub(crate) fn with_intermediate_expiry(not_after: std::time::SystemTime) -> Pki {
         Self::named("Test", not_after)
     }
 
     /// A PKI whose CAs are called "`prefix` Root CA" and "`prefix` Intermediate CA".
-    pub fn named(prefix: &str, intermediate_expiry: std::time::SystemTime) -> Pki {
+    pub(crate) fn named(prefix: &str, intermediate_expiry: std::time::SystemTime) -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let root_key = rcgen::KeyPair::generate().unwrap();
         let root_params = ca_params(&format!("{prefix} Root CA"), std::time::SystemTime::now() + 3650 * DAY);
@@ -559,7 +559,7 @@ impl Pki {
     }
 
     /// A leaf for [`LEAF_NAMES`] with a fresh ECDSA P-256 key, valid for a year.
-    pub fn leaf(&self) -> Leaf {
+    pub(crate) fn leaf(&self) -> Leaf {
         self.leaf_with(
             &LEAF_NAMES,
             rcgen::KeyPair::generate().unwrap(),
@@ -568,7 +568,7 @@ impl Pki {
     }
 
     /// A leaf for `names` (DNS names or IP addresses) with `key`, valid until `not_after`.
-    pub fn leaf_with(&self, names: &[&str], key: rcgen::KeyPair, not_after: std::time::SystemTime) -> Leaf {
+    pub(crate) fn leaf_with(&self, names: &[&str], key: rcgen::KeyPair, not_after: std::time::SystemTime) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -589,12 +589,12 @@ impl Pki {
     }
 
     /// The full chain in the order servers must send it: leaf, then intermediate.
-    pub fn chain(&self, leaf: &Leaf) -> String {
+    pub(crate) fn chain(&self, leaf: &Leaf) -> String {
         format!("{}{}", leaf.pem, self.intermediate_pem)
     }
 
     /// Writes `contents` to `name` in the PKI's directory (overwriting it in place).
-    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).unwrap();
         path
@@ -602,14 +602,14 @@ impl Pki {
 
     /// Writes `leaf`'s chain and key as `cert.pem` and `key.pem`: the arguments for
     /// a TLS listener on an ephemeral loopback port.
-    pub fn tls_args(&self, leaf: &Leaf) -> Vec<String> {
+    pub(crate) fn tls_args(&self, leaf: &Leaf) -> Vec<String> {
         let cert = self.write("cert.pem", &self.chain(leaf));
         let key = self.write("key.pem", &leaf.key_pem);
         tls_listen_args(&cert, &key)
     }
 
     /// A rustls client configuration trusting only the root, offering `alpn`.
-    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    pub(crate) fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.root_der.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -627,7 +627,7 @@ impl Pki {
 
     /// A pooling https client (hyper-util's legacy client over hyper-rustls). With
     /// `h2`, ALPN offers `h2` and `http/1.1`, else no ALPN (hyper-rustls's HTTP/1.1 only).
-    pub fn https_client(&self, h2: bool) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, TestBody> {
+    pub(crate) fn https_client(&self, h2: bool) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, TestBody> {
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(self.client_config(&[]))
             .https_only()
@@ -642,7 +642,7 @@ impl Pki {
 
     /// A TLS handshake as `localhost` on `io` (a fresh TCP connection, or one that
     /// already carried a PROXY protocol header).
-    pub async fn handshake<S>(&self, io: S, alpn: &[&[u8]]) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    pub(crate) async fn handshake<S>(&self, io: S, alpn: &[&[u8]]) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -654,7 +654,7 @@ impl Pki {
     }
 
     /// A fresh TCP connection to `addr` and a TLS handshake on it.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         addr: SocketAddr,
         alpn: &[&[u8]],
@@ -665,7 +665,7 @@ impl Pki {
 }
 
 /// The leaf certificate a TLS server presented.
-pub fn peer_leaf<S>(tls: &tokio_rustls::client::TlsStream<S>) -> CertificateDer<'static> {
+pub(crate) fn peer_leaf<S>(tls: &tokio_rustls::client::TlsStream<S>) -> CertificateDer<'static> {
     tls.get_ref()
         .1
         .peer_certificates()
@@ -675,7 +675,7 @@ pub fn peer_leaf<S>(tls: &tokio_rustls::client::TlsStream<S>) -> CertificateDer<
 }
 
 /// An HTTP/1.1 client connection over `io` (TLS or plain), driven in the background.
-pub async fn http1_over<S>(io: S) -> hyper::client::conn::http1::SendRequest<TestBody>
+pub(crate) async fn http1_over<S>(io: S) -> hyper::client::conn::http1::SendRequest<TestBody>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -685,7 +685,7 @@ where
 }
 
 /// One GET `path` with `Host: localhost` on an HTTP/1.1 connection; the status and body.
-pub async fn get_on(
+pub(crate) async fn get_on(
     sender: &mut hyper::client::conn::http1::SendRequest<TestBody>,
     path: &str,
 ) -> Result<(http::StatusCode, Bytes), String> {
@@ -708,7 +708,7 @@ pub async fn get_on(
 }
 
 /// `--tls-listen` on an ephemeral loopback port with these files.
-pub fn tls_listen_args(cert: &std::path::Path, key: &std::path::Path) -> Vec<String> {
+pub(crate) fn tls_listen_args(cert: &std::path::Path, key: &std::path::Path) -> Vec<String> {
     vec![
         "--tls-listen".into(),
         "127.0.0.1:0".into(),
