@@ -31,11 +31,8 @@ use crate::tls::{self, CertStore, TlsSettings};
 use crate::upstream::{Upstream, UpstreamSettings};
 
 pub struct RunningProxy {
-    pub listen: SocketAddr,
-    pub tls_listen: Option<SocketAddr>,
-    pub admin: SocketAddr,
-    pub cache: Arc<Cache>,
-    pub metrics: Arc<Metrics>,
+    admin: SocketAddr,
+    cache: Arc<Cache>,
     draining: CancellationToken,
     tracker: TaskTracker,
     accepting: Vec<JoinHandle<()>>,
@@ -98,16 +95,23 @@ impl RunningProxy {
         let cache = parts.cache.clone();
         let (accepting, background) = spawn(config, sockets, parts, tls_store, &metrics, &draining, &tracker);
         Ok(RunningProxy {
-            listen,
-            tls_listen,
             admin,
             cache,
-            metrics,
             draining,
             tracker,
             accepting,
             background,
         })
+    }
+
+    /// The admin listener's address (the port is known once bound).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Both OIDC documents are held: the proxy answers them without GitLab.
+    pub fn oidc_warm(&self) -> bool {
+        self.cache.warm()
     }
 
     /// Stops accepting, lets in-flight work finish within `grace` (or until

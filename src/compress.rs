@@ -77,7 +77,7 @@ impl Drop for HeavyPermit {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     Gzip,
     Br,
     Zstd,
@@ -85,9 +85,9 @@ pub enum Encoding {
 
 impl Encoding {
     /// In tie-break order: gzip first, like nginx, then br, then zstd.
-    pub const ALL: [Encoding; 3] = [Encoding::Gzip, Encoding::Br, Encoding::Zstd];
+    pub(crate) const ALL: [Encoding; 3] = [Encoding::Gzip, Encoding::Br, Encoding::Zstd];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Encoding::Gzip => "gzip",
             Encoding::Br => "br",

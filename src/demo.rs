@@ -90,7 +90,12 @@ pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
         gitlab_task.abort();
         return Ok(if all_passed { 0 } else { 1 });
     }
-    print_walkthrough(&issuer, gitlab_addr, proxy.admin, &gitlab.mint_ci_token(AUDIENCE));
+    print_walkthrough(
+        &issuer,
+        gitlab_addr,
+        proxy.admin_addr(),
+        &gitlab.mint_ci_token(AUDIENCE),
+    );
     let mut signals = crate::shutdown::Signals::install().map_err(StartError::io("cannot install signal handlers"))?;
     signals.recv().await;
     proxy.shutdown(Duration::from_secs(5), signals.recv()).await;
@@ -100,7 +105,7 @@ pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
 
 async fn wait_warm(proxy: &RunningProxy) -> Result<(), StartError> {
     let ready = tokio::time::timeout(Duration::from_secs(10), async {
-        while !proxy.cache.warm() {
+        while !proxy.oidc_warm() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

@@ -14,10 +14,10 @@ use http::StatusCode;
 
 use crate::config::ConfigError;
 
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// The client sent something we refuse to forward.
     #[error(transparent)]
     Downstream(#[from] DownstreamError),
@@ -27,7 +27,7 @@ pub enum ProxyError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DownstreamError {
+pub(crate) enum DownstreamError {
     /// CONNECT and TRACE: a reverse proxy is no forward proxy, and TRACE echoes
     /// credentials back (nginx refuses both too).
     #[error("method not allowed")]
@@ -45,10 +45,10 @@ pub enum DownstreamError {
 /// aborts its own upload is not counted as a GitLab failure.
 #[derive(Debug, thiserror::Error)]
 #[error("client request body: {0}")]
-pub struct ClientBodyError(#[source] pub BoxError);
+pub(crate) struct ClientBodyError(#[source] pub BoxError);
 
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// No connection could be made (refused, DNS, TLS handshake): 502.
     #[error("connect to upstream failed: {}", chain(.0.as_ref()))]
     Connect(BoxError),
@@ -65,7 +65,7 @@ pub enum UpstreamError {
 
 /// What the client gets for a [`ProxyError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     /// The `reason` metric label and the log's short name.
     pub label: &'static str,
@@ -75,7 +75,7 @@ pub struct Answer {
 
 impl ProxyError {
     /// Status, label and body, decided here and nowhere else.
-    pub fn answer(&self) -> Answer {
+    pub(crate) fn answer(&self) -> Answer {
         let (status, label, body) = match self {
             ProxyError::Downstream(DownstreamError::MethodNotAllowed) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -115,7 +115,7 @@ const BAD_GATEWAY: &str = "bad gateway: GitLab is unreachable or failed\n";
 
 /// Why a GitLab answer was refused. Labels are metric values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DocError {
+pub(crate) enum DocError {
     #[error("not found (404)")]
     NotFound,
     #[error("status {0}")]
@@ -133,7 +133,7 @@ pub enum DocError {
 }
 
 impl DocError {
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             DocError::NotFound => "not_found",
             DocError::Status(_) => "bad_status",
@@ -183,7 +183,7 @@ impl StartError {
 }
 
 /// "outer: inner: root" from an error and its sources, for one log line.
-pub fn chain(err: &(dyn StdError + 'static)) -> String {
+pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {

@@ -174,7 +174,12 @@ fn canonical(addr: IpAddr) -> IpAddr {
 /// Rewrites the forwarding headers for the request going to GitLab: every
 /// client-supplied one is dropped and replaced, except that from a trusted
 /// proxy `X-Forwarded-For` is appended to and `X-Forwarded-Proto` believed.
-pub(crate) fn apply_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted: &[IpNet], listener_proto: Proto) -> Forwarded {
+pub(crate) fn apply_forwarding(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: &[IpNet],
+    listener_proto: Proto,
+) -> Forwarded {
     let peer = canonical(peer);
     let (chain, forwarded) = if is_trusted(peer, trusted) {
         let prior = joined(headers, "x-forwarded-for");

@@ -12,7 +12,6 @@
 pub mod app;
 pub mod config;
 pub mod demo;
-pub mod error;
 pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;
@@ -21,6 +20,7 @@ mod access_log;
 mod admin;
 mod body;
 mod compress;
+mod error;
 mod headers;
 mod listener;
 mod metrics;
@@ -31,3 +31,5 @@ mod redirect;
 mod router;
 mod tls;
 mod upstream;
+
+pub use error::StartError;

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::error::ErrorKind;
 
+use gitlab_oidc_proxy::StartError;
 use gitlab_oidc_proxy::app::RunningProxy;
 use gitlab_oidc_proxy::config::{Config, LogFormat};
 use gitlab_oidc_proxy::demo;
-use gitlab_oidc_proxy::error::StartError;
 use gitlab_oidc_proxy::shutdown::Signals;
 use gitlab_oidc_proxy::telemetry;
 

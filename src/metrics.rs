@@ -12,37 +12,37 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     pub method: &'static str,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
+pub(crate) struct ErrorLabels {
     pub reason: &'static str,
 }
 
 /// Fetches: `discovery`, `oauth_keys` (/oauth/discovery/keys) or `jwks` (/-/jwks);
 /// refreshes: `discovery` or `keys`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+pub(crate) struct OutcomeLabels {
     pub document: &'static str,
     pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServedLabels {
+pub(crate) struct ServedLabels {
     pub document: &'static str,
     /// `fresh`, `stale` (GitLab failing, last good copy served) or `unavailable` (503).
     pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DocumentLabel {
+pub(crate) struct DocumentLabel {
     pub document: &'static str,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Histogram,
@@ -65,7 +65,7 @@ pub struct Metrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeOnly {
+pub(crate) struct OutcomeOnly {
     pub outcome: &'static str,
 }
 
@@ -118,7 +118,7 @@ const PROXY_PROTOCOL_REJECTED: Described = (
 );
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut r = Registry::with_prefix("gitlab_oidc_proxy");
         let buckets = [0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
         // Field order is registration order, which is the order /metrics lists them in.
@@ -143,7 +143,7 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -26,7 +26,7 @@ use crate::error::{BoxError, ClientBodyError, DownstreamError, ProxyError, Upstr
 
 /// Settings the pool needs; read from the command line by `main`.
 #[derive(Debug, Clone)]
-pub struct UpstreamSettings {
+pub(crate) struct UpstreamSettings {
     pub target: UpstreamTarget,
     pub extra_ca: Option<PathBuf>,
     pub connect_timeout: Duration,
@@ -34,7 +34,7 @@ pub struct UpstreamSettings {
     pub response_timeout: Duration,
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     client: Pool,
     scheme: Scheme,
     authority: http::uri::Authority,
@@ -48,7 +48,7 @@ enum Pool {
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+    pub(crate) fn new(settings: &UpstreamSettings) -> Result<Self, String> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
@@ -90,7 +90,7 @@ impl Upstream {
     }
 
     /// The URI a request for `path_and_query` is sent to.
-    pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+    pub(crate) fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -106,7 +106,7 @@ impl Upstream {
     /// Sends a request and waits for the response headers (not the body). The
     /// response timeout starts once the request body is sent: an upload may take
     /// hours, its silences are bounded by the body's own idle limit.
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
+    pub(crate) async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
         let has_body = !http_body::Body::is_end_stream(req.body());
         let (req, sent) = if has_body {
             let (parts, body) = req.into_parts();

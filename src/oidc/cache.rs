@@ -22,7 +22,7 @@ use crate::metrics::{DocumentLabel, Metrics, OutcomeLabels};
 /// A document as served: body, strong ETag, and when GitLab last confirmed it,
 /// with compressed copies made once here rather than per request.
 #[derive(Debug, Clone)]
-pub struct Published {
+pub(crate) struct Published {
     pub body: Bytes,
     pub etag: HeaderValue,
     pub fetched_at: Instant,
@@ -31,7 +31,7 @@ pub struct Published {
 
 /// A compressed copy: a representation of its own, so its own ETag.
 #[derive(Debug)]
-pub struct Encoded {
+pub(crate) struct Encoded {
     pub encoding: Encoding,
     pub body: Bytes,
     pub etag: HeaderValue,
@@ -63,7 +63,7 @@ impl Published {
     }
 
     /// The body and ETag to send for a negotiated encoding, and the encoding used.
-    pub fn representation(&self, choice: Option<Encoding>) -> (&Bytes, &HeaderValue, Option<Encoding>) {
+    pub(crate) fn representation(&self, choice: Option<Encoding>) -> (&Bytes, &HeaderValue, Option<Encoding>) {
         match choice.and_then(|c| self.encoded.iter().find(|e| e.encoding == c)) {
             Some(e) => (&e.body, &e.etag, Some(e.encoding)),
             None => (&self.body, &self.etag, None),
@@ -72,7 +72,7 @@ impl Published {
 }
 
 #[derive(Debug)]
-pub struct DiscoveryState {
+pub(crate) struct DiscoveryState {
     /// GitLab's own issuer, from its document.
     pub issuer: Issuer,
     /// The document per published issuer: (discovery path, document).
@@ -81,31 +81,31 @@ pub struct DiscoveryState {
 
 impl DiscoveryState {
     /// When GitLab last confirmed the document (all issuers' copies are made at once).
-    pub fn fetched_at(&self) -> Option<Instant> {
+    pub(crate) fn fetched_at(&self) -> Option<Instant> {
         self.by_path.first().map(|(_, p)| p.fetched_at)
     }
 }
 
 #[derive(Debug)]
-pub struct KeysState {
+pub(crate) struct KeysState {
     pub doc: Published,
     pub kids: Vec<String>,
 }
 
 /// The outcome of one refresh, for logs and `POST /refresh`.
 #[derive(Debug)]
-pub struct RefreshReport {
+pub(crate) struct RefreshReport {
     pub discovery: Result<(), DocError>,
     pub keys: Result<(), DocError>,
 }
 
 impl RefreshReport {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.discovery.is_ok() && self.keys.is_ok()
     }
 }
 
-pub struct Cache {
+pub(crate) struct Cache {
     settings: OidcSettings,
     fetcher: Fetcher,
     /// Used for `Host` until GitLab's issuer is known.
@@ -123,7 +123,12 @@ pub struct Cache {
 const MIN_GAP: Duration = Duration::from_secs(1);
 
 impl Cache {
-    pub fn new(settings: OidcSettings, fetcher: Fetcher, upstream_host: String, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(
+        settings: OidcSettings,
+        fetcher: Fetcher,
+        upstream_host: String,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let (poke_tx, poke_rx) = mpsc::channel(1);
         Arc::new(Cache {
             settings,
@@ -138,36 +143,36 @@ impl Cache {
         })
     }
 
-    pub fn settings(&self) -> &OidcSettings {
+    pub(crate) fn settings(&self) -> &OidcSettings {
         &self.settings
     }
 
-    pub fn discovery(&self) -> Option<Arc<DiscoveryState>> {
+    pub(crate) fn discovery(&self) -> Option<Arc<DiscoveryState>> {
         self.discovery.borrow().clone()
     }
 
-    pub fn keys(&self) -> Option<Arc<KeysState>> {
+    pub(crate) fn keys(&self) -> Option<Arc<KeysState>> {
         self.keys.borrow().clone()
     }
 
     /// Both documents held: the proxy is ready.
-    pub fn warm(&self) -> bool {
+    pub(crate) fn warm(&self) -> bool {
         self.discovery.borrow().is_some() && self.keys.borrow().is_some()
     }
 
     /// Both documents held and young enough to serve (within `--stale-if-error`).
-    pub fn servable(&self) -> bool {
+    pub(crate) fn servable(&self) -> bool {
         let young = |at: Instant| at.elapsed() <= self.settings.stale_if_error;
         let discovery = self.discovery().is_some_and(|d| d.fetched_at().is_some_and(young));
         discovery && self.keys().is_some_and(|k| young(k.doc.fetched_at))
     }
 
     /// Waits (bounded) for a first discovery document, asking for a fetch.
-    pub async fn wait_discovery(&self) -> Option<Arc<DiscoveryState>> {
+    pub(crate) async fn wait_discovery(&self) -> Option<Arc<DiscoveryState>> {
         self.wait(&self.discovery).await
     }
 
-    pub async fn wait_keys(&self) -> Option<Arc<KeysState>> {
+    pub(crate) async fn wait_keys(&self) -> Option<Arc<KeysState>> {
         self.wait(&self.keys).await
     }
 
@@ -189,7 +194,7 @@ impl Cache {
     }
 
     /// Refetches both documents now; publishes what validates.
-    pub async fn refresh(&self) -> RefreshReport {
+    pub(crate) async fn refresh(&self) -> RefreshReport {
         let _one_at_a_time = self.refreshing.lock().await;
         // Key paths sit under GitLab's relative URL root, which discovery tells
         // when it is not configured: then discovery goes first.
@@ -216,7 +221,7 @@ impl Cache {
 
     /// Runs forever: primes at once, then refreshes every `--refresh`, sooner
     /// (with backoff) while a document is missing or when a cold client asks.
-    pub async fn run_refresher(self: Arc<Self>) {
+    pub(crate) async fn run_refresher(self: Arc<Self>) {
         let Some(mut pokes) = self.poke_rx.lock().ok().and_then(|mut rx| rx.take()) else {
             return;
         };
@@ -394,7 +399,7 @@ impl Cache {
     }
 
     /// Document ages and key count, for the metrics endpoint.
-    pub fn update_gauges(&self) {
+    pub(crate) fn update_gauges(&self) {
         let age = |at: Option<Instant>| at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(-1.0);
         let discovery_at = self.discovery().and_then(|d| d.fetched_at());
         let keys = self.keys();

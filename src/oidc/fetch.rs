@@ -17,22 +17,22 @@ pub(crate) const MAX_BODY: usize = 1 << 20;
 /// Where GitLab is asked, and as whom: the issuer's host and scheme, so GitLab
 /// builds the same URLs it would for a client of that issuer.
 #[derive(Debug, Clone)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub host: String,
     pub https: bool,
 }
 
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     upstream: Arc<Upstream>,
     timeout: Duration,
 }
 
 impl Fetcher {
-    pub fn new(upstream: Arc<Upstream>, timeout: Duration) -> Self {
+    pub(crate) fn new(upstream: Arc<Upstream>, timeout: Duration) -> Self {
         Fetcher { upstream, timeout }
     }
 
-    pub async fn get(&self, path: &str, origin: &Origin) -> Result<Bytes, DocError> {
+    pub(crate) async fn get(&self, path: &str, origin: &Origin) -> Result<Bytes, DocError> {
         let path_and_query = path
             .parse()
             .map_err(|_| DocError::Invalid(format!("bad path {path}")))?;

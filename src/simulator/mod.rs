@@ -342,11 +342,6 @@ impl SimulatedGitLab {
         &self.token_issuer
     }
 
-    /// The relative URL root ("" or e.g. "/gitlab").
-    pub fn relative_root(&self) -> &str {
-        &self.root
-    }
-
     pub fn ci_kid(&self) -> String {
         self.ci_key().kid().to_owned()
     }

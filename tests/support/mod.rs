@@ -104,7 +104,11 @@ impl Proxy {
 
     /// Runs `serve` expecting it to refuse to start: its exit status (None if it
     /// was still running after `within`, then killed) and everything on stderr.
-    pub(crate) fn start_expecting_exit(upstream: &str, extra: &[&str], within: Duration) -> (Option<ExitStatus>, String) {
+    pub(crate) fn start_expecting_exit(
+        upstream: &str,
+        extra: &[&str],
+        within: Duration,
+    ) -> (Option<ExitStatus>, String) {
         let mut child = Self::command(upstream, extra, &[]).spawn().expect("spawn proxy");
         let mut stderr = child.stderr.take().unwrap();
         let reader = std::thread::spawn(move || {
@@ -642,7 +646,11 @@ impl Pki {
 
     /// A TLS handshake as `localhost` on `io` (a fresh TCP connection, or one that
     /// already carried a PROXY protocol header).
-    pub(crate) async fn handshake<S>(&self, io: S, alpn: &[&[u8]]) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+    pub(crate) async fn handshake<S>(
+        &self,
+        io: S,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
