@@ -1,8 +1,7 @@
-//! `gitlab-oidc-proxy demo`: a simulated GitLab, the proxy in front of it, and
-//! an STS-like verifier run in parallel, first straight against GitLab, then
-//! through the proxy. Prints what changes, then serves for curl.
+//! The STS-like verifier: what AWS STS does with a web identity token, as a
+//! client of the issuer. Discovery at the issuer, `jwks_uri`, the key by `kid`,
+//! then the RS256 signature (ring), `iss`, `aud`, `exp` and `nbf`.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -15,137 +14,46 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use serde_json::Value;
-use tokio::net::TcpListener;
-
-use crate::app::RunningProxy;
-use crate::config::{Config, parse_upstream};
-use crate::error::StartError;
-use crate::simulator::{Profile, SimConfig, SimDoc, SimulatedGitLab};
-
-/// What to simulate and where to listen (the `demo` subcommand's options).
-#[derive(Debug, Clone)]
-pub struct DemoSettings {
-    /// Which GitLab to simulate (reference profiles).
-    pub profile: Profile,
-    /// Verifications run in parallel, like CI jobs assuming a role at once.
-    pub jobs: u32,
-    /// Exit after the table: 0 only if every verification through the proxy passed.
-    pub once: bool,
-    /// The proxy's public listener (its URL is the issuer).
-    pub listen: SocketAddr,
-    /// The proxy's admin listener.
-    pub admin_listen: SocketAddr,
-    /// The simulated GitLab's listener.
-    pub gitlab_listen: SocketAddr,
-}
 
 /// The audience the demo's tokens carry, as an AWS role's trust policy expects.
-const AUDIENCE: &str = "sts.amazonaws.com";
+pub(super) const AUDIENCE: &str = "sts.amazonaws.com";
 
 /// What one verification saw.
-struct Verification {
-    result: Result<(), String>,
-    elapsed: Duration,
-    discovery_cache_control: String,
-    keys_cache_control: String,
+pub(super) struct Verification {
+    pub(super) result: Result<(), VerifyError>,
+    pub(super) elapsed: Duration,
+    pub(super) discovery_cache_control: String,
+    pub(super) keys_cache_control: String,
 }
 
-struct RunSummary {
-    passed: usize,
-    gitlab_requests: usize,
-    p50: Duration,
-    p99: Duration,
-    discovery_cache_control: String,
-    keys_cache_control: String,
-    first_failure: Option<String>,
+/// Why one verification failed, as the demo's table prints it.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum VerifyError {
+    #[error("{url}: {failure}")]
+    Fetch { url: String, failure: FetchFailure },
+    #[error("discovery issuer {found} is not the token's {issuer}")]
+    IssuerMismatch { found: String, issuer: String },
+    #[error("discovery has no jwks_uri")]
+    NoJwksUri,
+    #[error(transparent)]
+    Jws(#[from] JwsError),
 }
 
-/// Runs the demo; returns the process exit code.
-pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
-    };
-    let local = |l: &TcpListener| l.local_addr().map_err(StartError::io("reading a listener's address"));
-    let gitlab_listener = bind(args.gitlab_listen).await?;
-    let gitlab_addr = local(&gitlab_listener)?;
-    // The issuer is the proxy's URL: bind first to know it.
-    let public = bind(args.listen).await?;
-    let listen = local(&public)?;
-    let issuer = format!("http://{listen}");
-    println!("Starting a simulated GitLab {} ...", args.profile);
-    let config = SimConfig {
-        profile: args.profile,
-        external_url: issuer.clone(),
-        token_issuer: None,
-    };
-    let gitlab = SimulatedGitLab::new(config).map_err(StartError::Demo)?;
-    let gitlab_task = gitlab.serve(gitlab_listener);
-    let proxy = RunningProxy::start_on(&proxy_config(gitlab_addr, listen, args.admin_listen)?, Some(public)).await?;
-    wait_warm(&proxy).await?;
-    let all_passed = compare(&args, &gitlab, gitlab_addr, &issuer).await;
-    if args.once {
-        proxy.shutdown(Duration::from_secs(1), std::future::pending()).await;
-        gitlab_task.abort();
-        return Ok(if all_passed { 0 } else { 1 });
-    }
-    print_walkthrough(
-        &issuer,
-        gitlab_addr,
-        proxy.admin_addr(),
-        &gitlab.mint_ci_token(AUDIENCE),
-    );
-    let mut signals = crate::shutdown::Signals::install().map_err(StartError::io("cannot install signal handlers"))?;
-    signals.recv().await;
-    proxy.shutdown(Duration::from_secs(5), signals.recv()).await;
-    gitlab_task.abort();
-    Ok(0)
+/// Why fetching one document failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FetchFailure {
+    #[error("no answer within 5 s")]
+    Timeout,
+    #[error("status {0}")]
+    Status(http::StatusCode),
+    #[error("not JSON ({0})")]
+    NotJson(serde_json::Error),
+    #[error("{0}")]
+    Transport(Box<dyn std::error::Error + Send + Sync>),
 }
 
-async fn wait_warm(proxy: &RunningProxy) -> Result<(), StartError> {
-    let ready = tokio::time::timeout(Duration::from_secs(10), async {
-        while !proxy.oidc_warm() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    ready.map_err(|_| StartError::Demo("the proxy did not fetch the OIDC documents within 10 s".into()))
-}
-
-/// The same tokens verified straight against GitLab, then through the proxy;
-/// prints the table. True when every verification through the proxy passed.
-async fn compare(args: &DemoSettings, gitlab: &SimulatedGitLab, gitlab_addr: SocketAddr, issuer: &str) -> bool {
-    let priming = total_hits(gitlab);
-    let tokens: Vec<String> = (0..args.jobs).map(|_| gitlab.mint_ci_token(AUDIENCE)).collect();
-    let direct_base = format!("http://{gitlab_addr}");
-    gitlab.reset_hits();
-    let direct = run_jobs(&direct_base, issuer, &tokens).await;
-    let direct = summarize(direct, total_hits(gitlab));
-    gitlab.reset_hits();
-    let proxied = run_jobs(issuer, issuer, &tokens).await;
-    let proxied = summarize(proxied, total_hits(gitlab));
-    print_table(args, issuer, &direct, &proxied, priming);
-    proxied.passed == tokens.len()
-}
-
-/// The proxy's settings: the defaults, in front of the simulated GitLab.
-fn proxy_config(gitlab: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> Result<Config, StartError> {
-    let upstream = parse_upstream(&format!("http://{gitlab}")).map_err(|e| StartError::Demo(e.to_string()))?;
-    let mut config = Config::new(upstream);
-    config.listen = listen;
-    config.admin_listen = admin;
-    Ok(config)
-}
-
-fn total_hits(gitlab: &SimulatedGitLab) -> usize {
-    [SimDoc::Discovery, SimDoc::OauthKeys, SimDoc::Jwks]
-        .iter()
-        .map(|d| gitlab.hits(*d))
-        .sum()
-}
-
-async fn run_jobs(base: &str, issuer: &str, tokens: &[String]) -> Vec<Verification> {
+/// Verifies each token in parallel against the issuer's documents at `base`.
+pub(super) async fn run_jobs(base: &str, issuer: &str, tokens: &[String]) -> Vec<Verification> {
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let jobs = tokens.iter().map(|token| {
         let (client, base, issuer, token) = (client.clone(), base.to_owned(), issuer.to_owned(), token.clone());
@@ -174,12 +82,12 @@ async fn verify(client: &Client<HttpConnector, Empty<Bytes>>, base: &str, issuer
         let (discovery, cc) = get_json(client, &format!("{base}/.well-known/openid-configuration")).await?;
         seen.discovery_cache_control = cc;
         if discovery["issuer"] != issuer {
-            return Err(format!(
-                "discovery issuer {} is not the token's {issuer}",
-                discovery["issuer"]
-            ));
+            return Err(VerifyError::IssuerMismatch {
+                found: discovery["issuer"].to_string(),
+                issuer: issuer.to_owned(),
+            });
         }
-        let jwks_uri = discovery["jwks_uri"].as_str().ok_or("discovery has no jwks_uri")?;
+        let jwks_uri = discovery["jwks_uri"].as_str().ok_or(VerifyError::NoJwksUri)?;
         let (keys, cc) = get_json(client, jwks_uri).await?;
         seen.keys_cache_control = cc;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -188,7 +96,7 @@ async fn verify(client: &Client<HttpConnector, Empty<Bytes>>, base: &str, issuer
             audience: AUDIENCE,
             now,
         };
-        verify_jws(token, &keys, jwks_uri, &expected).map_err(|e| e.to_string())?;
+        verify_jws(token, &keys, jwks_uri, &expected)?;
         Ok(())
     }
     .await;
@@ -209,7 +117,7 @@ struct Expected<'a> {
 
 /// Why [`verify_jws`] refused a token.
 #[derive(Debug, thiserror::Error)]
-enum JwsError {
+pub(super) enum JwsError {
     #[error("token is not a compact JWS: {0}")]
     Malformed(&'static str),
     #[error("token has no kid")]
@@ -222,7 +130,7 @@ enum JwsError {
 
 /// A well-formed token that does not pass.
 #[derive(Debug, thiserror::Error)]
-enum Rejection {
+pub(super) enum Rejection {
     #[error("alg {0} is not RS256")]
     Algorithm(String),
     #[error("key {0} has no usable RSA n and e")]
@@ -326,14 +234,17 @@ fn check_claims(claims: &Value, expected: &Expected) -> Result<(), Rejection> {
     }
 }
 
-async fn get_json(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Result<(Value, String), String> {
-    let req = Request::get(url)
-        .body(Empty::new())
-        .map_err(|e| format!("{url}: {e}"))?;
+async fn get_json(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Result<(Value, String), VerifyError> {
+    let failed = |failure| VerifyError::Fetch {
+        url: url.to_owned(),
+        failure,
+    };
+    let transport = |e: Box<dyn std::error::Error + Send + Sync>| failed(FetchFailure::Transport(e));
+    let req = Request::get(url).body(Empty::new()).map_err(|e| transport(e.into()))?;
     let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
         .await
-        .map_err(|_| format!("{url}: no answer within 5 s"))?
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|_| failed(FetchFailure::Timeout))?
+        .map_err(|e| transport(e.into()))?;
     let status = resp.status();
     let cache_control = resp
         .headers()
@@ -345,94 +256,13 @@ async fn get_json(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Re
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("{url}: {e}"))?
+        .map_err(|e| transport(e.into()))?
         .to_bytes();
     if !status.is_success() {
-        return Err(format!("{url}: status {status}"));
+        return Err(failed(FetchFailure::Status(status)));
     }
-    let json = serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON ({e})"))?;
+    let json = serde_json::from_slice(&body).map_err(|e| failed(FetchFailure::NotJson(e)))?;
     Ok((json, cache_control))
-}
-
-fn summarize(mut runs: Vec<Verification>, gitlab_requests: usize) -> RunSummary {
-    runs.sort_by_key(|v| v.elapsed);
-    let pick = |q: f64| {
-        runs.get(((runs.len() as f64 - 1.0) * q).round() as usize)
-            .map(|v| v.elapsed)
-            .unwrap_or_default()
-    };
-    let first = |f: fn(&Verification) -> &str| {
-        runs.iter()
-            .map(f)
-            .find(|s| !s.is_empty())
-            .map(str::to_owned)
-            .unwrap_or_else(|| "(none seen)".into())
-    };
-    RunSummary {
-        passed: runs.iter().filter(|v| v.result.is_ok()).count(),
-        gitlab_requests,
-        p50: pick(0.5),
-        p99: pick(0.99),
-        discovery_cache_control: first(|v| &v.discovery_cache_control),
-        keys_cache_control: first(|v| &v.keys_cache_control),
-        first_failure: runs.iter().find_map(|v| v.result.as_ref().err().cloned()),
-    }
-}
-
-fn print_table(args: &DemoSettings, issuer: &str, direct: &RunSummary, proxied: &RunSummary, priming: usize) {
-    let jobs = args.jobs;
-    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
-    println!();
-    println!(
-        "Simulated GitLab {}, issuer {issuer}, {jobs} parallel STS-like verifications",
-        args.profile
-    );
-    println!();
-    println!(
-        "{:<28} {:<58} {:<40}",
-        "", "straight to GitLab", "through gitlab-oidc-proxy"
-    );
-    let row = |name: &str, a: String, b: String| println!("{name:<28} {a:<58} {b}");
-    row(
-        "verifications passed",
-        format!("{}/{jobs}", direct.passed),
-        format!("{}/{jobs}", proxied.passed),
-    );
-    row(
-        "requests that reached GitLab",
-        direct.gitlab_requests.to_string(),
-        format!("{} (+{priming} when the proxy started)", proxied.gitlab_requests),
-    );
-    row("latency p50", ms(direct.p50), ms(proxied.p50));
-    row("latency p99", ms(direct.p99), ms(proxied.p99));
-    row(
-        "Cache-Control, discovery",
-        direct.discovery_cache_control.clone(),
-        proxied.discovery_cache_control.clone(),
-    );
-    row(
-        "Cache-Control, key set",
-        direct.keys_cache_control.clone(),
-        proxied.keys_cache_control.clone(),
-    );
-    println!();
-    for (name, run) in [("straight to GitLab", direct), ("through the proxy", proxied)] {
-        if let Some(failure) = &run.first_failure {
-            println!("first failure {name}: {failure}");
-        }
-    }
-}
-
-fn print_walkthrough(issuer: &str, gitlab: SocketAddr, admin: SocketAddr, token: &str) {
-    println!();
-    println!("Serving until Ctrl-C. Try:");
-    println!("  curl -si http://{gitlab}/.well-known/openid-configuration   # GitLab itself: max-age=0, private");
-    println!("  curl -si {issuer}/.well-known/openid-configuration           # the proxy: public, max-age=3600");
-    println!("  curl -si {issuer}/-/jwks                                     # the united key set, CI key included");
-    println!("  curl -s  http://{admin}/metrics | grep oidc");
-    println!("  curl -s  -X POST http://{admin}/refresh");
-    println!("A CI ID token signed by the simulated CI key (aud {AUDIENCE}):");
-    println!("  {token}");
 }
 
 #[cfg(test)]
@@ -449,7 +279,7 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
     /// One of the simulator's public demo keys; here it signs through `rsa` and
     /// `jsonwebtoken`, so the verifier is checked against an independent signer.
-    const PRIVATE_JWK: &str = include_str!("simulator/keys/ci-0.json");
+    const PRIVATE_JWK: &str = include_str!("../simulator/keys/ci-0.json");
 
     fn private_jwk() -> Value {
         serde_json::from_str(PRIVATE_JWK).unwrap()
