@@ -74,7 +74,7 @@ impl RunningProxy {
                 connect_timeout: config.connect_timeout,
                 response_timeout: config.idle_timeout,
             })
-            .map_err(StartError::File)?,
+            .map_err(|e| StartError::File(e.into()))?,
         );
         let sockets = bind(config, public, tls_store.clone()).await?;
         let local = |l: &TcpListener| l.local_addr().map_err(StartError::io("reading a listener's address"));
@@ -150,7 +150,7 @@ fn load_certificate(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<Ar
     };
     CertStore::load(settings, metrics.clone())
         .map(Some)
-        .map_err(StartError::File)
+        .map_err(|e| StartError::File(e.into()))
 }
 
 async fn bind(
@@ -168,7 +168,10 @@ async fn bind(
         None => bind(config.listen).await?,
     };
     let tls = match (config.tls.listen, tls) {
-        (Some(addr), Some(store)) => Some((bind(addr).await?, tls::server_config(store).map_err(StartError::Tls)?)),
+        (Some(addr), Some(store)) => Some((
+            bind(addr).await?,
+            tls::server_config(store).map_err(|e| StartError::Tls(e.into()))?,
+        )),
         _ => None,
     };
     let admin = bind(config.admin_listen).await?;

@@ -154,7 +154,7 @@ pub enum StartError {
     Config(#[from] ConfigError),
     /// A file an option names is unusable: the message names the option and file.
     #[error("{0}")]
-    File(String),
+    File(BoxError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     /// The operating system refused something else (signals, a socket's address).
@@ -162,10 +162,10 @@ pub enum StartError {
     Io { what: &'static str, source: std::io::Error },
     /// rustls refused the server configuration.
     #[error("{0}")]
-    Tls(String),
+    Tls(BoxError),
     /// The demo could not run its scenario.
     #[error("{0}")]
-    Demo(String),
+    Demo(BoxError),
 }
 
 impl StartError {

@@ -48,7 +48,7 @@ enum Pool {
 }
 
 impl Upstream {
-    pub(crate) fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+    pub(crate) fn new(settings: &UpstreamSettings) -> Result<Self, SetupError> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
@@ -162,29 +162,51 @@ fn tcp_connector() -> HttpConnector {
     http
 }
 
-fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+/// Why the client to an https upstream cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    #[error("--upstream-ca {}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("--upstream-ca {}: no certificate in the file", path.display())]
+    CaEmpty { path: PathBuf },
+    #[error("--upstream-ca {}: {source}", path.display())]
+    CaRefused { path: PathBuf, source: rustls::Error },
+    #[error("no system CA certificates found for the https upstream; pass --upstream-ca")]
+    NoSystemRoots,
+    #[error("TLS client configuration: {0}")]
+    Config(rustls::Error),
+}
+
+fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
     if let Some(path) = extra_ca {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
+            .map_err(|source| SetupError::CaFile {
+                path: path.to_owned(),
+                source,
+            })?;
         if certs.is_empty() {
-            return Err(format!("--upstream-ca {}: no certificate in the file", path.display()));
+            return Err(SetupError::CaEmpty { path: path.to_owned() });
         }
         for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("--upstream-ca {}: {e}", path.display()))?;
+            roots.add(cert).map_err(|source| SetupError::CaRefused {
+                path: path.to_owned(),
+                source,
+            })?;
         }
     } else if added == 0 {
-        return Err("no system CA certificates found for the https upstream; pass --upstream-ca".into());
+        return Err(SetupError::NoSystemRoots);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(SetupError::Config)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -352,6 +374,9 @@ mod tests {
         let mut s = settings("https://gitlab.internal");
         s.extra_ca = Some("/nonexistent/ca.pem".into());
         let err = Upstream::new(&s).err().unwrap();
-        assert!(err.starts_with("--upstream-ca /nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.to_string().starts_with("--upstream-ca /nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 }

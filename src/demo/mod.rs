@@ -63,7 +63,7 @@ pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
         external_url: issuer.clone(),
         token_issuer: None,
     };
-    let gitlab = SimulatedGitLab::new(config).map_err(StartError::Demo)?;
+    let gitlab = SimulatedGitLab::new(config).map_err(|e| StartError::Demo(e.into()))?;
     let gitlab_task = gitlab.serve(gitlab_listener);
     let proxy = RunningProxy::start_on(&proxy_config(gitlab_addr, listen, args.admin_listen)?, Some(public)).await?;
     wait_warm(&proxy).await?;
@@ -114,7 +114,7 @@ async fn compare(args: &DemoSettings, gitlab: &SimulatedGitLab, gitlab_addr: Soc
 
 /// The proxy's settings: the defaults, in front of the simulated GitLab.
 fn proxy_config(gitlab: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> Result<Config, StartError> {
-    let upstream = parse_upstream(&format!("http://{gitlab}")).map_err(|e| StartError::Demo(e.to_string()))?;
+    let upstream = parse_upstream(&format!("http://{gitlab}")).map_err(|e| StartError::Demo(e.into()))?;
     let mut config = Config::new(upstream);
     config.listen = listen;
     config.admin_listen = admin;

@@ -50,7 +50,7 @@ const _: () = assert!(CI_KEY_POOL >= 2);
 
 /// Why an embedded key cannot be used (a defect of the build, not of input).
 #[derive(Clone, Debug, thiserror::Error)]
-pub(super) enum KeyError {
+pub enum KeyError {
     #[error("embedded key {file}: not a private RSA JWK: {reason}")]
     NotAJwk { file: &'static str, reason: String },
     #[error("embedded key {file}: member {member} is not base64url without padding")]

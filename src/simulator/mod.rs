@@ -249,29 +249,42 @@ const RUNNER_ID: u64 = 17;
 const SHA: &str = "714a629c0b401fdce83e847fc9589983fc6f46bc";
 const REF: &str = "main";
 
+/// Why a simulated GitLab cannot be set up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SimError {
+    #[error("external URL {url:?}: {reason}")]
+    ExternalUrl { url: String, reason: &'static str },
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+}
+
 impl SimulatedGitLab {
     /// Parses the external URL and takes the process-wide keys (the first call in
     /// a process parses the embedded ones, in milliseconds).
-    pub fn new(config: SimConfig) -> Result<Arc<Self>, String> {
+    pub fn new(config: SimConfig) -> Result<Arc<Self>, SimError> {
         let url = config.external_url.trim();
-        let uri: http::Uri = url.parse().map_err(|e| format!("external URL {url:?}: {e}"))?;
+        let bad = |reason: &'static str| SimError::ExternalUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
         let scheme = match uri.scheme_str() {
             Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => s.to_ascii_lowercase(),
-            _ => return Err(format!("external URL {url:?}: the scheme must be http or https")),
+            _ => return Err(bad("the scheme must be http or https")),
         };
         let authority = match uri.authority() {
             Some(a) if !a.host().is_empty() && !a.as_str().contains('@') => a.as_str().to_owned(),
-            _ => return Err(format!("external URL {url:?}: needs a host and no user info")),
+            _ => return Err(bad("needs a host and no user info")),
         };
         if uri.query().is_some() {
-            return Err(format!("external URL {url:?}: must not have a query"));
+            return Err(bad("must not have a query"));
         }
         let root = uri.path().trim_end_matches('/').to_owned();
         let origin = format!("{scheme}://{authority}");
         let issuer = format!("{origin}{root}");
         let token_issuer = config.token_issuer.unwrap_or_else(|| origin.clone());
 
-        let keys = keys::pool().map_err(|e| e.to_string())?;
+        let keys = keys::pool()?;
         Ok(Arc::new(SimulatedGitLab {
             profile: config.profile,
             scheme,

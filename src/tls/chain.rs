@@ -864,7 +864,7 @@ mod tests {
 
     fn rsa_key() -> &'static rsa::RsaPrivateKey {
         static KEY: OnceLock<rsa::RsaPrivateKey> = OnceLock::new();
-        KEY.get_or_init(|| rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap())
+        KEY.get_or_init(|| rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap())
     }
 
     fn rsa_pkcs8_pem() -> String {
@@ -1462,7 +1462,7 @@ mod tests {
     fn unsupported_keys_are_named() {
         let p = pki();
         let chain = cat(&[&p.leaf, &p.inter_pem()]);
-        let small = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).unwrap();
+        let small = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
         let cases = [
             (
                 small.to_pkcs1_pem(LineEnding::LF).unwrap().to_string(),
@@ -1504,7 +1504,7 @@ mod tests {
         let rsa_pem = rsa_pkcs8_pem();
         let pkcs1 = rsa_key().to_pkcs1_pem(LineEnding::LF).unwrap().to_string();
         let sec1 = sec1_pem(&p.leaf_key);
-        let small = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).unwrap();
+        let small = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
         let small = small.to_pkcs1_pem(LineEnding::LF).unwrap().to_string();
         let truncated: String = p.key.lines().take(2).collect::<Vec<_>>().join("\n");
         let broken = p.key.replacen('A', "%", 1);

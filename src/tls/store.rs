@@ -62,7 +62,7 @@ impl ResolvesServerCert for CertStore {
 
 impl CertStore {
     /// The first load: any problem is a configuration error.
-    pub(crate) fn load(settings: TlsSettings, metrics: Arc<Metrics>) -> Result<Arc<CertStore>, String> {
+    pub(crate) fn load(settings: TlsSettings, metrics: Arc<Metrics>) -> Result<Arc<CertStore>, PairError> {
         let seen = stamp(&settings);
         let pair = read_pair(&settings)?;
         let store = CertStore {
@@ -197,18 +197,39 @@ impl CertStore {
     }
 }
 
-fn read_pair(settings: &TlsSettings) -> Result<LoadedPair, String> {
-    let read = |option: &str, path: &PathBuf| {
-        std::fs::read(path).map_err(|e| format!("{option} {}: cannot read it ({e})", path.display()))
+/// Why the certificate and key files cannot be served; names the options and files.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PairError {
+    #[error("{option} {}: cannot read it ({source})", path.display())]
+    Read {
+        option: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--tls-cert {} with --tls-key {}: {source}", cert.display(), key.display())]
+    Refused {
+        cert: PathBuf,
+        key: PathBuf,
+        source: chain::ChainError,
+    },
+}
+
+fn read_pair(settings: &TlsSettings) -> Result<LoadedPair, PairError> {
+    let read = |option, path: &PathBuf| {
+        std::fs::read(path).map_err(|source| PairError::Read {
+            option,
+            path: path.clone(),
+            source,
+        })
     };
     let cert = read("--tls-cert", &settings.cert)?;
     let key = read("--tls-key", &settings.key)?;
-    chain::load_pair(&cert, &key, &settings.hosts, settings.strict, SystemTime::now()).map_err(|e| {
-        format!(
-            "--tls-cert {} with --tls-key {}: {e}",
-            settings.cert.display(),
-            settings.key.display()
-        )
+    chain::load_pair(&cert, &key, &settings.hosts, settings.strict, SystemTime::now()).map_err(|source| {
+        PairError::Refused {
+            cert: settings.cert.clone(),
+            key: settings.key.clone(),
+            source,
+        }
     })
 }
 
