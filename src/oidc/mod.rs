@@ -1,6 +1,6 @@
 //! OIDC discovery and the CI key set, answered from memory.
 //!
-//! `routes` decides which requests are ours (by path only, never by `Host`);
+//! `Oidc::route` decides which requests are ours (by path only, never by `Host`);
 //! `cache` holds the documents and refreshes them; `respond` builds the
 //! cacheable answers. Everything else passes through to GitLab.
 
