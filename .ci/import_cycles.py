@@ -23,12 +23,20 @@ def module_of(path):
     return tuple(rel)
 
 
+TOKEN = re.compile(
+    r"//[^\n]*"  # line comment
+    r"|/\*.*?\*/"  # block comment
+    r'|\bb?r(#*)".*?"\1'  # raw string
+    r'|b?"(?:\\.|[^"\\])*"'  # string
+    r"|b?'(?:\\.|[^'\\])'",  # char literal such as '"'
+    re.S,
+)
+
+
 def strip_comments_and_strings(text):
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r"'(?:\\.|[^'\\])'", "' '", text)  # char literals such as '"'
-    text = re.sub(r'\bb?r(#*)"(?:.|\n)*?"\1', '""', text)
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text, flags=re.S)
-    return re.sub(r"//[^\n]*", "", text)
+    """One left-to-right pass, so a `/*` in a string or a `"` in a comment
+    cannot swallow code. Comments become a space, literals an empty string."""
+    return TOKEN.sub(lambda m: " " if m.group(0).startswith("/") else '""', text)
 
 
 def expand(tree):
@@ -53,7 +61,9 @@ def paths_in(text):
     for m in re.finditer(r"\buse\s+([^;]+);", text):
         yield from expand(m.group(1))
     body = re.sub(r"\buse\s+[^;]+;", "", text)
-    for m in re.finditer(r"\b(?:crate|super|self)(?:::(?:[A-Za-z_]\w*|\*))+", body):
+    # Any path in code: `crate::a::f()`, `super::X`, or `child::f()` (which
+    # `target` keeps only when `child` is a module of this file).
+    for m in re.finditer(r"(?<![\w:])[A-Za-z_]\w*(?:::(?:[A-Za-z_]\w*|\*))+", body):
         yield m.group(0)
 
 
@@ -123,10 +133,11 @@ def main():
     for m, p in mods.items():
         with open(p, encoding="utf-8") as f:
             text = strip_comments_and_strings(f.read())
-        # Inside an inline `mod tests { ... }` (the end of a file, by convention)
-        # `super` is the file itself.
-        outer, _, inline = text.partition(re.search(r"\bmod \w+\s*\{", text).group(0)) if re.search(r"\bmod \w+\s*\{", text) else (text, "", "")
-        paths = list(paths_in(outer)) + [re.sub(r"^super\b", "self", p.strip()) for p in paths_in(inline)]
+        # Inside the inline `#[cfg(test)] mod tests { ... }` (the end of a file,
+        # by convention) the first `super` is the file itself.
+        test_mod = re.search(r"#\[cfg\(test\)\]\s*mod \w+\s*\{", text)
+        outer, inline = (text[: test_mod.start()], text[test_mod.end() :]) if test_mod else (text, "")
+        paths = list(paths_in(outer)) + [re.sub(r"^super\b", "self", p.strip(), count=1) for p in paths_in(inline)]
         graph[m] = {t for t in (target(mods, m, path) for path in paths) if t}
     name = lambda m: os.path.relpath(mods[m], os.path.dirname(ROOT))
     if "-v" in sys.argv:

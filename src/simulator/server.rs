@@ -4,13 +4,87 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::io;
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Fault, Profile, SimDoc, SimulatedGitLab, random_bytes};
 use crate::body::{ProxyBody, empty, full};
+
+impl SimulatedGitLab {
+    /// Serves HTTP/1.1 on `listener` until the returned handle is aborted
+    /// (aborting also ends every open connection).
+    pub fn serve(self: &Arc<Self>, listener: TcpListener) -> JoinHandle<()> {
+        self.serve_on(listener)
+    }
+
+    /// As [`serve`](Self::serve), on a unix socket (as Workhorse listens on omnibus).
+    pub fn serve_unix(self: &Arc<Self>, listener: UnixListener) -> JoinHandle<()> {
+        self.serve_on(listener)
+    }
+
+    fn serve_on<L: Accept>(self: &Arc<Self>, listener: L) -> JoinHandle<()> {
+        let sim = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept_io() => match accepted {
+                        Ok(io) => {
+                            let sim = Arc::clone(&sim);
+                            connections.spawn(async move {
+                                let svc = service_fn(move |req| {
+                                    handle(Arc::clone(&sim), req)
+                                });
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(io), svc)
+                                    .await;
+                            });
+                        }
+                        Err(e) => {
+                            // Out of descriptors and the like: do not spin.
+                            tracing::debug!(error = %e, "simulated GitLab: accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    },
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        })
+    }
+}
+
+/// A listener the simulator can serve on.
+trait Accept: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept_io(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Io = TcpStream;
+    async fn accept_io(&self) -> io::Result<TcpStream> {
+        let (stream, _) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Accept for UnixListener {
+    type Io = UnixStream;
+    async fn accept_io(&self) -> io::Result<UnixStream> {
+        Ok(self.accept().await?.0)
+    }
+}
 
 const JSON: &str = "application/json; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
