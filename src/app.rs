@@ -28,7 +28,7 @@ use crate::passthrough::Passthrough;
 use crate::redirect;
 use crate::router::{ListenerKind, Router, RouterSettings};
 use crate::tls::{self, CertStore, TlsSettings};
-use crate::upstream::{Upstream, UpstreamSettings};
+use crate::upstream::{self, Upstream, UpstreamSettings};
 
 pub struct RunningProxy {
     admin: SocketAddr,
@@ -63,19 +63,11 @@ impl RunningProxy {
 
     /// As `start`, on an already bound public listener (the demo needs its
     /// address, the issuer, before the proxy starts).
-    pub async fn start_on(config: &Config, public: Option<TcpListener>) -> Result<RunningProxy, StartError> {
+    pub(crate) async fn start_on(config: &Config, public: Option<TcpListener>) -> Result<RunningProxy, StartError> {
+        let upstream = Arc::new(upstream(config)?);
         config.check()?;
         let metrics = Arc::new(Metrics::new());
         let tls_store = load_certificate(config, &metrics)?;
-        let upstream = Arc::new(
-            Upstream::new(&UpstreamSettings {
-                target: config.upstream.clone(),
-                extra_ca: config.upstream_ca.clone(),
-                connect_timeout: config.connect_timeout,
-                response_timeout: config.idle_timeout,
-            })
-            .map_err(|e| StartError::File(e.into()))?,
-        );
         let sockets = bind(config, public, tls_store.clone()).await?;
         let local = |l: &TcpListener| l.local_addr().map_err(StartError::io("reading a listener's address"));
         let (listen, admin) = (local(&sockets.public)?, local(&sockets.admin)?);
@@ -133,6 +125,21 @@ impl RunningProxy {
             task.abort();
         }
     }
+}
+
+/// The client to GitLab; its `--upstream-ca` is read here.
+fn upstream(config: &Config) -> Result<Upstream, StartError> {
+    let settings = UpstreamSettings {
+        target: config.upstream.clone(),
+        extra_ca: config.upstream_ca.clone(),
+        connect_timeout: config.connect_timeout,
+        response_timeout: config.idle_timeout,
+    };
+    Upstream::new(&settings).map_err(|e| match e {
+        // rustls refusing its own defaults is no mistake of the user's.
+        upstream::SetupError::Config(_) => StartError::Tls(e.into()),
+        _ => StartError::File(e.into()),
+    })
 }
 
 /// The certificate and key, checked before any socket is bound.

@@ -2,9 +2,10 @@
 //! upstream target, durations) and their parsers, and the [`Config`] that
 //! [`crate::app`] starts from.
 //!
-//! Nothing here knows the command line: `cli.rs` (the binary's front end) parses
-//! flags and `GITLAB_OIDC_PROXY_*` variables into a `Config`, and the demo builds
-//! one directly. Parsers are `pub` for both and for the fuzz targets.
+//! No argv is parsed here: `cli.rs` (the binary's front end) parses flags and
+//! `GITLAB_OIDC_PROXY_*` variables into a `Config` with these parsers, and the
+//! demo builds one directly. (`Proto` and `LogFormat` derive clap's `ValueEnum`
+//! only to list their values in `--help`.)
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use ipnet::IpNet;
 
 /// Where every issuer's discovery document lives, below the issuer URL (OpenID
 /// Connect Discovery 1.0 section 4).
-pub const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
+pub(crate) const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
 
 /// A value that cannot be used, said in one line that names it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +73,8 @@ pub enum ConfigError {
     RedirectBehindHttps,
     #[error("--proxy-protocol needs --trusted-proxies naming the load balancers allowed to send it")]
     ProxyProtocolWithoutTrust,
+    #[error("the demo listens on loopback addresses only, not {0}: its signing keys are public")]
+    DemoNotLoopback(SocketAddr),
 }
 
 /// Everything `serve` runs with. [`Config::new`] gives the documented defaults.
@@ -168,7 +171,7 @@ impl Config {
     }
 
     /// The checks that need more than one setting.
-    pub fn check(&self) -> Result<(), ConfigError> {
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
         self.oidc.check()?;
         if self.tls.redirect_http && self.forwarded_proto == Proto::Https {
             return Err(ConfigError::RedirectBehindHttps);
@@ -183,7 +186,7 @@ impl Config {
 impl OidcSettings {
     /// Issuers are told apart by path alone (never by `Host`): two on one path
     /// could not both be served, so that is refused at start.
-    pub fn check(&self) -> Result<(), ConfigError> {
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
         let mut seen: Vec<&Issuer> = Vec::new();
         for issuer in self.external_url.iter().chain(&self.extra_issuers) {
             if let Some(other) = seen.iter().find(|o| o.path == issuer.path && o.url != issuer.url) {
@@ -202,7 +205,7 @@ impl OidcSettings {
     }
 
     /// Hosts of the https issuers: the served certificate must be valid for each.
-    pub fn https_hosts(&self) -> Vec<String> {
+    pub(crate) fn https_hosts(&self) -> Vec<String> {
         self.external_url
             .iter()
             .chain(&self.extra_issuers)
@@ -223,7 +226,7 @@ pub enum UpstreamTarget {
 
 impl UpstreamTarget {
     /// The `Host` the proxy's own requests (the OIDC fetches) carry.
-    pub fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         match self {
             UpstreamTarget::Http { authority } | UpstreamTarget::Https { authority } => authority.to_string(),
             UpstreamTarget::Unix { .. } => "localhost".to_owned(),
@@ -288,7 +291,7 @@ impl Issuer {
     }
 
     /// Where this issuer's discovery document lives on the proxy.
-    pub fn discovery_path(&self) -> String {
+    pub(crate) fn discovery_path(&self) -> String {
         format!("{}{DISCOVERY_SUFFIX}", self.path)
     }
 }
@@ -412,7 +415,7 @@ pub fn parse_upstream(s: &str) -> Result<UpstreamTarget, ValueError> {
 }
 
 /// A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address (`192.0.2.1`).
-pub fn parse_cidr(s: &str) -> Result<IpNet, ValueError> {
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, ValueError> {
     let s = s.trim();
     if let Ok(net) = s.parse::<IpNet>() {
         return Ok(net.trunc());

@@ -160,7 +160,7 @@ pub enum StartError {
     /// The operating system refused something else (signals, a socket's address).
     #[error("{what}: {source}")]
     Io { what: &'static str, source: std::io::Error },
-    /// rustls refused the server configuration.
+    /// rustls refused its own configuration (a defect, not the user's mistake).
     #[error("{0}")]
     Tls(BoxError),
     /// The demo could not run its scenario.

@@ -7,7 +7,7 @@
 //! sit on top. The command line (`cli.rs`) belongs to the binary, not to this
 //! library.
 //!
-//! Public: what the binary, the integration tests and the fuzz targets use.
+//! Public: what the binary and the integration tests use.
 
 pub mod app;
 pub mod config;

@@ -91,7 +91,7 @@ type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
 #[test]
 fn bad_values_exit_2_with_one_line() {
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         (&["serve"], &[], "--upstream"),
         (&["serve", "--upstream", "ftp://gitlab"], &[], "scheme"),
         (&["serve", "--upstream", "unix:relative.sock"], &[], "absolute"),
@@ -127,6 +127,8 @@ fn bad_values_exit_2_with_one_line() {
             &[("GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", "-5")],
             "--shutdown-grace",
         ),
+        // The demo's signing keys are public: it never listens beyond loopback.
+        (&["demo", "--once", "--listen", "0.0.0.0:0"], &[], "loopback"),
     ];
     for (args, env, needle) in cases {
         let out = run(args, env);

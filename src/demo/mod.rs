@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::app::RunningProxy;
-use crate::config::{Config, parse_upstream};
+use crate::config::{Config, ConfigError, parse_upstream};
 use crate::error::StartError;
 use crate::simulator::{Profile, SimConfig, SimDoc, SimulatedGitLab};
 
@@ -45,6 +45,12 @@ struct RunSummary {
 
 /// Runs the demo; returns the process exit code.
 pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
+    // Anyone could mint tokens the demo accepts; keep it off the network.
+    for addr in [args.listen, args.admin_listen, args.gitlab_listen] {
+        if !addr.ip().is_loopback() {
+            return Err(ConfigError::DemoNotLoopback(addr).into());
+        }
+    }
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await

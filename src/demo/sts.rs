@@ -69,7 +69,7 @@ pub(super) async fn run_jobs(base: &str, issuer: &str, tokens: &[String]) -> Vec
 }
 
 /// What AWS STS does with a web identity token: discovery at the issuer,
-/// `jwks_uri`, the key by `kid`, then signature, `iss` and `aud`.
+/// `jwks_uri`, the key by `kid`, then signature, `iss`, `aud`, `exp` and `nbf`.
 async fn verify(client: &Client<HttpConnector, Empty<Bytes>>, base: &str, issuer: &str, token: &str) -> Verification {
     let started = Instant::now();
     let mut seen = Verification {
@@ -133,6 +133,8 @@ pub(super) enum JwsError {
 pub(super) enum Rejection {
     #[error("alg {0} is not RS256")]
     Algorithm(String),
+    #[error("critical header extension {0} is not understood")]
+    Critical(String),
     #[error("key {0} has no usable RSA n and e")]
     Key(String),
     #[error("the signature does not verify with key {0}")]
@@ -159,10 +161,21 @@ fn verify_jws(token: &str, jwks: &Value, jwks_uri: &str, expected: &Expected) ->
     if header["alg"] != "RS256" {
         return Err(Rejection::Algorithm(header["alg"].to_string()).into());
     }
+    // RFC 7515 4.1.11: extensions this verifier does not know must be refused.
+    if !header["crit"].is_null() {
+        return Err(Rejection::Critical(header["crit"].to_string()).into());
+    }
     let kid = header["kid"].as_str().ok_or(JwsError::NoKid)?;
+    // Only a key published for RS256 signatures may verify one.
+    let usable = |k: &Value| {
+        k["kid"] == kid
+            && k["kty"] == "RSA"
+            && (k["use"].is_null() || k["use"] == "sig")
+            && (k["alg"].is_null() || k["alg"] == "RS256")
+    };
     let key = jwks["keys"]
         .as_array()
-        .and_then(|keys| keys.iter().find(|k| k["kid"] == kid))
+        .and_then(|keys| keys.iter().find(|k| usable(k)))
         .ok_or_else(|| JwsError::UnknownKid {
             kid: kid.to_owned(),
             jwks_uri: jwks_uri.to_owned(),
@@ -466,6 +479,27 @@ mod tests {
                 "{bad}: {:?}",
                 check(&bad)
             );
+        }
+    }
+
+    #[test]
+    fn critical_extensions_are_refused() {
+        let header = with(header(), "crit", json!(["b64"]));
+        assert!(matches!(rejection(&token(&header, &claims())), Rejection::Critical(_)));
+    }
+
+    #[test]
+    fn only_a_signing_rs256_key_verifies() {
+        for (member, value) in [("use", "enc"), ("alg", "RS512"), ("kty", "oct")] {
+            let mut keys = key_set();
+            keys["keys"][1][member] = json!(value);
+            let expected = Expected {
+                issuer: ISSUER,
+                audience: AUDIENCE,
+                now: NOW,
+            };
+            let err = verify_jws(&token(&header(), &claims()), &keys, JWKS_URI, &expected).unwrap_err();
+            assert!(matches!(err, JwsError::UnknownKid { .. }), "{member}={value}: {err}");
         }
     }
 }

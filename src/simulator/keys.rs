@@ -23,17 +23,17 @@ use serde_json::{Value, json};
 
 /// GitLab's CI (ID token) signing key is RSA 2048, and so are the simulator's
 /// fixed CI keys.
-pub const CI_KEY_BITS: usize = 2048;
+pub(super) const CI_KEY_BITS: usize = 2048;
 
 /// Omnibus GitLab's OIDC (OAuth application) key is RSA 4096; the simulator's
 /// fixed one is RSA 2048, like the rest of the pool. Nothing the proxy does
 /// depends on the modulus size; only the length of `n` (342 instead of 683
 /// base64url characters) differs.
-pub const OIDC_KEY_BITS: usize = 2048;
+pub(super) const OIDC_KEY_BITS: usize = 2048;
 
 /// How many CI keys [`SimulatedGitLab::rotate_ci_key`](super::SimulatedGitLab::rotate_ci_key)
 /// cycles through before it wraps around to the first.
-pub const CI_KEY_POOL: usize = 4;
+pub(super) const CI_KEY_POOL: usize = 4;
 
 const OIDC_JWK: (&str, &str) = ("oidc.json", include_str!("keys/oidc.json"));
 
@@ -149,7 +149,7 @@ impl KeyMaterial {
     /// The base64url RS256 signature of `message` (a JWS signing input).
     pub(super) fn sign(&self, message: &[u8]) -> Result<String, ring::error::Unspecified> {
         let mut signature = vec![0; self.pair.public().modulus_len()];
-        // The RNG blinds the private-key operation; PKCS#1 v1.5 itself is deterministic.
+        // PKCS#1 v1.5 is deterministic: ring takes an RNG for PSS and ignores it here.
         self.pair
             .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut signature)?;
         Ok(b64url(&signature))
@@ -213,7 +213,7 @@ pub(super) fn b64url(bytes: &[u8]) -> String {
 }
 
 /// RFC 7638 JWK thumbprint of an RSA key given its base64url `e` and `n`.
-pub fn thumbprint(e: &str, n: &str) -> String {
+pub(super) fn thumbprint(e: &str, n: &str) -> String {
     // Members in lexicographic order, no whitespace (RFC 7638 section 3.2).
     let canonical = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
     b64url(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())

@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{Value, json};
 
-pub use keys::{CI_KEY_BITS, CI_KEY_POOL, OIDC_KEY_BITS, thumbprint};
+use keys::CI_KEY_POOL;
 use keys::{KeyMaterial, KeyPool, b64url};
 
 /// Which GitLab generation to imitate (reference section 1).
@@ -406,7 +406,7 @@ impl SimulatedGitLab {
         let previous = self
             .ci_index
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |i| Some(next(i)))
-            .unwrap_or_else(|i| i);
+            .unwrap_or_else(|unchanged| unchanged); // never: the update always applies
         self.keys.ci(next(previous)).kid().to_owned()
     }
 

@@ -17,6 +17,7 @@ use sha2::Digest;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
+use super::keys::{CI_KEY_BITS, OIDC_KEY_BITS, thumbprint};
 use super::*;
 
 struct Running {
