@@ -44,6 +44,10 @@ struct Sockets {
     public: TcpListener,
     tls: Option<(TcpListener, Arc<ServerConfig>)>,
     admin: TcpListener,
+    /// The bound addresses (a port of 0 is known now).
+    listen: SocketAddr,
+    tls_listen: Option<SocketAddr>,
+    admin_addr: SocketAddr,
     /// Caught before anything is announced: SIGHUP's default action ends the process.
     hup: Signal,
 }
@@ -69,9 +73,7 @@ impl RunningProxy {
         let metrics = Arc::new(Metrics::new());
         let tls_store = load_certificate(config, &metrics)?;
         let sockets = bind(config, public, tls_store.clone()).await?;
-        let local = |l: &TcpListener| l.local_addr().map_err(StartError::io("reading a listener's address"));
-        let (listen, admin) = (local(&sockets.public)?, local(&sockets.admin)?);
-        let tls_listen = sockets.tls.as_ref().map(|(l, _)| local(l)).transpose()?;
+        let (listen, tls_listen, admin) = (sockets.listen, sockets.tls_listen, sockets.admin_addr);
 
         let draining = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -183,7 +185,11 @@ async fn bind(
     };
     let admin = bind(config.admin_listen).await?;
     let hup = signal(SignalKind::hangup()).map_err(StartError::io("cannot catch SIGHUP"))?;
+    let local = |l: &TcpListener| l.local_addr().map_err(StartError::io("reading a listener's address"));
     Ok(Sockets {
+        listen: local(&public)?,
+        tls_listen: tls.as_ref().map(|(l, _)| local(l)).transpose()?,
+        admin_addr: local(&admin)?,
         public,
         tls,
         admin,
@@ -227,6 +233,10 @@ fn build(
         redirect,
         hsts,
         compression: config.compression,
+        default_host: o
+            .external_url
+            .as_ref()
+            .and_then(|u| HeaderValue::from_str(&u.host).ok()),
     };
     let router = Arc::new(Router::new(oidc, passthrough, settings, metrics.clone()));
     let admin = Arc::new(Admin {
@@ -257,9 +267,10 @@ fn spawn(
         background.push(tokio::spawn(store.watch(hup_rx)));
     }
     let proxy_protocol = config.proxy_protocol.then(|| config.trusted_proxies.clone());
-    let settings = |kind, proto, tls| ListenerSettings {
+    let settings = |kind, proto, tls, local| ListenerSettings {
         kind,
         proto,
+        local,
         header_timeout: config.header_timeout,
         tls,
         handshake_timeout: config.tls.handshake_timeout,
@@ -277,13 +288,13 @@ fn spawn(
     };
     let mut accepting = vec![accept(
         sockets.public,
-        settings(ListenerKind::Plain, config.forwarded_proto, None),
+        settings(ListenerKind::Plain, config.forwarded_proto, None, sockets.listen),
     )];
-    if let Some((listener, tls_config)) = sockets.tls {
+    if let (Some((listener, tls_config)), Some(local)) = (sockets.tls, sockets.tls_listen) {
         let acceptor = TlsAcceptor::from(tls_config);
         accepting.push(accept(
             listener,
-            settings(ListenerKind::Tls, Proto::Https, Some(acceptor)),
+            settings(ListenerKind::Tls, Proto::Https, Some(acceptor), local),
         ));
     }
     (accepting, background)

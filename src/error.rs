@@ -39,6 +39,12 @@ pub(crate) enum DownstreamError {
     /// The client's request body broke off, was malformed, or went silent.
     #[error("the client's request body failed")]
     RequestBody,
+    /// No `Host` on HTTP/1.1, several, or one that is not `host[:port]`.
+    #[error("missing, repeated or invalid Host")]
+    BadHost,
+    /// A request target in authority-form (`GET c8 HTTP/1.1`).
+    #[error("request target in authority-form")]
+    BadTarget,
 }
 
 /// Marks an error that came from the client's request body, so a client that
@@ -58,6 +64,10 @@ pub(crate) enum UpstreamError {
     /// No response headers within `--idle-timeout` after the request was sent: 504.
     #[error("upstream sent no response headers in time")]
     ResponseTimeout,
+    /// A response whose length cannot be trusted (`Content-Length` and
+    /// `Transfer-Encoding` together, RFC 9112 §6.1): 502, as nginx.
+    #[error("upstream response has both Content-Length and Transfer-Encoding")]
+    Framing,
     /// The exchange failed after connecting: 502.
     #[error("upstream exchange failed: {}", chain(.0.as_ref()))]
     Exchange(BoxError),
@@ -92,6 +102,17 @@ impl ProxyError {
                 "request_body_failed",
                 "bad request: the request body broke off\n",
             ),
+            ProxyError::Downstream(DownstreamError::BadHost) => (
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "bad request: missing, repeated or invalid Host\n",
+            ),
+            ProxyError::Downstream(DownstreamError::BadTarget) => (
+                StatusCode::BAD_REQUEST,
+                "bad_request_target",
+                "bad request: invalid request target\n",
+            ),
+            ProxyError::Upstream(UpstreamError::Framing) => (StatusCode::BAD_GATEWAY, "upstream_framing", BAD_GATEWAY),
             ProxyError::Upstream(UpstreamError::Connect(_)) => (StatusCode::BAD_GATEWAY, "connect_failed", BAD_GATEWAY),
             ProxyError::Upstream(UpstreamError::Exchange(_)) => {
                 (StatusCode::BAD_GATEWAY, "upstream_failed", BAD_GATEWAY)
@@ -204,7 +225,18 @@ mod tests {
     #[test]
     fn statuses_map_in_one_place() {
         let io = || -> BoxError { Box::new(std::io::Error::other("secret-cause")) };
-        let cases: [(ProxyError, StatusCode, &str); 7] = [
+        let cases: [(ProxyError, StatusCode, &str); 10] = [
+            (
+                UpstreamError::Framing.into(),
+                StatusCode::BAD_GATEWAY,
+                "upstream_framing",
+            ),
+            (DownstreamError::BadHost.into(), StatusCode::BAD_REQUEST, "bad_host"),
+            (
+                DownstreamError::BadTarget.into(),
+                StatusCode::BAD_REQUEST,
+                "bad_request_target",
+            ),
             (
                 UpstreamError::Connect(io()).into(),
                 StatusCode::BAD_GATEWAY,

@@ -139,14 +139,82 @@ pub(crate) fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// HTTP/2 requests carry the host in `:authority`; HTTP/1.1 GitLab needs `Host`.
-pub(crate) fn ensure_host(headers: &mut HeaderMap, uri: &Uri) {
-    if headers.contains_key(header::HOST) {
-        return;
+/// A message with both `Content-Length` and `Transfer-Encoding`: which one ends
+/// the body is in doubt (RFC 9112 §6.1), so it is refused rather than relayed.
+pub(crate) fn has_conflicting_framing(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// Why a request's target or `Host` cannot be forwarded: 400, as nginx answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostProblem {
+    /// Authority-form (`GET c8 HTTP/1.1`) is for CONNECT only (RFC 9112 §3.2.3).
+    Target,
+    /// None on HTTP/1.1 or HTTP/2, several, or one that is not `host[:port]`.
+    Host,
+}
+
+/// Settles the one `Host` GitLab gets (RFC 9112 §3.2): exactly one, a valid
+/// `host[:port]`. HTTP/2 carries it in `:authority`; an absolute-form target's
+/// authority replaces `Host` (§3.2.2); an HTTP/1.0 request without one gets
+/// `default_host`, as nginx gives its server name.
+pub(crate) fn settle_host(
+    version: Version,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+    default_host: &HeaderValue,
+) -> Result<(), HostProblem> {
+    if uri.scheme().is_none() && uri.authority().is_some() {
+        return Err(HostProblem::Target);
     }
-    if let Some(value) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-        headers.insert(header::HOST, value);
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(HostProblem::Host);
     }
+    let from_target = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    match (version, from_target) {
+        // HTTP/2: `:authority`, unless the client sent `Host` as well.
+        (Version::HTTP_2, Some(authority)) if !headers.contains_key(header::HOST) => {
+            headers.insert(header::HOST, authority);
+        }
+        (Version::HTTP_2, _) => {}
+        (_, Some(authority)) => {
+            headers.insert(header::HOST, authority);
+        }
+        (Version::HTTP_10 | Version::HTTP_09, None) if !headers.contains_key(header::HOST) => {
+            headers.insert(header::HOST, default_host.clone());
+        }
+        (_, None) => {}
+    }
+    match headers.get(header::HOST) {
+        Some(host) if is_valid_host(host.as_bytes()) => Ok(()),
+        _ => Err(HostProblem::Host),
+    }
+}
+
+/// `host[:port]`: a name of letters, digits, `-._~`, an IPv4 address, or an IPv6
+/// literal in brackets; no user info, path, list or space.
+fn is_valid_host(value: &[u8]) -> bool {
+    let Ok(authority) = http::uri::Authority::try_from(value) else {
+        return false;
+    };
+    if authority.as_str().contains('@') || authority.as_str().len() != value.len() {
+        return false;
+    }
+    let host = authority.host();
+    let name_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
+    let port_ok = match authority
+        .as_str()
+        .strip_prefix(host)
+        .and_then(|rest| rest.strip_prefix(':'))
+    {
+        Some(port) => !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()),
+        None => authority.as_str() == host,
+    };
+    name_ok && port_ok
 }
 
 /// Who sent the request, as far as the proxy can tell.
@@ -391,18 +459,79 @@ mod tests {
         assert_eq!(get(&h, "upgrade"), Some("websocket"));
     }
 
+    fn settle(version: Version, target: &str, hosts: &[&str]) -> Result<Option<String>, HostProblem> {
+        let mut h = HeaderMap::new();
+        for host in hosts {
+            h.append(header::HOST, HeaderValue::from_str(host).unwrap());
+        }
+        let default = HeaderValue::from_static("gitlab.example.com");
+        settle_host(version, &target.parse().unwrap(), &mut h, &default)?;
+        assert!(h.get_all(header::HOST).iter().count() <= 1);
+        Ok(get(&h, "host").map(str::to_owned))
+    }
+
     #[test]
-    fn host_from_authority_only_when_missing() {
-        let uri: Uri = "https://gitlab.example.com:8443/x".parse().unwrap();
-        let mut h = HeaderMap::new();
-        ensure_host(&mut h, &uri);
-        assert_eq!(get(&h, "host"), Some("gitlab.example.com:8443"));
-        let mut h = map(&[("host", "kept.example")]);
-        ensure_host(&mut h, &uri);
-        assert_eq!(get(&h, "host"), Some("kept.example"));
-        let mut h = HeaderMap::new();
-        ensure_host(&mut h, &"/origin-form".parse().unwrap());
-        assert!(h.is_empty());
+    fn both_lengths_conflict() {
+        assert!(has_conflicting_framing(&map(&[
+            ("content-length", "2"),
+            ("transfer-encoding", "chunked")
+        ])));
+        assert!(!has_conflicting_framing(&map(&[("content-length", "2")])));
+        assert!(!has_conflicting_framing(&map(&[("transfer-encoding", "chunked")])));
+        assert!(!has_conflicting_framing(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn host_is_settled_as_rfc_9112_says() {
+        use Version as V;
+        let ok = |host: &str| Ok(Some(host.to_owned()));
+        assert_eq!(settle(V::HTTP_11, "/x", &["a.example"]), ok("a.example"));
+        assert_eq!(settle(V::HTTP_11, "/x", &["a.example:8080"]), ok("a.example:8080"));
+        assert_eq!(settle(V::HTTP_11, "/x", &["127.0.0.1:80"]), ok("127.0.0.1:80"));
+        assert_eq!(settle(V::HTTP_11, "/x", &["[::1]:8443"]), ok("[::1]:8443"));
+        assert_eq!(settle(V::HTTP_11, "/x", &["gitlab_internal"]), ok("gitlab_internal"));
+        // Absolute-form: the target's authority wins over Host (RFC 9112 §3.2.2).
+        assert_eq!(
+            settle(V::HTTP_11, "http://b.example/x", &["a.example"]),
+            ok("b.example")
+        );
+        // HTTP/2: `:authority` when there is no Host; a Host sent as well is kept.
+        assert_eq!(settle(V::HTTP_2, "https://g.example:8443/x", &[]), ok("g.example:8443"));
+        assert_eq!(
+            settle(V::HTTP_2, "https://g.example/x", &["kept.example"]),
+            ok("kept.example")
+        );
+        // HTTP/1.0 may omit Host: it gets the configured name.
+        assert_eq!(settle(V::HTTP_10, "/x", &[]), ok("gitlab.example.com"));
+        assert_eq!(settle(V::HTTP_10, "/x", &["a.example"]), ok("a.example"));
+    }
+
+    #[test]
+    fn bad_hosts_and_targets_are_refused() {
+        use Version as V;
+        for (version, target, hosts) in [
+            (V::HTTP_11, "/x", &[][..]),
+            (V::HTTP_2, "/x", &[]),
+            (V::HTTP_11, "/x", &["a.example", "b.example"]),
+            (V::HTTP_10, "/x", &["a.example", "a.example"]),
+            (V::HTTP_11, "/x", &["a.example/evil"]),
+            (V::HTTP_11, "/x", &["a.example@evil"]),
+            (V::HTTP_11, "/x", &["a.example, b.example"]),
+            (V::HTTP_11, "/x", &["a.example,b.example"]),
+            (V::HTTP_11, "/x", &[""]),
+            (V::HTTP_11, "/x", &["a.example:"]),
+            (V::HTTP_11, "/x", &["a.example:99999x"]),
+            (V::HTTP_11, "/x", &["a.example?x"]),
+            (V::HTTP_11, "/x", &["a example"]),
+        ] {
+            assert_eq!(
+                settle(version, target, hosts),
+                Err(HostProblem::Host),
+                "{version:?} {hosts:?}"
+            );
+        }
+        assert_eq!(settle(V::HTTP_11, "c8", &["a.example"]), Err(HostProblem::Target));
+        assert_eq!(settle(V::HTTP_11, "c8:443", &["a.example"]), Err(HostProblem::Target));
     }
 
     #[test]

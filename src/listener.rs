@@ -34,6 +34,8 @@ pub(crate) struct ListenerSettings {
     pub handshake_timeout: Duration,
     /// Set with `--proxy-protocol`: the peers allowed to send the header.
     pub proxy_protocol: Option<Vec<IpNet>>,
+    /// The listener's bound address.
+    pub local: SocketAddr,
 }
 
 /// Everything a connection task needs, shared by all of them.
@@ -170,6 +172,7 @@ impl Shared {
             proxied,
             proto: self.settings.proto,
             kind: self.settings.kind,
+            local: self.settings.local,
         };
         // hyper's header timeout starts only once it knows the protocol; a
         // client that connects and says nothing is cut by this first deadline.

@@ -59,7 +59,6 @@ impl Passthrough {
             return Err(ProxyError::Downstream(DownstreamError::UnsupportedTransferCoding));
         }
         let (mut parts, body) = req.into_parts();
-        headers::ensure_host(&mut parts.headers, &parts.uri);
         headers::strip_hop_by_hop(&mut parts.headers);
         if client_version == Version::HTTP_2 {
             // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one.
@@ -79,6 +78,11 @@ impl Passthrough {
             IdleTimeoutBody::new(body, self.body_idle).map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }),
         );
         let mut resp = self.upstream.send(Request::from_parts(parts, body)).await?;
+        if headers::has_conflicting_framing(resp.headers()) {
+            // The body's end is in doubt: a client could take a cut body as whole
+            // and read the rest as the next response. The connection is dropped.
+            return Err(ProxyError::Upstream(UpstreamError::Framing));
+        }
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {

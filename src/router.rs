@@ -14,7 +14,7 @@ use crate::body::{self, ProxyBody};
 use crate::compress;
 use crate::config::Proto;
 use crate::error::{Answer, DownstreamError, ProxyError};
-use crate::headers;
+use crate::headers::{self, HostProblem};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::oidc::Oidc;
 use crate::passthrough::Passthrough;
@@ -31,6 +31,8 @@ pub(crate) struct ConnInfo {
     /// The scheme clients used to reach this listener, as GitLab should see it.
     pub proto: Proto,
     pub kind: ListenerKind,
+    /// This listener's own address: the `Host` of last resort for HTTP/1.0.
+    pub local: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,9 @@ pub(crate) struct RouterSettings {
     /// `--hsts`: the header value for responses to https requests.
     pub hsts: Option<HeaderValue>,
     pub compression: bool,
+    /// `Host` for HTTP/1.0 requests without one: `--external-url`'s host, else
+    /// the listener's address.
+    pub default_host: Option<HeaderValue>,
 }
 
 pub(crate) struct Router {
@@ -72,15 +77,17 @@ impl Router {
         let record = RequestRecord::new(req.method(), req.uri(), req.version(), forwarded.client);
         let pending = PendingLog::new(record, self.metrics.clone());
 
-        let result = if let Some(target) = &s.redirect
+        let result = if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
+            Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
+        } else if let Err(problem) = self.settle_host(&mut req, &conn) {
+            Err(ProxyError::Downstream(problem))
+        } else if let Some(target) = &s.redirect
             && conn.kind == ListenerKind::Plain
             && forwarded.proto == Proto::Http
         {
             Ok(target.respond(&req))
         } else if let Some(answer) = self.oidc.handle(&req).await {
             Ok(answer)
-        } else if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
-            Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
         } else if s.compression {
             // nginx's gzip_http_version 1.1: an HTTP/1.0 client gets identity.
             let choice = (req.version() != Version::HTTP_10)
@@ -101,6 +108,16 @@ impl Router {
         }
         let status = resp.status();
         resp.map(|body: ProxyBody| pending.into_body(body, status))
+    }
+
+    fn settle_host(&self, req: &mut Request<Incoming>, conn: &ConnInfo) -> Result<(), DownstreamError> {
+        let fallback = || HeaderValue::from_str(&conn.local.to_string()).expect("an address is a valid header value");
+        let default = self.settings.default_host.clone().unwrap_or_else(fallback);
+        let (version, uri) = (req.version(), req.uri().clone());
+        headers::settle_host(version, &uri, req.headers_mut(), &default).map_err(|p| match p {
+            HostProblem::Target => DownstreamError::BadTarget,
+            HostProblem::Host => DownstreamError::BadHost,
+        })
     }
 
     fn error_response(&self, err: ProxyError, record: &RequestRecord) -> Response<ProxyBody> {
