@@ -41,6 +41,12 @@ impl Admin {
                 );
                 resp
             }
+            // A web page may POST text/plain cross-origin without asking; JSON
+            // needs a preflight, which this listener never grants.
+            (&Method::POST, "/refresh") if !is_json(req.headers()) => text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send Content-Type: application/json\n",
+            ),
             (&Method::POST, "/refresh") => self.refresh().await,
             (_, "/healthz" | "/readyz" | "/metrics") => not_allowed("GET, HEAD"),
             (_, "/refresh") => not_allowed("POST"),
@@ -95,6 +101,15 @@ impl Admin {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         resp
     }
+}
+
+/// `Content-Type: application/json`, parameters allowed.
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

@@ -180,7 +180,12 @@ async fn get(url: &str) -> Answer {
 }
 
 async fn refresh(proxy: &Proxy) -> Answer {
-    send(Method::POST, &proxy.admin_url("/refresh"), &[]).await
+    send(
+        Method::POST,
+        &proxy.admin_url("/refresh"),
+        &[("content-type", "application/json")],
+    )
+    .await
 }
 
 /// The value of one series in the OpenMetrics text (0 when absent).
@@ -1069,4 +1074,53 @@ async fn everything_else_passes_through() {
     }
     let posted = send(Method::POST, &proxy.url("/-/health"), &[]).await;
     assert_eq!(posted.status, StatusCode::NOT_FOUND, "GitLab's answer to POST");
+}
+
+/// A burst of `POST /refresh` joins the refresh in flight: one fetch per document
+/// for the burst. A browser's cross-origin `text/plain` POST (no preflight) is
+/// refused with 415 and fetches nothing.
+#[tokio::test]
+async fn refresh_bursts_join_and_need_json() {
+    let sim = Sim::start(Profile::V16_6, EXTERNAL).await;
+    let proxy = start_proxy(&sim, &["--refresh", "1h"]).await;
+    for path in [DISCOVERY, JWKS] {
+        assert_eq!(get(&proxy.url(path)).await.status, StatusCode::OK);
+    }
+    let before = sim.hits();
+    for headers in [
+        &[][..],
+        &[("content-type", "text/plain")],
+        &[("content-type", "application/jsonp")],
+    ] {
+        let answer = send(Method::POST, &proxy.admin_url("/refresh"), headers).await;
+        assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{headers:?}");
+    }
+    assert_eq!(sim.hits(), before, "a refused refresh fetched");
+
+    // A slow GitLab, so that all 50 calls arrive while the first refresh runs.
+    for doc in SimDoc::ALL {
+        sim.gitlab.set_fault(doc, Fault::Delay(Duration::from_millis(500)));
+    }
+    let burst = (0..50).map(|_| {
+        let url = proxy.admin_url("/refresh");
+        tokio::spawn(async move {
+            let json = [("content-type", "application/json; charset=utf-8")];
+            send(Method::POST, &url, &json).await.status
+        })
+    });
+    for call in futures_util::future::join_all(burst).await {
+        assert_eq!(call.unwrap(), StatusCode::OK);
+    }
+    let fetched: Vec<usize> = sim
+        .hits()
+        .iter()
+        .zip(before)
+        .map(|(after, before)| after - before)
+        .collect();
+    // discovery, /oauth/discovery/keys, /-/jwks: the first call starts a refresh;
+    // the 49 that asked while it ran share the next one.
+    assert!(
+        fetched.iter().all(|&n| (1..=2).contains(&n)),
+        "fetches per document for 50 calls: {fetched:?}"
+    );
 }

@@ -212,7 +212,7 @@ fn print_walkthrough(issuer: &str, gitlab: SocketAddr, admin: SocketAddr, token:
     println!("  curl -si {issuer}/.well-known/openid-configuration           # the proxy: public, max-age=3600");
     println!("  curl -si {issuer}/-/jwks                                     # the united key set, CI key included");
     println!("  curl -s  http://{admin}/metrics | grep oidc");
-    println!("  curl -s  -X POST http://{admin}/refresh");
+    println!("  curl -s  -X POST -H 'Content-Type: application/json' http://{admin}/refresh");
     println!("A CI ID token signed by the simulated CI key (aud {AUDIENCE}):");
     println!("  {token}");
 }

@@ -3,6 +3,7 @@
 //! cache they wait for the one fetch in flight. A bad answer never replaces a
 //! good copy.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,7 +94,7 @@ pub(crate) struct KeysState {
 }
 
 /// The outcome of one refresh, for logs and `POST /refresh`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RefreshReport {
     pub discovery: Result<(), DocError>,
     pub keys: Result<(), DocError>,
@@ -114,6 +115,10 @@ pub(crate) struct Cache {
     keys: watch::Sender<Option<Arc<KeysState>>>,
     /// One refresh at a time, whoever asks (timer, cold client, admin).
     refreshing: tokio::sync::Mutex<()>,
+    /// How many refreshes have started, and the last one's number and report:
+    /// who waited for the lock while a later refresh ran gets that one's report.
+    started: AtomicU64,
+    last: Mutex<Option<(u64, RefreshReport)>>,
     poke_tx: mpsc::Sender<()>,
     poke_rx: Mutex<Option<mpsc::Receiver<()>>>,
     metrics: Arc<Metrics>,
@@ -137,6 +142,8 @@ impl Cache {
             discovery: watch::Sender::new(None),
             keys: watch::Sender::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            started: AtomicU64::new(0),
+            last: Mutex::new(None),
             poke_tx,
             poke_rx: Mutex::new(Some(poke_rx)),
             metrics,
@@ -193,9 +200,19 @@ impl Cache {
         }
     }
 
-    /// Refetches both documents now; publishes what validates.
+    /// Refetches both documents now; publishes what validates. Callers that
+    /// queue behind a refresh share the next one: a burst makes at most two
+    /// fetches per document. A refresh that began before the call is never
+    /// taken as its answer: it may predate the key rotation being asked about.
     pub(crate) async fn refresh(&self) -> RefreshReport {
+        let asked_after = self.started.load(Ordering::SeqCst);
         let _one_at_a_time = self.refreshing.lock().await;
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((number, report)) = last.filter(|(number, _)| *number > asked_after) {
+            tracing::debug!(target: "oidc", number, "shared a refresh that began after the call");
+            return report;
+        }
+        let number = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         // Key paths sit under GitLab's relative URL root, which discovery tells
         // when it is not configured: then discovery goes first.
         let report = if self.root_known() {
@@ -216,6 +233,7 @@ impl Cache {
                 .inc();
         }
         self.update_gauges();
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((number, report.clone()));
         report
     }
 
