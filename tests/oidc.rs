@@ -1099,7 +1099,7 @@ async fn refresh_bursts_join_and_need_json() {
 
     // A slow GitLab, so that all 50 calls arrive while the first refresh runs.
     for doc in SimDoc::ALL {
-        sim.gitlab.set_fault(doc, Fault::Delay(Duration::from_millis(500)));
+        sim.gitlab.set_fault(doc, Fault::Delay(Duration::from_millis(1500)));
     }
     let burst = (0..50).map(|_| {
         let url = proxy.admin_url("/refresh");
