@@ -72,7 +72,7 @@ impl RunningProxy {
         config.check()?;
         let metrics = Arc::new(Metrics::new());
         let tls_store = load_certificate(config, &metrics)?;
-        let sockets = bind(config, public, tls_store.clone()).await?;
+        let sockets = bind_all(config, public, tls_store.clone()).await?;
         let (listen, tls_listen, admin) = (sockets.listen, sockets.tls_listen, sockets.admin_addr);
 
         let draining = CancellationToken::new();
@@ -162,16 +162,25 @@ fn load_certificate(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<Ar
         .map_err(|e| StartError::File(e.into()))
 }
 
-async fn bind(
+/// A listening socket on `addr`; the error names the address.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The address a listener is bound to (a port of 0 is known now).
+pub(crate) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(StartError::io("reading a listener's address"))
+}
+
+async fn bind_all(
     config: &Config,
     public: Option<TcpListener>,
     tls: Option<Arc<CertStore>>,
 ) -> Result<Sockets, StartError> {
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
-    };
     let public = match public {
         Some(listener) => listener,
         None => bind(config.listen).await?,
@@ -185,11 +194,10 @@ async fn bind(
     };
     let admin = bind(config.admin_listen).await?;
     let hup = signal(SignalKind::hangup()).map_err(StartError::io("cannot catch SIGHUP"))?;
-    let local = |l: &TcpListener| l.local_addr().map_err(StartError::io("reading a listener's address"));
     Ok(Sockets {
-        listen: local(&public)?,
-        tls_listen: tls.as_ref().map(|(l, _)| local(l)).transpose()?,
-        admin_addr: local(&admin)?,
+        listen: local_addr(&public)?,
+        tls_listen: tls.as_ref().map(|(l, _)| local_addr(l)).transpose()?,
+        admin_addr: local_addr(&admin)?,
         public,
         tls,
         admin,

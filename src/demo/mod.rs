@@ -5,9 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-
-use crate::app::RunningProxy;
+use crate::app::{RunningProxy, bind, local_addr};
 use crate::config::{Config, ConfigError, parse_upstream};
 use crate::error::StartError;
 use crate::simulator::{Profile, SimConfig, SimDoc, SimulatedGitLab};
@@ -51,17 +49,11 @@ pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
             return Err(ConfigError::DemoNotLoopback(addr).into());
         }
     }
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
-    };
-    let local = |l: &TcpListener| l.local_addr().map_err(StartError::io("reading a listener's address"));
     let gitlab_listener = bind(args.gitlab_listen).await?;
-    let gitlab_addr = local(&gitlab_listener)?;
+    let gitlab_addr = local_addr(&gitlab_listener)?;
     // The issuer is the proxy's URL: bind first to know it.
     let public = bind(args.listen).await?;
-    let listen = local(&public)?;
+    let listen = local_addr(&public)?;
     let issuer = format!("http://{listen}");
     println!("Starting a simulated GitLab {} ...", args.profile);
     let config = SimConfig {
