@@ -162,7 +162,7 @@ pub(crate) fn settle_host(
     version: Version,
     uri: &Uri,
     headers: &mut HeaderMap,
-    default_host: &HeaderValue,
+    default_host: impl FnOnce() -> HeaderValue,
 ) -> Result<(), HostProblem> {
     if uri.scheme().is_none() && uri.authority().is_some() {
         return Err(HostProblem::Target);
@@ -181,7 +181,7 @@ pub(crate) fn settle_host(
             headers.insert(header::HOST, authority);
         }
         (Version::HTTP_10 | Version::HTTP_09, None) if !headers.contains_key(header::HOST) => {
-            headers.insert(header::HOST, default_host.clone());
+            headers.insert(header::HOST, default_host());
         }
         (_, None) => {}
     }
@@ -465,7 +465,7 @@ mod tests {
             h.append(header::HOST, HeaderValue::from_str(host).unwrap());
         }
         let default = HeaderValue::from_static("gitlab.example.com");
-        settle_host(version, &target.parse().unwrap(), &mut h, &default)?;
+        settle_host(version, &target.parse().unwrap(), &mut h, || default)?;
         assert!(h.get_all(header::HOST).iter().count() <= 1);
         Ok(get(&h, "host").map(str::to_owned))
     }

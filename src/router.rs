@@ -111,10 +111,17 @@ impl Router {
     }
 
     fn settle_host(&self, req: &mut Request<Incoming>, conn: &ConnInfo) -> Result<(), DownstreamError> {
-        let fallback = || HeaderValue::from_str(&conn.local.to_string()).expect("an address is a valid header value");
-        let default = self.settings.default_host.clone().unwrap_or_else(fallback);
-        let (version, uri) = (req.version(), req.uri().clone());
-        headers::settle_host(version, &uri, req.headers_mut(), &default).map_err(|p| match p {
+        // Only an HTTP/1.0 request without Host needs it: made then, not per request.
+        let default = || {
+            let fallback =
+                || HeaderValue::from_str(&conn.local.to_string()).expect("an address is a valid header value");
+            self.settings.default_host.clone().unwrap_or_else(fallback)
+        };
+        // Taken out and put back, so the headers can be changed without a copy of the URI.
+        let (version, uri) = (req.version(), std::mem::take(req.uri_mut()));
+        let settled = headers::settle_host(version, &uri, req.headers_mut(), default);
+        *req.uri_mut() = uri;
+        settled.map_err(|p| match p {
             HostProblem::Target => DownstreamError::BadTarget,
             HostProblem::Host => DownstreamError::BadHost,
         })
