@@ -24,11 +24,11 @@ use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::oidc::cache::Cache;
 use crate::oidc::fetch::Fetcher;
-use crate::passthrough::Passthrough;
+use crate::passthrough::{Passthrough, Timeouts};
 use crate::redirect;
 use crate::router::{ListenerKind, Router, RouterSettings};
 use crate::tls::{self, CertStore, TlsSettings};
-use crate::upstream::{self, Upstream, UpstreamSettings};
+use crate::upstream::{self, Budget, Upstream, UpstreamSettings};
 
 pub struct RunningProxy {
     admin: SocketAddr,
@@ -68,16 +68,16 @@ impl RunningProxy {
     /// As `start`, on an already bound public listener (the demo needs its
     /// address, the issuer, before the proxy starts).
     pub(crate) async fn start_on(config: &Config, public: Option<TcpListener>) -> Result<RunningProxy, StartError> {
-        let upstream = Arc::new(upstream(config)?);
         config.check()?;
         let metrics = Arc::new(Metrics::new());
+        let upstreams = upstreams(config, &metrics)?;
         let tls_store = load_certificate(config, &metrics)?;
         let sockets = bind_all(config, public, tls_store.clone()).await?;
         let (listen, tls_listen, admin) = (sockets.listen, sockets.tls_listen, sockets.admin_addr);
 
         let draining = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let parts = build(config, upstream, &metrics, tls_listen, &draining, &tracker);
+        let parts = build(config, upstreams, &metrics, tls_listen, &draining, &tracker);
         tracing::info!(
             listen = %listen,
             tls_listen = tls_listen.map(|a| a.to_string()),
@@ -129,18 +129,30 @@ impl RunningProxy {
     }
 }
 
-/// The client to GitLab; its `--upstream-ca` is read here.
-fn upstream(config: &Config) -> Result<Upstream, StartError> {
+/// The clients to GitLab: the pass-through's, within `--max-upstream-connections`,
+/// and the OIDC refresher's own, outside it, so a GitLab swamped by clients
+/// cannot keep the documents from being refreshed. `--upstream-ca` is read here.
+struct Upstreams {
+    passthrough: Arc<Upstream>,
+    oidc: Arc<Upstream>,
+}
+
+fn upstreams(config: &Config, metrics: &Arc<Metrics>) -> Result<Upstreams, StartError> {
     let settings = UpstreamSettings {
         target: config.upstream.clone(),
         extra_ca: config.upstream_ca.clone(),
         connect_timeout: config.connect_timeout,
         response_timeout: config.idle_timeout,
     };
-    Upstream::new(&settings).map_err(|e| match e {
+    let budget = Budget::new(config.max_upstream_connections, config.connect_timeout, metrics.clone());
+    let refused = |e: upstream::SetupError| match e {
         // rustls refusing its own defaults is no mistake of the user's.
         upstream::SetupError::Config(_) => StartError::Tls(e.into()),
         _ => StartError::File(e.into()),
+    };
+    Ok(Upstreams {
+        passthrough: Arc::new(Upstream::new(&settings, Some(budget)).map_err(refused)?),
+        oidc: Arc::new(Upstream::new(&settings, None).map_err(refused)?),
     })
 }
 
@@ -208,22 +220,21 @@ async fn bind_all(
 /// The routes and the router in front of them.
 fn build(
     config: &Config,
-    upstream: Arc<Upstream>,
+    upstreams: Upstreams,
     metrics: &Arc<Metrics>,
     tls_listen: Option<SocketAddr>,
     draining: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Parts {
     let o = &config.oidc;
-    let fetcher = Fetcher::new(upstream.clone(), o.upstream_timeout);
+    let fetcher = Fetcher::new(upstreams.oidc, o.upstream_timeout);
     let cache = Cache::new(o.clone(), fetcher, config.upstream.host(), metrics.clone());
-    let passthrough = Passthrough::new(
-        upstream,
-        config.idle_timeout,
-        config.upgrade_idle_timeout,
-        tracker.clone(),
-        metrics.clone(),
-    );
+    let timeouts = Timeouts {
+        body_idle: config.idle_timeout,
+        client_body_idle: config.client_body_timeout,
+        upgrade_idle: config.upgrade_idle_timeout,
+    };
+    let passthrough = Passthrough::new(upstreams.passthrough, timeouts, tracker.clone(), metrics.clone());
     let oidc = Oidc::new(cache.clone(), metrics.clone(), config.compression);
     let redirect = match tls_listen {
         Some(addr) if config.tls.redirect_http => Some(redirect::Target {

@@ -111,12 +111,23 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub(crate) connect_timeout: Duration,
 
-    /// Longest silence within a request: from the client while it sends its body
-    /// (then it is cut), from GitLab before its response headers once the request
+    /// Longest silence from GitLab: before its response headers once the request
     /// is sent (then 504) and within its response body (then the response is cut).
     /// Like nginx's proxy_read_timeout; there is no limit on a request's total time.
     #[arg(long, env = "GITLAB_OIDC_PROXY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
     pub(crate) idle_timeout: Duration,
+
+    /// Longest silence between two reads of a client's request body, like nginx's
+    /// client_body_timeout: past it the client gets 408 and GitLab's request is
+    /// aborted. An upload that keeps moving is never cut, however long it takes.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_CLIENT_BODY_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub(crate) client_body_timeout: Duration,
+
+    /// Connections open to GitLab at once (busy, idle in the pool, websockets and
+    /// long polls alike; the OIDC refresher's own fetches aside). Past it a request
+    /// waits up to --connect-timeout for one to free up, then gets 503 with Retry-After.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_MAX_UPSTREAM_CONNECTIONS", value_name = "N", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_upstream_connections: u32,
 
     /// Longest silence in both directions on an upgraded connection (websocket,
     /// web terminal) before it is closed.
@@ -293,7 +304,9 @@ impl ServeArgs {
             header_timeout: self.header_timeout,
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,
+            client_body_timeout: self.client_body_timeout,
             upgrade_idle_timeout: self.upgrade_idle_timeout,
+            max_upstream_connections: self.max_upstream_connections,
             shutdown_grace: self.shutdown_grace,
             compression: self.compression == Switch::On,
             proxy_protocol: self.proxy_protocol,
@@ -376,40 +389,43 @@ mod tests {
         assert_eq!(args.into_config(), Config::new(upstream));
     }
 
+    /// `serve` with every option set to a value other than its default.
+    const EVERY_OPTION: &[&str] = &[
+        "serve",
+        "--upstream=unix:/run/gitlab.sock",
+        "--upstream-ca=/ca.pem",
+        "--listen=127.0.0.1:1",
+        "--admin-listen=127.0.0.1:2",
+        "--trusted-proxies=10.0.0.0/8",
+        "--forwarded-proto=https",
+        "--header-timeout=1s",
+        "--connect-timeout=2s",
+        "--idle-timeout=3s",
+        "--upgrade-idle-timeout=4s",
+        "--shutdown-grace=5s",
+        "--client-body-timeout=12s",
+        "--max-upstream-connections=13",
+        "--compression=off",
+        "--proxy-protocol",
+        "--tls-listen=127.0.0.1:3",
+        "--tls-cert=/c.pem",
+        "--tls-key=/k.pem",
+        "--strict-chain",
+        "--tls-watch-interval=6s",
+        "--tls-handshake-timeout=7s",
+        "--hsts=60",
+        "--jwks-path=/oauth/ci/keys",
+        "--external-url=https://g.example/gitlab",
+        "--issuer=https://g.example",
+        "--max-age=8s",
+        "--refresh=9s",
+        "--upstream-timeout=10s",
+        "--stale-if-error=11s",
+    ];
+
     #[test]
     fn every_option_reaches_the_config() {
-        let Command::Serve(args) = parse(&[
-            "serve",
-            "--upstream=unix:/run/gitlab.sock",
-            "--upstream-ca=/ca.pem",
-            "--listen=127.0.0.1:1",
-            "--admin-listen=127.0.0.1:2",
-            "--trusted-proxies=10.0.0.0/8",
-            "--forwarded-proto=https",
-            "--header-timeout=1s",
-            "--connect-timeout=2s",
-            "--idle-timeout=3s",
-            "--upgrade-idle-timeout=4s",
-            "--shutdown-grace=5s",
-            "--compression=off",
-            "--proxy-protocol",
-            "--tls-listen=127.0.0.1:3",
-            "--tls-cert=/c.pem",
-            "--tls-key=/k.pem",
-            "--strict-chain",
-            "--tls-watch-interval=6s",
-            "--tls-handshake-timeout=7s",
-            "--hsts=60",
-            "--jwks-path=/oauth/ci/keys",
-            "--external-url=https://g.example/gitlab",
-            "--issuer=https://g.example",
-            "--max-age=8s",
-            "--refresh=9s",
-            "--upstream-timeout=10s",
-            "--stale-if-error=11s",
-        ])
-        .command
-        else {
+        let Command::Serve(args) = parse(EVERY_OPTION).command else {
             panic!("not serve");
         };
         let c = args.into_config();
@@ -430,11 +446,12 @@ mod tests {
                 c.connect_timeout,
                 c.idle_timeout,
                 c.upgrade_idle_timeout,
-                c.shutdown_grace
+                c.shutdown_grace,
+                c.client_body_timeout
             ],
-            [s(1), s(2), s(3), s(4), s(5)]
+            [s(1), s(2), s(3), s(4), s(5), s(12)]
         );
-        assert!(!c.compression && c.proxy_protocol);
+        assert!(!c.compression && c.proxy_protocol && c.max_upstream_connections == 13);
         let t = &c.tls;
         assert_eq!(t.listen.map(|a| a.port()), Some(3));
         assert_eq!(

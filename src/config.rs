@@ -92,7 +92,11 @@ pub struct Config {
     pub header_timeout: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Longest silence between two reads of a client's request body (then 408).
+    pub client_body_timeout: Duration,
     pub upgrade_idle_timeout: Duration,
+    /// Connections open to GitLab at once, idle pooled ones included.
+    pub max_upstream_connections: u32,
     pub shutdown_grace: Duration,
     pub compression: bool,
     pub proxy_protocol: bool,
@@ -144,7 +148,9 @@ impl Config {
             header_timeout: secs(30),
             connect_timeout: secs(10),
             idle_timeout: secs(3600),
+            client_body_timeout: secs(60),
             upgrade_idle_timeout: secs(3600),
+            max_upstream_connections: 1024,
             shutdown_grace: secs(30),
             compression: true,
             proxy_protocol: false,

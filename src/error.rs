@@ -36,9 +36,12 @@ pub(crate) enum DownstreamError {
     /// unclear, so it is refused (nginx answers 501 too).
     #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
-    /// The client's request body broke off, was malformed, or went silent.
+    /// The client's request body broke off or was malformed.
     #[error("the client's request body failed")]
     RequestBody,
+    /// The client went silent mid-body for `--client-body-timeout`: 408.
+    #[error("the client's request body stalled")]
+    RequestBodyTimeout,
     /// No `Host` on HTTP/1.1, several, or one that is not `host[:port]`.
     #[error("missing, repeated or invalid Host")]
     BadHost,
@@ -68,6 +71,9 @@ pub(crate) enum UpstreamError {
     /// `Transfer-Encoding` together, RFC 9112 §6.1): 502, as nginx.
     #[error("upstream response has both Content-Length and Transfer-Encoding")]
     Framing,
+    /// `--max-upstream-connections` stayed reached for `--connect-timeout`: 503.
+    #[error("no upstream connection free within the budget")]
+    Busy,
     /// The exchange failed after connecting: 502.
     #[error("upstream exchange failed: {}", chain(.0.as_ref()))]
     Exchange(BoxError),
@@ -102,6 +108,11 @@ impl ProxyError {
                 "request_body_failed",
                 "bad request: the request body broke off\n",
             ),
+            ProxyError::Downstream(DownstreamError::RequestBodyTimeout) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "client_body_timeout",
+                "request timeout: the request body stalled\n",
+            ),
             ProxyError::Downstream(DownstreamError::BadHost) => (
                 StatusCode::BAD_REQUEST,
                 "bad_host",
@@ -117,6 +128,11 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Exchange(_)) => {
                 (StatusCode::BAD_GATEWAY, "upstream_failed", BAD_GATEWAY)
             }
+            ProxyError::Upstream(UpstreamError::Busy) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_busy",
+                "service unavailable: too many connections to GitLab; retry\n",
+            ),
             ProxyError::Upstream(UpstreamError::ConnectTimeout) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 "connect_timeout",

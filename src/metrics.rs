@@ -48,6 +48,8 @@ pub(crate) struct Metrics {
     pub request_duration: Histogram,
     pub response_bytes: Counter,
     pub upstream_errors: Family<ErrorLabels, Counter>,
+    pub upstream_connections: Gauge,
+    pub upstream_refusals: Counter,
     pub open_connections: Gauge,
     pub open_tunnels: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub tunnel_bytes: Counter<u64, AtomicU64>,
@@ -80,6 +82,14 @@ const REQUEST_DURATION: Described = (
 );
 const RESPONSE_BYTES: Described = ("http_response_body_bytes", "Response body bytes sent to clients");
 const UPSTREAM_ERRORS: Described = ("upstream_errors", "Requests that failed because of GitLab, by reason");
+const UPSTREAM_CONNECTIONS: Described = (
+    "upstream_connections",
+    "Connections open to GitLab (busy or idle in the pool; the OIDC refresher's aside)",
+);
+const UPSTREAM_REFUSALS: Described = (
+    "upstream_connection_refusals",
+    "Requests answered 503 because --max-upstream-connections stayed reached",
+);
 const OPEN_CONNECTIONS: Described = ("open_connections", "Client connections open on the public listener");
 const OPEN_TUNNELS: Described = ("open_upgraded_connections", "Upgraded connections (websockets) open");
 const TUNNEL_BYTES: Described = (
@@ -127,6 +137,8 @@ impl Metrics {
             request_duration: register(&mut r, REQUEST_DURATION, Histogram::new(buckets)),
             response_bytes: register(&mut r, RESPONSE_BYTES, Counter::default()),
             upstream_errors: register(&mut r, UPSTREAM_ERRORS, Family::default()),
+            upstream_connections: register(&mut r, UPSTREAM_CONNECTIONS, Gauge::default()),
+            upstream_refusals: register(&mut r, UPSTREAM_REFUSALS, Counter::default()),
             open_connections: register(&mut r, OPEN_CONNECTIONS, Gauge::default()),
             open_tunnels: register(&mut r, OPEN_TUNNELS, Gauge::default()),
             tunnel_bytes: register(&mut r, TUNNEL_BYTES, Counter::default()),
@@ -234,6 +246,12 @@ gitlab_oidc_proxy_http_response_body_bytes_total 0
 # HELP gitlab_oidc_proxy_upstream_errors Requests that failed because of GitLab, by reason.
 # TYPE gitlab_oidc_proxy_upstream_errors counter
 gitlab_oidc_proxy_upstream_errors_total{reason="r"} 1
+# HELP gitlab_oidc_proxy_upstream_connections Connections open to GitLab (busy or idle in the pool; the OIDC refresher's aside).
+# TYPE gitlab_oidc_proxy_upstream_connections gauge
+gitlab_oidc_proxy_upstream_connections 0
+# HELP gitlab_oidc_proxy_upstream_connection_refusals Requests answered 503 because --max-upstream-connections stayed reached.
+# TYPE gitlab_oidc_proxy_upstream_connection_refusals counter
+gitlab_oidc_proxy_upstream_connection_refusals_total 0
 # HELP gitlab_oidc_proxy_open_connections Client connections open on the public listener.
 # TYPE gitlab_oidc_proxy_open_connections gauge
 gitlab_oidc_proxy_open_connections 0

@@ -20,10 +20,20 @@ use crate::headers;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
+/// The silences the pass-through allows (`--idle-timeout`, `--client-body-timeout`,
+/// `--upgrade-idle-timeout`).
+pub(crate) struct Timeouts {
+    pub body_idle: Duration,
+    pub client_body_idle: Duration,
+    pub upgrade_idle: Duration,
+}
+
 pub(crate) struct Passthrough {
     upstream: Arc<Upstream>,
     /// Longest silence inside a response body from GitLab.
     body_idle: Duration,
+    /// Longest silence between two reads of a client's request body.
+    client_body_idle: Duration,
     /// Longest silence on an upgraded connection.
     upgrade_idle: Duration,
     /// Tunnels outlive their request; shutdown waits for them here.
@@ -34,15 +44,15 @@ pub(crate) struct Passthrough {
 impl Passthrough {
     pub(crate) fn new(
         upstream: Arc<Upstream>,
-        body_idle: Duration,
-        upgrade_idle: Duration,
+        timeouts: Timeouts,
         tunnels: TaskTracker,
         metrics: Arc<Metrics>,
     ) -> Self {
         Passthrough {
             upstream,
-            body_idle,
-            upgrade_idle,
+            body_idle: timeouts.body_idle,
+            client_body_idle: timeouts.client_body_idle,
+            upgrade_idle: timeouts.upgrade_idle,
             tunnels,
             metrics,
         }
@@ -71,11 +81,11 @@ impl Passthrough {
         // Workhorse speaks HTTP/1.1, whatever the client spoke.
         parts.version = Version::HTTP_11;
 
-        // A client that goes silent mid-upload is cut after the idle limit, and
-        // its body's errors are told apart from GitLab's. (An empty body is never
-        // polled, so its idle timer is never armed.)
+        // A client that goes silent mid-upload is cut after --client-body-timeout
+        // (408, GitLab's request aborted), and its body's errors are told apart
+        // from GitLab's. (An empty body is never polled: its timer is never armed.)
         let body = body::boxed(
-            IdleTimeoutBody::new(body, self.body_idle).map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }),
+            IdleTimeoutBody::new(body, self.client_body_idle).map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }),
         );
         let mut resp = self.upstream.send(Request::from_parts(parts, body)).await?;
         if headers::has_conflicting_framing(resp.headers()) {

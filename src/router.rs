@@ -162,6 +162,10 @@ fn error_response(answer: Answer) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+        // The budget frees up as requests end: worth another try soon.
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     if answer.status == StatusCode::METHOD_NOT_ALLOWED {
         h.insert(
             header::ALLOW,

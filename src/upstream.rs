@@ -20,9 +20,14 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::net::UnixStream;
 
-use crate::body::ProxyBody;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::body::{IdleTimeout, ProxyBody};
 use crate::config::UpstreamTarget;
 use crate::error::{BoxError, ClientBodyError, DownstreamError, ProxyError, UpstreamError};
+use crate::metrics::Metrics;
 
 /// Settings the pool needs; read from the command line by `main`.
 #[derive(Debug, Clone)]
@@ -39,16 +44,19 @@ pub(crate) struct Upstream {
     scheme: Scheme,
     authority: http::uri::Authority,
     response_timeout: Duration,
+    /// Counts the requests refused for want of a connection.
+    refusals: Option<Counter>,
 }
 
 enum Pool {
-    Tcp(Client<TimeoutConnector<HttpConnector>, ProxyBody>),
-    Tls(Client<TimeoutConnector<HttpsConnector<HttpConnector>>, ProxyBody>),
-    Unix(Client<TimeoutConnector<UnixConnector>, ProxyBody>),
+    Tcp(Client<Connector<HttpConnector>, ProxyBody>),
+    Tls(Client<Connector<HttpsConnector<HttpConnector>>, ProxyBody>),
+    Unix(Client<Connector<UnixConnector>, ProxyBody>),
 }
 
 impl Upstream {
-    pub(crate) fn new(settings: &UpstreamSettings) -> Result<Self, SetupError> {
+    /// A pool to `settings.target`; with a `budget`, its connections count against it.
+    pub(crate) fn new(settings: &UpstreamSettings, budget: Option<Arc<Budget>>) -> Result<Self, SetupError> {
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_timer(TokioTimer::new())
@@ -59,7 +67,7 @@ impl Upstream {
         let timeout = settings.connect_timeout;
         let (client, scheme, authority) = match &settings.target {
             UpstreamTarget::Http { authority } => {
-                let pool = Pool::Tcp(builder.build(TimeoutConnector::new(tcp_connector(), timeout)));
+                let pool = Pool::Tcp(builder.build(Connector::new(tcp_connector(), timeout, budget.clone())));
                 (pool, Scheme::HTTP, authority.clone())
             }
             UpstreamTarget::Https { authority } => {
@@ -69,14 +77,14 @@ impl Upstream {
                     .https_only()
                     .enable_http1()
                     .wrap_connector(tcp_connector());
-                let pool = Pool::Tls(builder.build(TimeoutConnector::new(https, timeout)));
+                let pool = Pool::Tls(builder.build(Connector::new(https, timeout, budget.clone())));
                 (pool, Scheme::HTTPS, authority.clone())
             }
             UpstreamTarget::Unix { path } => {
                 let unix = UnixConnector {
                     path: Arc::from(path.as_path()),
                 };
-                let pool = Pool::Unix(builder.build(TimeoutConnector::new(unix, timeout)));
+                let pool = Pool::Unix(builder.build(Connector::new(unix, timeout, budget.clone())));
                 // Only the pool key: the socket path decides where bytes go.
                 (pool, Scheme::HTTP, http::uri::Authority::from_static("workhorse.sock"))
             }
@@ -86,6 +94,7 @@ impl Upstream {
             scheme,
             authority,
             response_timeout: settings.response_timeout,
+            refusals: budget.map(|b| b.metrics.upstream_refusals.clone()),
         })
     }
 
@@ -124,14 +133,22 @@ impl Upstream {
         if let Some(sent) = sent {
             tokio::select! {
                 biased;
-                result = &mut exchange => return result.map_err(classify),
+                result = &mut exchange => return result.map_err(|e| self.classify(e)),
                 _ = sent => {}
             }
         }
         match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => Err(ProxyError::Upstream(UpstreamError::ResponseTimeout)),
-            Ok(result) => result.map_err(classify),
+            Ok(result) => result.map_err(|e| self.classify(e)),
         }
+    }
+
+    fn classify(&self, err: hyper_util::client::legacy::Error) -> ProxyError {
+        let err = classify(err);
+        if let (ProxyError::Upstream(UpstreamError::Busy), Some(refusals)) = (&err, &self.refusals) {
+            refusals.inc();
+        }
+        err
     }
 }
 
@@ -141,8 +158,14 @@ fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
         if e.is::<ConnectTimedOut>() {
             return ProxyError::Upstream(UpstreamError::ConnectTimeout);
         }
-        if e.is::<ClientBodyError>() {
+        if e.is::<BudgetExhausted>() {
+            return ProxyError::Upstream(UpstreamError::Busy);
+        }
+        if let Some(body) = e.downcast_ref::<ClientBodyError>() {
             tracing::debug!(error = %crate::error::chain(&err), "client request body failed");
+            if body.0.is::<IdleTimeout>() {
+                return ProxyError::Downstream(DownstreamError::RequestBodyTimeout);
+            }
             return ProxyError::Downstream(DownstreamError::RequestBody);
         }
         source = e.source();
@@ -218,29 +241,85 @@ fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, Se
 #[error("connect timed out")]
 pub(crate) struct ConnectTimedOut;
 
-#[derive(Clone)]
-pub(crate) struct TimeoutConnector<C> {
-    inner: C,
-    timeout: Duration,
+/// Marks a connection that could not be had within the budget, so it maps to 503.
+#[derive(Debug, thiserror::Error)]
+#[error("--max-upstream-connections reached and none freed up within --connect-timeout")]
+pub(crate) struct BudgetExhausted;
+
+/// How many connections may be open to one upstream at once. A permit is held
+/// by the connection itself, so it is returned only when the socket closes:
+/// idle pooled connections, websockets and long polls all count.
+pub(crate) struct Budget {
+    permits: Arc<Semaphore>,
+    /// How long a request waits for a permit (`--connect-timeout`).
+    wait: Duration,
+    metrics: Arc<Metrics>,
 }
 
-impl<C> TimeoutConnector<C> {
-    fn new(inner: C, timeout: Duration) -> Self {
-        TimeoutConnector { inner, timeout }
+impl Budget {
+    pub(crate) fn new(max: u32, wait: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Budget {
+            permits: Arc::new(Semaphore::new(max as usize)),
+            wait,
+            metrics,
+        })
+    }
+
+    async fn acquire(&self) -> Result<Permit, BoxError> {
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| Box::new(BudgetExhausted) as BoxError)?
+            .map_err(|_| Box::new(BudgetExhausted) as BoxError)?;
+        self.metrics.upstream_connections.inc();
+        Ok(Permit {
+            _permit: permit,
+            gauge: self.metrics.upstream_connections.clone(),
+        })
+    }
+}
+
+/// One connection's place in the budget, and in the gauge, until it closes.
+struct Permit {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Connects within `--connect-timeout`, once the budget (if any) allows.
+///
+/// hyper-util's pool asks for a new connection only when it has no idle one for
+/// the request, and hands a waiting request the first connection that turns
+/// idle: a request waiting here takes a pooled connection as soon as one is
+/// free, so idle connections never hold the budget against it.
+#[derive(Clone)]
+pub(crate) struct Connector<C> {
+    inner: C,
+    timeout: Duration,
+    budget: Option<Arc<Budget>>,
+}
+
+impl<C> Connector<C> {
+    fn new(inner: C, timeout: Duration, budget: Option<Arc<Budget>>) -> Self {
+        Connector { inner, timeout, budget }
     }
 }
 
 type ConnectFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
-impl<C> tower_service::Service<Uri> for TimeoutConnector<C>
+impl<C> tower_service::Service<Uri> for Connector<C>
 where
     C: tower_service::Service<Uri> + Send + 'static,
     C::Future: Send + 'static,
     C::Error: Into<BoxError>,
 {
-    type Response = C::Response;
+    type Response = Counted<C::Response>;
     type Error = BoxError;
-    type Future = ConnectFuture<C::Response>;
+    type Future = ConnectFuture<Counted<C::Response>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -249,9 +328,17 @@ where
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
         let timeout = self.timeout;
+        let budget = self.budget.clone();
         Box::pin(async move {
+            let permit = match &budget {
+                Some(budget) => Some(budget.acquire().await?),
+                None => None,
+            };
             match tokio::time::timeout(timeout, connecting).await {
-                Ok(result) => result.map_err(Into::into),
+                Ok(io) => Ok(Counted {
+                    io: io.map_err(Into::into)?,
+                    _permit: permit,
+                }),
                 Err(_) => Err(Box::new(ConnectTimedOut) as BoxError),
             }
         })
@@ -265,9 +352,9 @@ pub(crate) struct UnixConnector {
 }
 
 impl tower_service::Service<Uri> for UnixConnector {
-    type Response = UnixIo;
+    type Response = TokioIo<UnixStream>;
     type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<UnixIo>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<UnixStream>>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -279,45 +366,48 @@ impl tower_service::Service<Uri> for UnixConnector {
             let stream = UnixStream::connect(&*path)
                 .await
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            Ok(UnixIo(TokioIo::new(stream)))
+            Ok(TokioIo::new(stream))
         })
     }
 }
 
-/// A unix stream as hyper IO; a newtype because hyper-util's `Connection` is foreign.
-pub(crate) struct UnixIo(TokioIo<UnixStream>);
+/// A connection to GitLab that holds its place in the budget until dropped.
+pub(crate) struct Counted<T> {
+    io: T,
+    _permit: Option<Permit>,
+}
 
-impl Connection for UnixIo {
+impl<T: Connection> Connection for Counted<T> {
     fn connected(&self) -> Connected {
-        Connected::new()
+        self.io.connected()
     }
 }
 
-impl hyper::rt::Read for UnixIo {
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Counted<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl hyper::rt::Write for UnixIo {
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Counted<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_write_vectored(
@@ -325,7 +415,7 @@ impl hyper::rt::Write for UnixIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -344,14 +434,14 @@ mod tests {
 
     #[tokio::test]
     async fn uris_keep_path_and_query() {
-        let up = Upstream::new(&settings("http://127.0.0.1:8181")).unwrap();
+        let up = Upstream::new(&settings("http://127.0.0.1:8181"), None).unwrap();
         let pq = PathAndQuery::from_static("/api/v4/jobs/request?x=1");
         assert_eq!(
             up.uri_for(Some(&pq)).to_string(),
             "http://127.0.0.1:8181/api/v4/jobs/request?x=1"
         );
         assert_eq!(up.uri_for(None).to_string(), "http://127.0.0.1:8181/");
-        let unix = Upstream::new(&settings("unix:/tmp/none.sock")).unwrap();
+        let unix = Upstream::new(&settings("unix:/tmp/none.sock"), None).unwrap();
         assert_eq!(unix.uri_for(Some(&pq)).path_and_query(), Some(&pq));
     }
 
@@ -359,7 +449,7 @@ mod tests {
     async fn missing_unix_socket_is_a_connect_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent.sock");
-        let up = Upstream::new(&settings(&format!("unix:{}", path.display()))).unwrap();
+        let up = Upstream::new(&settings(&format!("unix:{}", path.display())), None).unwrap();
         let req = Request::get(up.uri_for(None)).body(crate::body::empty()).unwrap();
         match up.send(req).await {
             Err(ProxyError::Upstream(UpstreamError::Connect(e))) => {
@@ -369,11 +459,32 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn budget_waits_then_refuses_and_frees_on_close() {
+        let metrics = Arc::new(Metrics::new());
+        let budget = Budget::new(1, Duration::from_secs(10), metrics.clone());
+        let first = budget.acquire().await.unwrap();
+        assert_eq!(metrics.upstream_connections.get(), 1);
+        let started = tokio::time::Instant::now();
+        let refused = budget.acquire().await.err().unwrap();
+        assert!(refused.is::<BudgetExhausted>(), "{refused}");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        // A waiter gets the place the moment a connection closes.
+        let waiter = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.acquire().await.map(drop).is_ok() }
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(first);
+        assert!(waiter.await.unwrap());
+        assert_eq!(metrics.upstream_connections.get(), 0);
+    }
+
     #[test]
     fn unreadable_ca_is_a_clear_error() {
         let mut s = settings("https://gitlab.internal");
         s.extra_ca = Some("/nonexistent/ca.pem".into());
-        let err = Upstream::new(&s).err().unwrap();
+        let err = Upstream::new(&s, None).err().unwrap();
         assert!(
             err.to_string().starts_with("--upstream-ca /nonexistent/ca.pem"),
             "{err}"

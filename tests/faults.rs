@@ -292,10 +292,10 @@ async fn sigterm_lets_an_open_websocket_finish() {
 }
 
 #[tokio::test]
-async fn slow_upload_is_not_cut_by_the_idle_timeout() {
-    // An upload that takes three idle periods but is never silent for one.
+async fn slow_upload_is_not_cut_by_the_body_timeouts() {
+    // An upload that takes three timeout periods but is never silent for one.
     let up = upstream(Transport::Tcp, echo).await;
-    let proxy = Proxy::start(&up.target, &["--idle-timeout", "1s"]);
+    let proxy = Proxy::start(&up.target, &["--idle-timeout", "1s", "--client-body-timeout", "1s"]);
     let trickle = futures_util::stream::unfold(0u32, |i| async move {
         if i == 10 {
             return None;
@@ -334,25 +334,75 @@ async fn assert_not_blamed_on_gitlab(proxy: &Proxy, path: &str) {
     );
 }
 
+/// An upstream that reads the whole upload before it answers, as Workhorse does,
+/// and reports how its read of each body ended.
+async fn upload_reader() -> (Upstream, tokio::sync::mpsc::UnboundedReceiver<Result<usize, String>>) {
+    let (tx, body_ends) = tokio::sync::mpsc::unbounded_channel();
+    let up = upstream(Transport::Tcp, move |req| {
+        let tx = tx.clone();
+        async move {
+            let read = http_body_util::BodyExt::collect(req.into_body()).await;
+            let _ = tx.send(read.map(|b| b.to_bytes().len()).map_err(|e| e.to_string()));
+            Response::new(empty())
+        }
+    })
+    .await;
+    (up, body_ends)
+}
+
+/// How GitLab's read of the next request body ended.
+async fn gitlab_read(
+    body_ends: &mut tokio::sync::mpsc::UnboundedReceiver<Result<usize, String>>,
+) -> Result<usize, String> {
+    tokio::time::timeout(Duration::from_secs(5), body_ends.recv())
+        .await
+        .expect("GitLab's request was left open")
+        .unwrap()
+}
+
 #[tokio::test]
-async fn silent_uploader_is_cut_and_not_blamed_on_gitlab() {
-    let up = upstream(Transport::Tcp, echo).await;
-    let proxy = Proxy::start(&up.target, &["--idle-timeout", "500ms"]);
+async fn stalled_upload_gets_408_aborts_gitlabs_request_and_is_not_blamed_on_gitlab() {
+    let (up, mut body_ends) = upload_reader().await;
+    // --idle-timeout stays at its hour: the client's silence alone is timed.
+    let proxy = Proxy::start(&up.target, &["--client-body-timeout", "500ms"]);
+    let started = Instant::now();
     let mut stream = partial_upload(&proxy, "/big").await;
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "a silent uploader held its request open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "cut before the timeout"
+    );
+    let gitlab_saw = gitlab_read(&mut body_ends).await;
+    assert!(gitlab_saw.is_err(), "GitLab took a cut upload as whole: {gitlab_saw:?}");
     assert_not_blamed_on_gitlab(&proxy, "/big").await;
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gitlab_oidc_proxy_http_requests_total{method="PUT",status="408"}"#
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn aborted_upload_is_not_blamed_on_gitlab() {
-    let up = upstream(Transport::Tcp, echo).await;
+    let (up, mut body_ends) = upload_reader().await;
     let proxy = Proxy::start(&up.target, &[]);
     let stream = partial_upload(&proxy, "/aborted").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(stream);
+    let gitlab_saw = gitlab_read(&mut body_ends).await;
+    assert!(gitlab_saw.is_err(), "GitLab took a cut upload as whole: {gitlab_saw:?}");
     assert_not_blamed_on_gitlab(&proxy, "/aborted").await;
+    // Logged as the 400 it is (nobody is left to read it), not as a 408.
+    let logs = proxy.wait_for_log(r#""path":"/aborted""#).await;
+    let line = logs.lines().find(|l| l.contains(r#""path":"/aborted""#)).unwrap();
+    assert!(line.contains(r#""status":400"#), "{line}");
 }
 
 #[tokio::test]
