@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use ring::rand::{SecureRandom, SystemRandom};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -17,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
-use crate::config::{Config, Proto};
+use crate::config::{Config, ConfigError, Proto};
 use crate::error::StartError;
+use crate::headers::ViaId;
 use crate::listener::{self, ListenerSettings};
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
@@ -70,14 +72,23 @@ impl RunningProxy {
     pub(crate) async fn start_on(config: &Config, public: Option<TcpListener>) -> Result<RunningProxy, StartError> {
         config.check()?;
         let metrics = Arc::new(Metrics::new());
-        let upstreams = upstreams(config, &metrics)?;
+        let via = process_id()?;
+        let upstreams = upstreams(config, &metrics, &via)?;
         let tls_store = load_certificate(config, &metrics)?;
         let sockets = bind_all(config, public, tls_store.clone()).await?;
         let (listen, tls_listen, admin) = (sockets.listen, sockets.tls_listen, sockets.admin_addr);
+        let own: Vec<SocketAddr> = [Some(listen), tls_listen, Some(admin)].into_iter().flatten().collect();
+        if let Some(listener) = upstream::own_listener(&config.upstream, &own, config.connect_timeout).await {
+            return Err(ConfigError::UpstreamIsSelf {
+                upstream: config.upstream.to_string(),
+                listener,
+            }
+            .into());
+        }
 
         let draining = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let parts = build(config, upstreams, &metrics, tls_listen, &draining, &tracker);
+        let parts = build(config, upstreams, via, &metrics, tls_listen, &draining, &tracker);
         tracing::info!(
             listen = %listen,
             tls_listen = tls_listen.map(|a| a.to_string()),
@@ -137,8 +148,9 @@ struct Upstreams {
     oidc: Arc<Upstream>,
 }
 
-fn upstreams(config: &Config, metrics: &Arc<Metrics>) -> Result<Upstreams, StartError> {
+fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId) -> Result<Upstreams, StartError> {
     let settings = UpstreamSettings {
+        via: via.clone(),
         target: config.upstream.clone(),
         extra_ca: config.upstream_ca.clone(),
         connect_timeout: config.connect_timeout,
@@ -154,6 +166,17 @@ fn upstreams(config: &Config, metrics: &Arc<Metrics>) -> Result<Upstreams, Start
         passthrough: Arc::new(Upstream::new(&settings, Some(budget)).map_err(refused)?),
         oidc: Arc::new(Upstream::new(&settings, None).map_err(refused)?),
     })
+}
+
+/// A name for this process in `Via`, random so that each instance has its own.
+fn process_id() -> Result<ViaId, StartError> {
+    let mut bytes = [0u8; 8];
+    SystemRandom::new().fill(&mut bytes).map_err(|_| StartError::Io {
+        what: "reading random bytes for the Via name",
+        source: std::io::Error::other("the system's random source failed"),
+    })?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(ViaId::new(hex))
 }
 
 /// The certificate and key, checked before any socket is bound.
@@ -221,6 +244,7 @@ async fn bind_all(
 fn build(
     config: &Config,
     upstreams: Upstreams,
+    via: ViaId,
     metrics: &Arc<Metrics>,
     tls_listen: Option<SocketAddr>,
     draining: &CancellationToken,
@@ -256,6 +280,7 @@ fn build(
             .external_url
             .as_ref()
             .and_then(|u| HeaderValue::from_str(&u.host).ok()),
+        via,
     };
     let router = Arc::new(Router::new(oidc, passthrough, settings, metrics.clone()));
     let admin = Arc::new(Admin {

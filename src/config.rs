@@ -73,6 +73,8 @@ pub enum ConfigError {
     RedirectBehindHttps,
     #[error("--proxy-protocol needs --trusted-proxies naming the load balancers allowed to send it")]
     ProxyProtocolWithoutTrust,
+    #[error("--upstream {upstream} is this proxy's own listener {listener}: it would forward every request to itself")]
+    UpstreamIsSelf { upstream: String, listener: SocketAddr },
     #[error("the demo listens on loopback addresses only, not {0}: its signing keys are public")]
     DemoNotLoopback(SocketAddr),
 }

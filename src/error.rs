@@ -48,6 +48,9 @@ pub(crate) enum DownstreamError {
     /// A request target in authority-form (`GET c8 HTTP/1.1`).
     #[error("request target in authority-form")]
     BadTarget,
+    /// The request's `Via` names this process: it has come back (508).
+    #[error("request loop: Via names this proxy")]
+    Loop,
 }
 
 /// Marks an error that came from the client's request body, so a client that
@@ -112,6 +115,11 @@ impl ProxyError {
                 StatusCode::REQUEST_TIMEOUT,
                 "client_body_timeout",
                 "request timeout: the request body stalled\n",
+            ),
+            ProxyError::Downstream(DownstreamError::Loop) => (
+                StatusCode::LOOP_DETECTED,
+                "loop_detected",
+                "loop detected: this request has passed this proxy before\n",
             ),
             ProxyError::Downstream(DownstreamError::BadHost) => (
                 StatusCode::BAD_REQUEST,

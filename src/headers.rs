@@ -145,6 +145,46 @@ pub(crate) fn has_conflicting_framing(headers: &HeaderMap) -> bool {
     headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING)
 }
 
+/// This process's name in `Via` (RFC 9110 §7.6.3): random per process, so a
+/// request that comes back to the process that sent it is told apart from one
+/// that passed another proxy of a chain, even another instance of this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ViaId(String);
+
+impl ViaId {
+    /// `name` must be a token (letters, digits, `-`, `.`...), as the caller's hex is.
+    pub(crate) fn new(name: String) -> Self {
+        debug_assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        ViaId(name)
+    }
+}
+
+/// True when a `Via` entry names this process as one the request already passed.
+pub(crate) fn via_names(headers: &HeaderMap, id: &ViaId) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        // `received-protocol received-by [comment]`
+        .filter_map(|entry| entry.split_whitespace().nth(1))
+        .any(|by| by == id.0)
+}
+
+/// Adds this hop to `Via`, after the entries of the proxies before it.
+pub(crate) fn append_via(headers: &mut HeaderMap, received: Version, id: &ViaId) {
+    let protocol = match received {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    if let Ok(value) = HeaderValue::from_str(&format!("{protocol} {}", id.0)) {
+        headers.append(header::VIA, value);
+    }
+}
+
 /// Why a request's target or `Host` cannot be forwarded: 400, as nginx answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HostProblem {
@@ -337,6 +377,42 @@ fn parse_forwarded_addr(s: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn via(values: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::VIA, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn via_loop_is_our_own_id_only() {
+        let me = ViaId::new("a1b2c3".into());
+        assert!(!via_names(&HeaderMap::new(), &me));
+        assert!(via_names(&via(&["1.1 a1b2c3"]), &me));
+        assert!(via_names(&via(&["1.0 fred, 1.1 a1b2c3 (gitlab-oidc-proxy)"]), &me));
+        assert!(via_names(&via(&["1.0 fred", "2 a1b2c3"]), &me));
+        // Another instance, a prefix of ours, a comment or a protocol that merely
+        // looks like it: all pass.
+        assert!(!via_names(&via(&["1.1 a1b2c3d4"]), &me));
+        assert!(!via_names(&via(&["1.1 a1b2"]), &me));
+        assert!(!via_names(&via(&["1.1 proxy (a1b2c3)"]), &me));
+        assert!(!via_names(&via(&["a1b2c3 other"]), &me));
+    }
+
+    #[test]
+    fn via_is_appended_with_the_received_protocol() {
+        let me = ViaId::new("a1b2c3".into());
+        let mut h = via(&["1.0 fred"]);
+        append_via(&mut h, Version::HTTP_2, &me);
+        let all: Vec<_> = h.get_all(header::VIA).iter().collect();
+        assert_eq!(all, ["1.0 fred", "2 a1b2c3"]);
+        let mut h = HeaderMap::new();
+        append_via(&mut h, Version::HTTP_11, &me);
+        assert_eq!(h[header::VIA], "1.1 a1b2c3");
+        assert!(via_names(&h, &me));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

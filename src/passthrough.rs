@@ -78,8 +78,6 @@ impl Passthrough {
             headers::set_upgrade(&mut parts.headers, protocol);
         }
         parts.uri = self.upstream.uri_for(parts.uri.path_and_query());
-        // Workhorse speaks HTTP/1.1, whatever the client spoke.
-        parts.version = Version::HTTP_11;
 
         // A client that goes silent mid-upload is cut after --client-body-timeout
         // (408, GitLab's request aborted), and its body's errors are told apart

@@ -14,7 +14,7 @@ use crate::body::{self, ProxyBody};
 use crate::compress;
 use crate::config::Proto;
 use crate::error::{Answer, DownstreamError, ProxyError};
-use crate::headers::{self, HostProblem};
+use crate::headers::{self, HostProblem, ViaId};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::oidc::Oidc;
 use crate::passthrough::Passthrough;
@@ -51,6 +51,8 @@ pub(crate) struct RouterSettings {
     /// `Host` for HTTP/1.0 requests without one: `--external-url`'s host, else
     /// the listener's address.
     pub default_host: Option<HeaderValue>,
+    /// This process's name in `Via`: a request that carries it has looped.
+    pub via: ViaId,
 }
 
 pub(crate) struct Router {
@@ -77,7 +79,9 @@ impl Router {
         let record = RequestRecord::new(req.method(), req.uri(), req.version(), forwarded.client);
         let pending = PendingLog::new(record, self.metrics.clone());
 
-        let result = if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
+        let result = if headers::via_names(req.headers(), &s.via) {
+            Err(ProxyError::Downstream(DownstreamError::Loop))
+        } else if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
             Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
         } else if let Err(problem) = self.settle_host(&mut req, &conn) {
             Err(ProxyError::Downstream(problem))
@@ -143,6 +147,10 @@ impl Router {
                     error = %err,
                     "request to GitLab failed"
                 );
+            }
+            ProxyError::Downstream(DownstreamError::Loop) => {
+                // A misconfiguration, not a client's mistake: the operator must see it.
+                tracing::warn!(method = %record.method, path = %record.path, "request came back to this proxy: --upstream leads to itself");
             }
             ProxyError::Downstream(_) => {
                 tracing::debug!(method = %record.method, path = %record.path, error = %err, "request refused");

@@ -3,6 +3,7 @@
 //! from a refused connection (504 vs 502).
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -27,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::body::{IdleTimeout, ProxyBody};
 use crate::config::UpstreamTarget;
 use crate::error::{BoxError, ClientBodyError, DownstreamError, ProxyError, UpstreamError};
+use crate::headers::{self, ViaId};
 use crate::metrics::Metrics;
 
 /// Settings the pool needs; read from the command line by `main`.
@@ -37,6 +39,9 @@ pub(crate) struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Longest wait for response headers.
     pub response_timeout: Duration,
+    /// Named in the `Via` of every request sent, so a request that loops back
+    /// to this process is caught.
+    pub via: ViaId,
 }
 
 pub(crate) struct Upstream {
@@ -44,6 +49,7 @@ pub(crate) struct Upstream {
     scheme: Scheme,
     authority: http::uri::Authority,
     response_timeout: Duration,
+    via: ViaId,
     /// Counts the requests refused for want of a connection.
     refusals: Option<Counter>,
 }
@@ -94,6 +100,7 @@ impl Upstream {
             scheme,
             authority,
             response_timeout: settings.response_timeout,
+            via: settings.via.clone(),
             refusals: budget.map(|b| b.metrics.upstream_refusals.clone()),
         })
     }
@@ -115,7 +122,11 @@ impl Upstream {
     /// Sends a request and waits for the response headers (not the body). The
     /// response timeout starts once the request body is sent: an upload may take
     /// hours, its silences are bounded by the body's own idle limit.
-    pub(crate) async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
+    /// `Via` names the protocol the request came in with; Workhorse gets HTTP/1.1.
+    pub(crate) async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
+        let received = req.version();
+        headers::append_via(req.headers_mut(), received, &self.via);
+        *req.version_mut() = Version::HTTP_11;
         let has_body = !http_body::Body::is_end_stream(req.body());
         let (req, sent) = if has_body {
             let (parts, body) = req.into_parts();
@@ -183,6 +194,45 @@ fn tcp_connector() -> HttpConnector {
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(60)));
     http
+}
+
+/// The listener of this process that `target` names, if any: a proxy sent to
+/// itself would wait on its own answers. A name that does not resolve in
+/// `within` is let be (the `Via` check still catches the loop).
+pub(crate) async fn own_listener(
+    target: &UpstreamTarget,
+    listeners: &[SocketAddr],
+    within: Duration,
+) -> Option<SocketAddr> {
+    let (UpstreamTarget::Http { authority } | UpstreamTarget::Https { authority }) = target else {
+        return None;
+    };
+    let default_port = if matches!(target, UpstreamTarget::Https { .. }) {
+        443
+    } else {
+        80
+    };
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(default_port);
+    let resolved: Vec<SocketAddr> = match tokio::time::timeout(within, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => return None,
+    };
+    listeners.iter().copied().find(|listener| {
+        resolved
+            .iter()
+            .any(|addr| addr.port() == listener.port() && reaches(addr.ip(), listener.ip()))
+    })
+}
+
+/// Whether a connection to `addr` lands on a socket bound to `bound`.
+fn reaches(addr: IpAddr, bound: IpAddr) -> bool {
+    if addr == bound {
+        return true;
+    }
+    // A wildcard listener takes every address of this host: those are the ones
+    // a socket can be bound to.
+    bound.is_unspecified() && (addr.is_loopback() || std::net::UdpSocket::bind((addr, 0)).is_ok())
 }
 
 /// Why the client to an https upstream cannot be built.
@@ -429,6 +479,7 @@ mod tests {
             extra_ca: None,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
+            via: ViaId::new("test".into()),
         }
     }
 
@@ -478,6 +529,28 @@ mod tests {
         drop(first);
         assert!(waiter.await.unwrap());
         assert_eq!(metrics.upstream_connections.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn own_listeners_are_found_through_names_and_wildcards() {
+        let target = |s: &str| crate::config::parse_upstream(s).unwrap();
+        let wildcard: SocketAddr = "0.0.0.0:18080".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:19090".parse().unwrap();
+        let listeners = [wildcard, loopback];
+        let within = Duration::from_secs(2);
+        let found = |t: &str| {
+            let t = target(t);
+            async move { own_listener(&t, &listeners, within).await }
+        };
+        assert_eq!(found("http://127.0.0.1:18080").await, Some(wildcard));
+        assert_eq!(found("http://localhost:18080").await, Some(wildcard));
+        assert_eq!(found("https://127.0.0.1:19090").await, Some(loopback));
+        // Same port, other address; other port; a unix socket: no loop.
+        assert_eq!(found("http://127.0.0.2:19090").await, None);
+        assert_eq!(found("http://127.0.0.1:18081").await, None);
+        assert_eq!(found("unix:/run/gitlab.sock").await, None);
+        // Not an address of this host (TEST-NET-1): not ours even on a wildcard.
+        assert!(!reaches("192.0.2.1".parse().unwrap(), "0.0.0.0".parse().unwrap()));
     }
 
     #[test]

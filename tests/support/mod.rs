@@ -57,7 +57,17 @@ impl Proxy {
     }
 
     pub(crate) fn start_with_env(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
-        let mut cmd = Self::command(upstream, extra, env);
+        Self::spawn(Self::command(upstream, extra, env))
+    }
+
+    /// As `start`, with the public listener on `listen` (a port the test chose).
+    pub(crate) fn start_on(listen: SocketAddr, upstream: &str, extra: &[&str]) -> Proxy {
+        let mut cmd = Self::command(upstream, extra, &[]);
+        cmd.args(["--listen", &listen.to_string()]);
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Proxy {
         let mut child = cmd.spawn().expect("spawn proxy");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
@@ -131,23 +141,19 @@ impl Proxy {
         (status, reader.join().unwrap())
     }
 
+    /// `serve` on ephemeral loopback ports unless `extra` says otherwise (a
+    /// `--listen` or `--admin-listen` there wins over the defaults, set by env).
     fn command(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args([
-            "serve",
-            "--upstream",
-            upstream,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json"])
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.args(["serve", "--upstream", upstream])
+            .env("GITLAB_OIDC_PROXY_LISTEN", "127.0.0.1:0")
+            .env("GITLAB_OIDC_PROXY_ADMIN_LISTEN", "127.0.0.1:0")
+            .args(["--log-format", "json"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
