@@ -103,7 +103,7 @@ pub(crate) struct ServeArgs {
     pub(crate) log_format: LogFormat,
 
     /// How long a client may take to send request headers before it is disconnected;
-    /// also how long an idle keep-alive connection is kept open.
+    /// also how long a connection with no request in flight (HTTP/1.1 keep-alive or HTTP/2) is kept open.
     #[arg(long, env = "GITLAB_OIDC_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
     pub(crate) header_timeout: Duration,
 

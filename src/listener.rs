@@ -4,16 +4,21 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,7 +32,7 @@ use crate::router::{ConnInfo, ListenerKind, Router};
 pub(crate) struct ListenerSettings {
     pub kind: ListenerKind,
     pub proto: Proto,
-    /// Longest time to receive a request's headers, and the idle keep-alive limit.
+    /// Longest time to receive a request's headers, and the longest idle time of a connection.
     pub header_timeout: Duration,
     /// Set on the TLS listener.
     pub tls: Option<TlsAcceptor>,
@@ -174,23 +179,32 @@ impl Shared {
             kind: self.settings.kind,
             local: self.settings.local,
         };
-        // hyper's header timeout starts only once it knows the protocol; a
-        // client that connects and says nothing is cut by this first deadline.
-        let got_request = Arc::new(AtomicBool::new(false));
-        let seen = got_request.clone();
+        // One clock per connection: a new connection that sends nothing is cut
+        // after --header-timeout (hyper's own header timeout starts only once
+        // it knows the protocol), and so is one with no request in flight for
+        // that long. hyper closes idle HTTP/1.1 keep-alive itself; an HTTP/2
+        // connection answers pings for ever unless told to go (GOAWAY).
+        let activity = Arc::new(Activity::new());
+        let seen = activity.clone();
         let router = self.router.clone();
         let service = service_fn(move |req| {
-            seen.store(true, Ordering::Relaxed);
+            let in_flight = InFlight::begin(seen.clone());
             let router = router.clone();
-            async move { Ok::<_, Infallible>(router.handle(req, conn_info).await) }
+            async move {
+                let resp = router.handle(req, conn_info).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                }))
+            }
         });
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(conn);
-        let first_deadline = tokio::time::sleep(self.settings.header_timeout);
-        tokio::pin!(first_deadline);
-        let mut first_checked = false;
+        let timeout = self.settings.header_timeout;
+        let idle_check = tokio::time::sleep(timeout);
+        tokio::pin!(idle_check);
         let mut draining = false;
         loop {
             tokio::select! {
@@ -200,18 +214,111 @@ impl Shared {
                     }
                     break;
                 }
-                () = &mut first_deadline, if !first_checked => {
-                    first_checked = true;
-                    if !got_request.load(Ordering::Relaxed) {
+                () = &mut idle_check, if !draining => match activity.idle_for() {
+                    Idle::Since(quiet) if quiet < timeout => idle_check.as_mut().reset(Instant::now() + (timeout - quiet)),
+                    Idle::Busy => idle_check.as_mut().reset(Instant::now() + timeout),
+                    Idle::Since(_) if !activity.ever_asked() => {
                         tracing::debug!(%peer, "no request within the header timeout; closing");
                         break;
                     }
-                }
+                    Idle::Since(_) => {
+                        tracing::debug!(%peer, "connection idle for the header timeout; closing");
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                },
                 () = self.shutdown.cancelled(), if !draining => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
         }
+    }
+}
+
+/// What a connection's requests are doing, for its idle clock.
+struct Activity {
+    start: Instant,
+    /// Requests begun and not yet answered in full.
+    in_flight: AtomicU32,
+    /// Requests begun, ever.
+    asked: AtomicU32,
+    /// Milliseconds after `start` when the last request ended.
+    quiet_since_ms: AtomicU64,
+}
+
+enum Idle {
+    Busy,
+    /// No request in flight for this long.
+    Since(Duration),
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            asked: AtomicU32::new(0),
+            quiet_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn ever_asked(&self) -> bool {
+        self.asked.load(Ordering::Relaxed) > 0
+    }
+
+    fn idle_for(&self) -> Idle {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Idle::Busy;
+        }
+        let since = self.start + Duration::from_millis(self.quiet_since_ms.load(Ordering::Acquire));
+        Idle::Since(Instant::now().saturating_duration_since(since))
+    }
+}
+
+/// One request in flight on a connection, until its response body is done
+/// (or the request is dropped, the client gone).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: Arc<Activity>) -> Self {
+        activity.asked.fetch_add(1, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = a.start.elapsed().as_millis() as u64;
+        a.quiet_since_ms.fetch_max(ms, Ordering::AcqRel);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted as in flight.
+    struct Tracked<B> {
+        #[pin]
+        body: B,
+        _in_flight: InFlight,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

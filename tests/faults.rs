@@ -439,3 +439,38 @@ async fn unknown_transfer_coding_is_501() {
     assert!(resp.starts_with("HTTP/1.1 501"), "{resp}");
     assert!(up.saw_nothing());
 }
+
+#[tokio::test]
+async fn idle_h2_connection_that_answers_pings_is_closed_with_goaway() {
+    let up = upstream(Transport::Tcp, |req| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        Response::new(full("ok"))
+    })
+    .await;
+    let proxy = Proxy::start(&up.target, &["--header-timeout", "1s"]);
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    // A client that pings every 200 ms, idle or not: the connection stays alive
+    // at the HTTP/2 level, but serves no request.
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(200))
+        .keep_alive_while_idle(true)
+        .handshake::<_, TestBody>(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    // A request longer than the idle limit is not cut: it is activity.
+    let req = Request::get(proxy.url("/slow")).body(empty()).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_bytes(resp).await, "ok");
+    let idle_from = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("an idle h2 connection was still open after 5 s");
+    let idle = idle_from.elapsed();
+    assert!(ended.unwrap().is_ok(), "closed without a clean GOAWAY");
+    assert!(idle >= Duration::from_millis(900), "closed after {idle:?} of idling");
+}
