@@ -70,9 +70,12 @@ pub(crate) enum UpstreamError {
     /// No response headers within `--idle-timeout` after the request was sent: 504.
     #[error("upstream sent no response headers in time")]
     ResponseTimeout,
-    /// A response whose length cannot be trusted (`Content-Length` and
-    /// `Transfer-Encoding` together, RFC 9112 §6.1): 502, as nginx.
-    #[error("upstream response has both Content-Length and Transfer-Encoding")]
+    /// A response whose length or bytes cannot be trusted (`Content-Length` and
+    /// `Transfer-Encoding` together, RFC 9112 §6.1, or a transfer coding other
+    /// than one `chunked`): 502, as nginx.
+    #[error(
+        "upstream response framing in doubt: Content-Length with Transfer-Encoding, or a transfer coding other than chunked"
+    )]
     Framing,
     /// `--max-upstream-connections` stayed reached for `--connect-timeout`: 503.
     #[error("no upstream connection free within the budget")]

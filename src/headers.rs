@@ -78,17 +78,23 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// True when a request uses a transfer coding other than `chunked`.
+/// True when a message's transfer codings are anything but one `chunked`: any
+/// other coding (`gzip`, `identity`, an empty one) or `chunked` twice leaves its
+/// bytes or its end in doubt. nginx answers such a request 501, such a response 502.
 pub(crate) fn has_unsupported_transfer_coding(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| {
-            v.to_str()
-                .map(|s| s.split(',').collect::<Vec<_>>())
-                .unwrap_or_else(|_| vec!["?"])
-        })
-        .any(|coding| !coding.trim().eq_ignore_ascii_case("chunked"))
+    let mut codings = 0;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(value) = value.to_str() else {
+            return true;
+        };
+        for coding in value.split(',') {
+            codings += 1;
+            if !coding.trim().eq_ignore_ascii_case("chunked") {
+                return true;
+            }
+        }
+    }
+    codings > 1
 }
 
 /// Joins several `Cookie` fields into one, as RFC 9113 §8.2.3 asks before
@@ -384,6 +390,34 @@ mod tests {
             h.append(header::VIA, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn only_a_single_chunked_is_a_supported_transfer_coding() {
+        let te = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            has_unsupported_transfer_coding(&h)
+        };
+        assert!(!te(&[]));
+        assert!(!te(&["chunked"]));
+        assert!(!te(&["CHUNKED"]));
+        assert!(!te(&[" chunked "]));
+        for bad in [
+            &["gzip"][..],
+            &["gzip, chunked"],
+            &["chunked, gzip"],
+            &["identity"],
+            &["xchunked"],
+            &[""],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+            &["chunked", "identity"],
+        ] {
+            assert!(te(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -86,9 +86,11 @@ impl Passthrough {
             IdleTimeoutBody::new(body, self.client_body_idle).map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }),
         );
         let mut resp = self.upstream.send(Request::from_parts(parts, body)).await?;
-        if headers::has_conflicting_framing(resp.headers()) {
-            // The body's end is in doubt: a client could take a cut body as whole
-            // and read the rest as the next response. The connection is dropped.
+        if headers::has_conflicting_framing(resp.headers()) || headers::has_unsupported_transfer_coding(resp.headers())
+        {
+            // The body's end or its bytes are in doubt: a client could take a cut
+            // body as whole, read the rest as the next response, or get gzip
+            // bytes as plain ones. The connection is dropped.
             return Err(ProxyError::Upstream(UpstreamError::Framing));
         }
 

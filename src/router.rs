@@ -156,7 +156,15 @@ impl Router {
                 tracing::debug!(method = %record.method, path = %record.path, error = %err, "request refused");
             }
         }
-        error_response(answer)
+        let mut resp = error_response(answer);
+        if let ProxyError::Downstream(_) = err {
+            // What is left of a refused request (an unread body) is not read as
+            // the next one: the connection ends with this answer, as nginx's does.
+            // (HTTP/2 drops the header; its streams end on their own.)
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 }
 

@@ -157,3 +157,370 @@ async fn absolute_form_target_names_the_host() {
     assert!(seen[0].contains("\r\nhost: b.example\r\n"), "{seen:?}");
     assert!(!seen[0].contains("a.example"), "{seen:?}");
 }
+
+// ------------------------------------------------------------ the classic set
+
+/// What GitLab received on one connection: the head (lower-cased), the body's
+/// raw bytes, and whether the request arrived whole before the connection closed.
+#[derive(Debug)]
+struct Received {
+    head: String,
+    body: Vec<u8>,
+    whole: bool,
+}
+
+/// Where a request's body ends, read off its head: a test's own tiny reader.
+fn body_end(head: &str, body: &[u8]) -> bool {
+    if head.contains("\r\ntransfer-encoding: chunked\r\n") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+    body.len() >= length
+}
+
+/// An upstream that records every request whole, bytes and all, and answers
+/// each with `OK`; one that is cut off is recorded as not whole.
+async fn byte_recording_upstream() -> (String, mpsc::UnboundedReceiver<Received>, impl Drop) {
+    let (tx, received) = mpsc::unbounded_channel();
+    let (target, _dir, task) = raw_upstream(Transport::Tcp, move |mut io| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = io.read(&mut chunk).await.unwrap_or(0);
+                buf.extend_from_slice(&chunk[..n]);
+                let split = buf.windows(4).position(|w| w == b"\r\n\r\n");
+                let whole = split.is_some_and(|end| {
+                    body_end(
+                        &String::from_utf8_lossy(&buf[..end + 4]).to_lowercase(),
+                        &buf[end + 4..],
+                    )
+                });
+                if n == 0 || whole {
+                    let end = split.map_or(buf.len(), |e| e + 4);
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    if !buf.is_empty() && !head.contains("user-agent: gitlab-oidc-proxy") {
+                        let _ = tx.send(Received {
+                            head,
+                            body: buf[end..].to_vec(),
+                            whole,
+                        });
+                    }
+                    buf.clear();
+                    if n == 0 || io.write_all(OK).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    (target, received, AbortOnDrop(task))
+}
+
+/// What GitLab should have received of a request.
+enum Upstream {
+    Nothing,
+    /// The request whole, with this body (raw, as framed on the wire to GitLab).
+    Whole(&'static str),
+    /// Nothing, or the head and part of the body, then the connection closed
+    /// (which of the two depends on how much the proxy had sent when the body broke).
+    NeverWhole,
+}
+
+const REQUEST_TABLE: &[(&str, &str, &str, Upstream)] = &[
+    // (name, request, status to the client, what GitLab got)
+    (
+        "CL and TE: chunked wins, CL is dropped",
+        "POST /f HTTP/1.1\r\nHost: g\r\nConnection: close\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "200",
+        Upstream::Whole("3\r\nabc\r\n0\r\n\r\n"),
+    ),
+    (
+        "TE chunked twice in one line",
+        "POST /f HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "501",
+        Upstream::Nothing,
+    ),
+    (
+        "TE chunked twice in two lines",
+        "POST /f HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "501",
+        Upstream::Nothing,
+    ),
+    (
+        "TE xchunked",
+        "POST /f HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: xchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "TE chunked then identity",
+        "POST /f HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "TE with a space before the colon",
+        "POST /f HTTP/1.1\r\nHost: g\r\nTransfer-Encoding : chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "TE identity with CL",
+        "POST /f HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: identity\r\nContent-Length: 3\r\n\r\nabc",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "TE on HTTP/1.0",
+        "POST /f HTTP/1.0\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "TE in upper case",
+        "POST /f HTTP/1.1\r\nHost: g\r\nConnection: close\r\nTransfer-Encoding: CHUNKED\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "200",
+        Upstream::Whole("3\r\nabc\r\n0\r\n\r\n"),
+    ),
+    (
+        "two different CLs",
+        "POST /f HTTP/1.1\r\nHost: g\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "two equal CLs: one goes on",
+        "POST /f HTTP/1.1\r\nHost: g\r\nConnection: close\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        "200",
+        Upstream::Whole("abc"),
+    ),
+    (
+        "a CL list",
+        "POST /f HTTP/1.1\r\nHost: g\r\nContent-Length: 3, 3\r\n\r\nabc",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "a signed CL",
+        "POST /f HTTP/1.1\r\nHost: g\r\nContent-Length: +3\r\n\r\nabc",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "a negative CL",
+        "POST /f HTTP/1.1\r\nHost: g\r\nContent-Length: -1\r\n\r\nabc",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "a CL past u64",
+        "POST /f HTTP/1.1\r\nHost: g\r\nContent-Length: 99999999999999999999999\r\n\r\nabc",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "obs-fold",
+        "GET /f HTTP/1.1\r\nHost: g\r\nX-A: a\r\n b\r\n\r\n",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "a bare CR in a value",
+        "GET /f HTTP/1.1\r\nHost: g\r\nX-A: a\rb\r\n\r\n",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "a NUL in a value",
+        "GET /f HTTP/1.1\r\nHost: g\r\nX-A: a\0b\r\n\r\n",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "a header line starting with a space",
+        "GET /f HTTP/1.1\r\nHost: g\r\n X-A: a\r\n\r\n",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "bare LF line ends: accepted, sent on with CRLF",
+        "GET /f HTTP/1.1\nHost: g\nX-A: a\nConnection: close\n\n",
+        "200",
+        Upstream::Whole(""),
+    ),
+    (
+        "a chunk size past u64",
+        "POST /f HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+        "400",
+        Upstream::Nothing,
+    ),
+    (
+        "a chunk without its CRLF",
+        "POST /f HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n",
+        "400",
+        Upstream::NeverWhole,
+    ),
+];
+
+#[tokio::test]
+async fn request_framing_table() {
+    let (target, mut received, _up) = byte_recording_upstream().await;
+    let proxy = Proxy::start(&target, &[]);
+    for (name, request, want, upstream) in REQUEST_TABLE {
+        let resp = exchange(&proxy, request).await;
+        assert_eq!(status(&resp), *want, "{name}: {resp}");
+        // Whatever GitLab got of it has arrived by the time the client has its answer
+        // (a cut-off one once the proxy drops that connection).
+        let got = match upstream {
+            Upstream::Nothing | Upstream::NeverWhole => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                received.try_recv().ok()
+            }
+            _ => Some(
+                tokio::time::timeout(Duration::from_secs(5), received.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("{name}: GitLab got nothing"))
+                    .unwrap(),
+            ),
+        };
+        match (upstream, got) {
+            (Upstream::Nothing, None) => {}
+            (Upstream::Whole(body), Some(r)) => {
+                assert!(r.whole, "{name}: {r:?}");
+                assert_eq!(String::from_utf8_lossy(&r.body), *body, "{name}: {r:?}");
+                assert!(
+                    r.head.starts_with("post /f http/1.1\r\n") || r.head.starts_with("get /f http/1.1\r\n"),
+                    "{name}: {r:?}"
+                );
+                let framing =
+                    ["content-length", "transfer-encoding"].map(|h| r.head.matches(&format!("\r\n{h}:")).count());
+                assert!(
+                    framing.iter().sum::<usize>() <= 1,
+                    "{name}: more than one framing header: {r:?}"
+                );
+            }
+            (Upstream::NeverWhole, None) => {}
+            (Upstream::NeverWhole, Some(r)) => assert!(!r.whole, "{name}: GitLab took a cut request as whole: {r:?}"),
+            (_, got) => panic!("{name}: GitLab got {got:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn cl_and_te_request_closes_the_connection_after_its_answer() {
+    // RFC 9112 §6.1: processed as chunked, then the connection is closed, so no
+    // request smuggled behind it is ever read.
+    let (target, mut received, _up) = byte_recording_upstream().await;
+    let proxy = Proxy::start(&target, &[]);
+    let resp = exchange(
+        &proxy,
+        "POST /first HTTP/1.1\r\nHost: g\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+         GET /smuggled HTTP/1.1\r\nHost: g\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "{resp}");
+    let first = received.recv().await.unwrap();
+    assert!(first.head.starts_with("post /first "), "{first:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(received.try_recv().is_err(), "the request behind it reached GitLab");
+}
+
+/// What the client receives when GitLab answers `response`, then closes.
+async fn relayed(response: &'static [u8]) -> (String, Proxy, impl Drop) {
+    let (target, _dir, task) = raw_upstream(Transport::Tcp, move |mut io| async move {
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = io.write_all(response).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+    let up = AbortOnDrop(task);
+    let proxy = Proxy::start(&target, &[]);
+    let resp = exchange(&proxy, "GET /r HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n").await;
+    (resp, proxy, up)
+}
+
+#[tokio::test]
+async fn response_framing_table() {
+    let refused: &[&'static [u8]] = &[
+        // Bytes of a transfer coding relayed as plain ones: gzip taken as text.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabcdef",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: a\r\n b\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: a\rb\r\n\r\nabc",
+    ];
+    for response in refused {
+        let (resp, proxy, _up) = relayed(response).await;
+        let shown = String::from_utf8_lossy(response);
+        assert_eq!(status(&resp), "502", "{shown:?} -> {resp}");
+        assert!(!resp.contains("abc"), "{shown:?} -> {resp}");
+        let metrics = proxy.metrics().await;
+        assert_eq!(
+            metric_sum(&metrics, "gitlab_oidc_proxy_upstream_errors_total"),
+            1.0,
+            "{shown:?}"
+        );
+    }
+    // A chunk size past u64: no complete response reaches the client.
+    let (resp, _proxy, _up) =
+        relayed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\nabc\r\n0\r\n\r\n").await;
+    assert!(!resp.contains("abc") && !resp.ends_with("0\r\n\r\n"), "{resp}");
+    // A body shorter than its Content-Length: relayed with that length, so the
+    // client sees the cut; never re-framed as a complete chunked body.
+    let (resp, _proxy, _up) = relayed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
+    assert!(resp.contains("content-length: 10\r\n"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\nabc"), "{resp}");
+    // Close-delimited (legal): complete when GitLab closes, re-framed as chunked.
+    let (resp, _proxy, _up) = relayed(b"HTTP/1.0 200 OK\r\n\r\nuntil-close").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_lowercase().ends_with("\r\n\r\nb\r\nuntil-close\r\n0\r\n\r\n"),
+        "{resp}"
+    );
+}
+
+#[tokio::test]
+async fn h2_request_shorter_than_its_content_length_never_reaches_gitlab_whole() {
+    let (tx, mut reads) = mpsc::unbounded_channel();
+    let up = upstream(Transport::Tcp, move |req| {
+        let tx = tx.clone();
+        async move {
+            let read = http_body_util::BodyExt::collect(req.into_body()).await;
+            let _ = tx.send(read.map(|b| b.to_bytes()).map_err(|e| e.to_string()));
+            hyper::Response::new(empty())
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&up.target, &[]);
+    for (length, body) in [("10", "abcde"), ("2", "abcde")] {
+        let req = hyper::Request::post(proxy.url("/h2"))
+            .header("content-length", length)
+            .body(full(body))
+            .unwrap();
+        let answer = h2c_client().request(req).await;
+        // The stream is reset (or refused) rather than answered 200.
+        assert!(
+            answer.as_ref().map_or(true, |r| r.status() != 200),
+            "{length}: {answer:?}"
+        );
+        let gitlab = tokio::time::timeout(Duration::from_millis(500), reads.recv()).await;
+        if let Ok(Some(read)) = gitlab {
+            assert!(read.is_err(), "content-length {length}: GitLab took {read:?} as whole");
+        }
+    }
+}
