@@ -155,13 +155,20 @@ pub(crate) fn has_conflicting_framing(headers: &HeaderMap) -> bool {
 /// request that comes back to the process that sent it is told apart from one
 /// that passed another proxy of a chain, even another instance of this one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ViaId(String);
+pub(crate) struct ViaId {
+    name: String,
+    /// This hop's entry for each protocol a request can come in with, made once.
+    entries: [HeaderValue; 3],
+}
 
 impl ViaId {
-    /// `name` must be a token (letters, digits, `-`, `.`...), as the caller's hex is.
+    /// `name` is a token: letters, digits and `-`, as the caller's hex is.
     pub(crate) fn new(name: String) -> Self {
-        debug_assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-        ViaId(name)
+        let entry = |protocol: &str| {
+            HeaderValue::from_str(&format!("{protocol} {name}")).expect("a token is a valid header value")
+        };
+        let entries = [entry("1.0"), entry("1.1"), entry("2")];
+        ViaId { name, entries }
     }
 }
 
@@ -174,21 +181,17 @@ pub(crate) fn via_names(headers: &HeaderMap, id: &ViaId) -> bool {
         .flat_map(|v| v.split(','))
         // `received-protocol received-by [comment]`
         .filter_map(|entry| entry.split_whitespace().nth(1))
-        .any(|by| by == id.0)
+        .any(|by| by == id.name)
 }
 
 /// Adds this hop to `Via`, after the entries of the proxies before it.
 pub(crate) fn append_via(headers: &mut HeaderMap, received: Version, id: &ViaId) {
-    let protocol = match received {
-        Version::HTTP_09 => "0.9",
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
+    let entry = match received {
+        Version::HTTP_10 | Version::HTTP_09 => &id.entries[0],
+        Version::HTTP_2 => &id.entries[2],
+        _ => &id.entries[1],
     };
-    if let Ok(value) = HeaderValue::from_str(&format!("{protocol} {}", id.0)) {
-        headers.append(header::VIA, value);
-    }
+    headers.append(header::VIA, entry.clone());
 }
 
 /// Why a request's target or `Host` cannot be forwarded: 400, as nginx answers.
