@@ -54,14 +54,14 @@ fn is_protected(name: &HeaderName) -> bool {
     PROTECTED.contains(&name) || FORWARDING.contains(&name) || name.starts_with("content-")
 }
 
-/// Header names listed in `Connection` (all its lines, comma-separated).
+/// Header names listed in `Connection` (all its lines, comma-separated). A token that
+/// is no header name (obs-text, spaces) is skipped, not the whole line with it.
 fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .collect()
 }
 
@@ -420,6 +420,23 @@ mod tests {
     #[test]
     fn garbage_connection_tokens_are_ignored() {
         let mut h = map(&[("connection", "bad header name, x-a"), ("x-a", "1"), ("x-b", "2")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-a").is_none());
+        assert_eq!(get(&h, "x-b"), Some("2"));
+    }
+
+    #[test]
+    fn obs_text_in_connection_spoils_only_its_token() {
+        // Found by fuzzing: a non-ASCII byte used to hide every token of its line.
+        let mut h = map(&[("upgrade", "websocket"), ("x-a", "1"), ("x-b", "2")]);
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"keep-a\x94ve, Upgrade, x-a").unwrap(),
+        );
+        assert_eq!(
+            requested_upgrade(Version::HTTP_11, &h),
+            Some(HeaderValue::from_static("websocket"))
+        );
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-a").is_none());
         assert_eq!(get(&h, "x-b"), Some("2"));
