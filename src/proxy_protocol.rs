@@ -144,7 +144,9 @@ fn parse_v1(input: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolE
             Ok(Some((ProxyHeader { source, version: 1 }, header.header.len())))
         }
         Err(v1::BinaryParseError::Parse(v1::ParseError::HeaderTooLong)) => Err(ProxyProtocolError::TooLong),
-        Err(e) if e.is_incomplete() => {
+        // A line cut by a segment boundary right after a space ("… 56324 ") reaches ppp with an empty last
+        // field, which it calls invalid (an empty destination port); the next bytes fill that field.
+        Err(e) if e.is_incomplete() || (input.ends_with(b" ") && !input.contains(&b'\r')) => {
             // ppp reports a line that ends early ("PROXY TCP4\r\n") as incomplete (missing address) even
             // though more bytes can never fix it: ppp only looks up to the first CR. Once a byte follows that
             // CR, the line is as complete as it will get, so it is invalid.
@@ -577,11 +579,17 @@ mod tests {
             .unwrap()
             .build()
             .unwrap();
-        let cases: [(Vec<u8>, &[usize], Option<SocketAddr>); 2] = [
+        let cases: [(Vec<u8>, &[usize], Option<SocketAddr>); 3] = [
             // Splits inside "PROXY", inside an address, and between CR and LF.
             (
                 b"PROXY TCP4 192.0.2.10 198.51.100.1 56324 443\r\nrest".to_vec(),
                 &[3, 17, 45, 46],
+                sock("192.0.2.10:56324"),
+            ),
+            // Splits after the spaces before the ports: ppp sees an empty last field (found by fuzzing).
+            (
+                b"PROXY TCP4 192.0.2.10 198.51.100.1 56324 443\r\nrest".to_vec(),
+                &[35, 41],
                 sock("192.0.2.10:56324"),
             ),
             // Splits inside the signature, inside the fixed part, inside the addresses and TLVs.
