@@ -11,7 +11,7 @@ use crate::config::Proto;
 
 /// Connection-level headers (RFC 9110 §7.6.1, plus legacy and proxy ones) that
 /// never cross the proxy in either direction.
-const HOP_BY_HOP: &[&str] = &[
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -28,7 +28,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// Headers that a client could use to pose as a proxy: set or believed only from
 /// trusted peers. Rack/Rails read several of these for the request's scheme,
 /// host and address.
-const FORWARDING: &[&str] = &[
+pub(crate) const FORWARDING: &[&str] = &[
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -47,7 +47,7 @@ const FORWARDING: &[&str] = &[
 /// End-to-end headers that a `Connection` header may name but never remove
 /// (with every `Content-*`): dropping them would change what the request means
 /// or who it claims to be from.
-const PROTECTED: &[&str] = &["host", "authorization", "cookie", "private-token", "job-token"];
+pub(crate) const PROTECTED: &[&str] = &["host", "authorization", "cookie", "private-token", "job-token"];
 
 fn is_protected(name: &HeaderName) -> bool {
     let name = name.as_str();
