@@ -132,8 +132,11 @@ fn try_parse(input: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocol
 }
 
 fn parse_v1(input: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolError> {
-    // ppp only looks up to the first CR; everything after the header is ignored.
-    let result = v1::Header::try_from(input);
+    // ppp only looks up to the first CR; everything after the header is ignored. A line cut by a segment
+    // boundary right after a space ("… 56324 ") would reach ppp with an empty last field, which it calls
+    // invalid (an empty destination port): until its CR comes, such a line is judged without that space.
+    let unfinished = input.ends_with(b" ") && !input.contains(&b'\r');
+    let result = v1::Header::try_from(if unfinished { &input[..input.len() - 1] } else { input });
     match result {
         Ok(header) => {
             let source = match header.addresses {
@@ -144,9 +147,7 @@ fn parse_v1(input: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolE
             Ok(Some((ProxyHeader { source, version: 1 }, header.header.len())))
         }
         Err(v1::BinaryParseError::Parse(v1::ParseError::HeaderTooLong)) => Err(ProxyProtocolError::TooLong),
-        // A line cut by a segment boundary right after a space ("… 56324 ") reaches ppp with an empty last
-        // field, which it calls invalid (an empty destination port); the next bytes fill that field.
-        Err(e) if e.is_incomplete() || (input.ends_with(b" ") && !input.contains(&b'\r')) => {
+        Err(e) if e.is_incomplete() => {
             // ppp reports a line that ends early ("PROXY TCP4\r\n") as incomplete (missing address) even
             // though more bytes can never fix it: ppp only looks up to the first CR. Once a byte follows that
             // CR, the line is as complete as it will get, so it is invalid.
@@ -674,8 +675,10 @@ mod tests {
         bad_command[12] = 0x2F;
         let mut short_addresses = v2_ip("192.0.2.10:1", "198.51.100.1:2").build().unwrap();
         short_addresses[15] = 4; // IPv4 needs 12 address bytes
-        let cases: [&[u8]; 10] = [
+        let cases: [&[u8]; 11] = [
             b"PROXY garbage\r\n",
+            // Invalid before its last space, so no need to wait for what follows it (found by fuzzing).
+            b"PROXY \x07PROXY TCP4 ",
             b"PROXY garbage",
             b"PROXY TCP4\r\n",
             b"PROXY TCP4 192.0.2.10\r\n",
