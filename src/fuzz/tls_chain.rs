@@ -22,6 +22,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
+use x509_parser::x509::SubjectPublicKeyInfo;
 
 use crate::tls::chain::{ChainError, LoadedPair, load_pair};
 
@@ -106,9 +107,6 @@ fn check_pair(pair: &LoadedPair, file: &[CertificateDer<'static>], now: SystemTi
         assert!(file.contains(cert), "served #{i} is not from the file");
         assert!(!chain[..i].contains(cert), "served #{i} twice");
     }
-    if let Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) = pair.certified.keys_match() {
-        panic!("the leaf does not hold the private key's public key");
-    }
     let parsed: Vec<X509Certificate<'_>> = chain
         .iter()
         .map(|der| {
@@ -117,6 +115,9 @@ fn check_pair(pair: &LoadedPair, file: &[CertificateDer<'static>], now: SystemTi
                 .1
         })
         .collect();
+    if let Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) = pair.certified.keys_match() {
+        check_rsa_without_null(pair, &parsed[0]);
+    }
     let named = |name: &x509_parser::x509::X509Name<'_>, cert: &X509Certificate<'_>| {
         name.as_raw() == cert.subject().as_raw()
             || (!name.to_string().is_empty() && name.to_string() == cert.subject().to_string())
@@ -140,6 +141,31 @@ fn check_pair(pair: &LoadedPair, file: &[CertificateDer<'static>], now: SystemTi
     }
     let earliest = parsed.iter().map(|c| c.validity().not_after.timestamp()).min();
     assert_eq!(Some(pair.not_after), earliest.map(at));
+}
+
+/// The one difference from the key's SubjectPublicKeyInfo a leaf may have: RSA without the
+/// NULL parameters, `30 0b 06 09 <rsaEncryption>` right after the SEQUENCE header.
+fn check_rsa_without_null(pair: &LoadedPair, leaf: &X509Certificate<'_>) {
+    let key = pair.certified.key.public_key().expect("the key's public key");
+    let (_, key) = SubjectPublicKeyInfo::from_der(key.as_ref()).expect("the key's SubjectPublicKeyInfo");
+    let leaf = leaf.public_key();
+    let header = match leaf.raw.get(1) {
+        Some(&len) if len < 0x80 => 2,
+        Some(&len) => 2 + usize::from(len & 0x7f),
+        None => 0,
+    };
+    let rsa_without_null = [
+        0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    assert!(
+        key.algorithm.algorithm.to_id_string() == "1.2.840.113549.1.1.1"
+            && leaf
+                .raw
+                .get(header..)
+                .is_some_and(|rest| rest.starts_with(&rsa_without_null))
+            && leaf.subject_public_key.data == key.subject_public_key.data,
+        "the leaf does not hold the private key's public key"
+    );
 }
 
 /// Base64 lines (16 characters and more) of the text's private key blocks.
