@@ -5,9 +5,9 @@
 #   fuzz/run.sh discovery 120        one target, 120 s
 #   fuzz/run.sh all 60 -jobs=2       extra arguments go to libFuzzer
 #
-# SANITIZER=none skips AddressSanitizer (about twice the executions per second; the
-# proxy itself has no unsafe code). New inputs go to fuzz/work/<target>/, crashes to
-# fuzz/artifacts/<target>/; the committed corpus is only read.
+# SANITIZER=none skips AddressSanitizer (faster; the proxy itself has no unsafe
+# code). New inputs go to fuzz/work/<target>/, crashes to fuzz/artifacts/<target>/;
+# the committed corpus is only read.
 set -euo pipefail
 cd "$(dirname "$0")"
 
