@@ -11,7 +11,7 @@ use crate::config::Proto;
 
 /// Connection-level headers (RFC 9110 §7.6.1, plus legacy and proxy ones) that
 /// never cross the proxy in either direction.
-const HOP_BY_HOP: &[&str] = &[
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -28,7 +28,7 @@ const HOP_BY_HOP: &[&str] = &[
 /// Headers that a client could use to pose as a proxy: set or believed only from
 /// trusted peers. Rack/Rails read several of these for the request's scheme,
 /// host and address.
-const FORWARDING: &[&str] = &[
+pub(crate) const FORWARDING: &[&str] = &[
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -47,21 +47,21 @@ const FORWARDING: &[&str] = &[
 /// End-to-end headers that a `Connection` header may name but never remove
 /// (with every `Content-*`): dropping them would change what the request means
 /// or who it claims to be from.
-const PROTECTED: &[&str] = &["host", "authorization", "cookie", "private-token", "job-token"];
+pub(crate) const PROTECTED: &[&str] = &["host", "authorization", "cookie", "private-token", "job-token"];
 
 fn is_protected(name: &HeaderName) -> bool {
     let name = name.as_str();
     PROTECTED.contains(&name) || FORWARDING.contains(&name) || name.starts_with("content-")
 }
 
-/// Header names listed in `Connection` (all its lines, comma-separated).
+/// Header names listed in `Connection` (all its lines, comma-separated). A token that
+/// is no header name (obs-text, spaces) is skipped, not the whole line with it.
 fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .collect()
 }
 
@@ -533,6 +533,23 @@ mod tests {
     #[test]
     fn garbage_connection_tokens_are_ignored() {
         let mut h = map(&[("connection", "bad header name, x-a"), ("x-a", "1"), ("x-b", "2")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-a").is_none());
+        assert_eq!(get(&h, "x-b"), Some("2"));
+    }
+
+    #[test]
+    fn obs_text_in_connection_spoils_only_its_token() {
+        // Found by fuzzing: a non-ASCII byte used to hide every token of its line.
+        let mut h = map(&[("upgrade", "websocket"), ("x-a", "1"), ("x-b", "2")]);
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"keep-a\x94ve, Upgrade, x-a").unwrap(),
+        );
+        assert_eq!(
+            requested_upgrade(Version::HTTP_11, &h),
+            Some(HeaderValue::from_static("websocket"))
+        );
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-a").is_none());
         assert_eq!(get(&h, "x-b"), Some("2"));

@@ -12,6 +12,11 @@
 pub mod app;
 pub mod config;
 pub mod demo;
+/// Entry points of the fuzz targets in `fuzz/` (feature `fuzzing`), and the test
+/// that replays their corpus; not part of the proxy's interface.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;

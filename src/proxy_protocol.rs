@@ -132,9 +132,22 @@ fn try_parse(input: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocol
 }
 
 fn parse_v1(input: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolError> {
+    let cr = input.iter().position(|&b| b == b'\r');
+    // Judged here until the line is complete: ppp guesses whether a line is unfinished from how it ends (a
+    // line ending in "PROXY" or "TC" passes for one), and calls a field cut by a segment boundary invalid.
+    if !v1_can_complete(&input[..cr.unwrap_or(input.len())]) {
+        return Err(ProxyProtocolError::Invalid("v1: not a PROXY header line".to_owned()));
+    }
+    // Complete once a byte follows the CR (the LF, or ppp refuses it).
+    if cr.is_none_or(|cr| cr + 1 == input.len()) {
+        return if input.len() >= V1_MAX_LEN {
+            Err(ProxyProtocolError::TooLong)
+        } else {
+            Ok(None)
+        };
+    }
     // ppp only looks up to the first CR; everything after the header is ignored.
-    let result = v1::Header::try_from(input);
-    match result {
+    match v1::Header::try_from(input) {
         Ok(header) => {
             let source = match header.addresses {
                 v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
@@ -144,24 +157,46 @@ fn parse_v1(input: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolE
             Ok(Some((ProxyHeader { source, version: 1 }, header.header.len())))
         }
         Err(v1::BinaryParseError::Parse(v1::ParseError::HeaderTooLong)) => Err(ProxyProtocolError::TooLong),
-        Err(e) if e.is_incomplete() => {
-            // ppp reports a line that ends early ("PROXY TCP4\r\n") as incomplete (missing address) even
-            // though more bytes can never fix it: ppp only looks up to the first CR. Once a byte follows that
-            // CR, the line is as complete as it will get, so it is invalid.
-            let line_complete = input
-                .iter()
-                .position(|&b| b == b'\r')
-                .is_some_and(|cr| cr + 1 < input.len());
-            if line_complete {
-                Err(ProxyProtocolError::Invalid(format!("v1: {e}")))
-            } else if input.len() >= V1_MAX_LEN {
-                Err(ProxyProtocolError::TooLong)
-            } else {
-                Ok(None)
-            }
-        }
+        // Missing fields included: the line is complete, more bytes cannot add them.
         Err(e) => Err(ProxyProtocolError::Invalid(format!("v1: {e}"))),
     }
+}
+
+/// Whether `line` (a v1 line so far, without its CR) can still become a valid header:
+/// printable ASCII, every field followed by a space valid in its place, the last field the
+/// beginning of a valid one. `PROXY UNKNOWN` may be followed by anything.
+fn v1_can_complete(line: &[u8]) -> bool {
+    if line.iter().any(|b| !(b' '..=b'~').contains(b)) {
+        return false;
+    }
+    let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let last = fields.len() - 1;
+    let protocol = fields.get(1).copied().unwrap_or_default();
+    fields.iter().enumerate().all(|(i, &field)| {
+        let complete = i < last;
+        let one_of = |words: &[&[u8]]| {
+            words
+                .iter()
+                .any(|w| if complete { field == *w } else { w.starts_with(field) })
+        };
+        let chars = |allowed: &dyn Fn(u8) -> bool| field.iter().all(|&b| allowed(b));
+        let text = std::str::from_utf8(field).unwrap_or_default();
+        match (i, protocol) {
+            (0, _) => one_of(&[b"PROXY"]),
+            (1, _) => one_of(&[b"TCP4", b"TCP6", b"UNKNOWN"]),
+            (_, b"UNKNOWN") => true,
+            (2 | 3, b"TCP4") if complete => text.parse::<std::net::Ipv4Addr>().is_ok(),
+            (2 | 3, b"TCP6") if complete => text.parse::<std::net::Ipv6Addr>().is_ok(),
+            (2 | 3, b"TCP4") => chars(&|b| b.is_ascii_digit() || b == b'.'),
+            (2 | 3, _) => chars(&|b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+            // Ports: digits (ppp would take "+1"), no leading zero.
+            (4 | 5, _) if complete => {
+                chars(&|b| b.is_ascii_digit()) && text.parse::<u16>().is_ok() && (text == "0" || !text.starts_with('0'))
+            }
+            (4 | 5, _) => chars(&|b| b.is_ascii_digit()),
+            _ => false,
+        }
+    })
 }
 
 fn parse_v2(input: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyProtocolError> {
@@ -577,11 +612,17 @@ mod tests {
             .unwrap()
             .build()
             .unwrap();
-        let cases: [(Vec<u8>, &[usize], Option<SocketAddr>); 2] = [
+        let cases: [(Vec<u8>, &[usize], Option<SocketAddr>); 3] = [
             // Splits inside "PROXY", inside an address, and between CR and LF.
             (
                 b"PROXY TCP4 192.0.2.10 198.51.100.1 56324 443\r\nrest".to_vec(),
                 &[3, 17, 45, 46],
+                sock("192.0.2.10:56324"),
+            ),
+            // Splits after the spaces before the ports: ppp sees an empty last field (found by fuzzing).
+            (
+                b"PROXY TCP4 192.0.2.10 198.51.100.1 56324 443\r\nrest".to_vec(),
+                &[35, 41],
                 sock("192.0.2.10:56324"),
             ),
             // Splits inside the signature, inside the fixed part, inside the addresses and TLVs.
@@ -666,8 +707,12 @@ mod tests {
         bad_command[12] = 0x2F;
         let mut short_addresses = v2_ip("192.0.2.10:1", "198.51.100.1:2").build().unwrap();
         short_addresses[15] = 4; // IPv4 needs 12 address bytes
-        let cases: [&[u8]; 10] = [
+        let cases: [&[u8]; 12] = [
             b"PROXY garbage\r\n",
+            // Invalid before its last space, so no need to wait for what follows it (found by fuzzing).
+            b"PROXY \x07PROXY TCP4 ",
+            // Not ASCII: refused before the line is complete (found by fuzzing).
+            b"PROXY TCP4 1\0\xca\x9a;.2.10 X",
             b"PROXY garbage",
             b"PROXY TCP4\r\n",
             b"PROXY TCP4 192.0.2.10\r\n",
@@ -777,6 +822,33 @@ mod tests {
         far.read_exact(&mut back).await.unwrap();
         assert_eq!(&back, b"back");
         assert_eq!(stream.get_ref().is_write_vectored(), stream.is_write_vectored());
+    }
+
+    #[test]
+    fn unfinished_v1_lines() {
+        for waits in [
+            &b"PRO"[..],
+            b"PROXY ",
+            b"PROXY TC",
+            b"PROXY TCP4 192.0.2.10 198.51.100.1 56324 ",
+            b"PROXY TCP6 2001:db8::",
+            b"PROXY UNKNOWN anything PROXY",
+        ] {
+            assert!(v1_can_complete(waits), "{:?}", String::from_utf8_lossy(waits));
+        }
+        // Found by fuzzing, where ppp took the line for unfinished or a cut field for invalid.
+        for refused in [
+            &b"PROXY TC 1"[..],
+            b"PROXY TCP4 192.0.2.10 19?PROXY",
+            b"PROXY TCP4 1\0",
+            b"PROXY TCP4 \xc3",
+            b"PROXY TCP4 192.0.2.10 198.51.100.1 01 ",
+            b"PROXY TCP4 192.0.2.10  ",
+            b"PROXY TCP4 192.0.2.10 198.51.100.1 1 2 x",
+            b"PROXY TCP4 192.0.2.10 198.51.100.1 +56324 ",
+        ] {
+            assert!(!v1_can_complete(refused), "{:?}", String::from_utf8_lossy(refused));
+        }
     }
 
     #[test]

@@ -18,11 +18,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::verify_server_name;
 use rustls::server::ParsedCertificate;
-use rustls::sign::{CertifiedKey, SigningKey};
+use rustls::sign::{CertifiedKey, SigningKey, public_key_to_spki};
+use rustls_pki_types::alg_id;
 use rustls_pki_types::pem::{self, PemObject, SectionKind};
 use rustls_pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer, ServerName,
-    SubjectPublicKeyInfoDer,
+    AlgorithmIdentifier, CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+    ServerName, SubjectPublicKeyInfoDer,
 };
 use x509_parser::certificate::X509Certificate;
 use x509_parser::der_parser::parse_der;
@@ -503,11 +504,20 @@ fn leaf_subject(leaf: &Cert<'_>) -> String {
     }
 }
 
+/// rsaEncryption without the NULL parameters RFC 3279 asks for (some old issuers leave them out).
+const RSA_ENCRYPTION_WITHOUT_NULL: AlgorithmIdentifier =
+    AlgorithmIdentifier::from_slice(&[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01]);
+
+/// Whether `cert` holds `key`: its SubjectPublicKeyInfo is the key's byte for byte (as rustls
+/// compares a pair), or for RSA the same key without NULL parameters. The same key bits under
+/// other parameters (another curve) or a malformed algorithm identifier are not the key's
+/// certificate: clients would check signatures against something else.
 fn key_matches(cert: &Cert<'_>, key: &SubjectPublicKeyInfo<'_>) -> bool {
-    let spki = cert.x509.public_key();
-    spki.raw == key.raw
-        || (spki.algorithm.algorithm == key.algorithm.algorithm
-            && spki.subject_public_key.data == key.subject_public_key.data)
+    let raw = cert.x509.public_key().raw;
+    let bits = key.subject_public_key.data.as_ref();
+    raw == key.raw
+        || (*key.raw == *public_key_to_spki(&alg_id::RSA_ENCRYPTION, bits)
+            && *raw == *public_key_to_spki(&RSA_ENCRYPTION_WITHOUT_NULL, bits))
 }
 
 fn check_hosts(leaf: &Cert<'_>, hosts: &[String]) -> Result<(), ChainError> {

@@ -1,0 +1,4 @@
+//! See `gitlab_oidc_proxy::fuzz::forwarding_headers` for the input format and what is asserted.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gitlab_oidc_proxy::fuzz::forwarding_headers::run(data));

@@ -1,0 +1,4 @@
+//! See `gitlab_oidc_proxy::fuzz::tls_chain` for the input format and what is asserted.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gitlab_oidc_proxy::fuzz::tls_chain::run(data));
