@@ -111,12 +111,15 @@ impl ProxyProcess {
             .map_err(|_| "admin: no answer in 5 s".to_owned())?
     }
 
-    /// The metrics text (empty if the admin listener does not answer).
-    pub(crate) async fn metrics(&self) -> String {
-        self.admin_get("/metrics")
-            .await
-            .map(|(_, body)| body)
-            .unwrap_or_default()
+    /// The metrics text, None if the admin listener does not answer twice in a
+    /// row (a first try may meet a kept-alive connection the proxy just closed).
+    pub(crate) async fn metrics(&self) -> Option<String> {
+        for _ in 0..2 {
+            if let Ok((200, body)) = self.admin_get("/metrics").await {
+                return Some(body);
+            }
+        }
+        None
     }
 
     /// SIGTERM, then waits up to `within` for the exit.

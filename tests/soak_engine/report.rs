@@ -77,9 +77,10 @@ pub(crate) struct Sample {
     pub phase: &'static str,
     pub rss_kib: u64,
     pub fds: u64,
-    /// The proxy's `open_connections` and `open_upgraded_connections` gauges.
-    pub conns: i64,
-    pub tunnels: i64,
+    /// The proxy's `open_connections` and `open_upgraded_connections` gauges
+    /// (None: the admin listener did not answer).
+    pub conns: Option<i64>,
+    pub tunnels: Option<i64>,
     pub done: u64,
     pub ok: u64,
     pub failed: u64,
@@ -100,13 +101,17 @@ impl Sample {
             self.phase,
             self.rss_kib as f64 / 1024.0,
             self.fds,
-            self.conns,
-            self.tunnels,
+            gauge(self.conns),
+            gauge(self.tunnels),
             self.done,
             self.ok,
             self.failed
         )
     }
+}
+
+fn gauge(value: Option<i64>) -> String {
+    value.map_or("?".to_owned(), |v| v.to_string())
 }
 
 /// first / max / last of a series.
