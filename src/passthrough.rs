@@ -115,6 +115,9 @@ impl Passthrough {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::strip_response_internal(&mut parts.headers);
+        if client_version == Version::HTTP_2 {
+            headers::own_values(&mut parts.headers);
+        }
         // Answer in the client's protocol, not GitLab's (an HTTP/1.0 upstream
         // must not turn the client's connection into HTTP/1.0).
         parts.version = client_version;
