@@ -16,7 +16,17 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 22] = [
+const OPTIONS: [(&str, &str, Option<&str>); 24] = [
+    (
+        "--client-body-timeout",
+        "GITLAB_OIDC_PROXY_CLIENT_BODY_TIMEOUT",
+        Some("60s"),
+    ),
+    (
+        "--max-upstream-connections",
+        "GITLAB_OIDC_PROXY_MAX_UPSTREAM_CONNECTIONS",
+        Some("1024"),
+    ),
     ("--upstream", "GITLAB_OIDC_PROXY_UPSTREAM", None),
     ("--upstream-ca", "GITLAB_OIDC_PROXY_UPSTREAM_CA", None),
     ("--listen", "GITLAB_OIDC_PROXY_LISTEN", Some("0.0.0.0:8080")),
