@@ -334,22 +334,6 @@ async fn assert_not_blamed_on_gitlab(proxy: &Proxy, path: &str) {
     );
 }
 
-/// An upstream that reads the whole upload before it answers, as Workhorse does,
-/// and reports how its read of each body ended.
-async fn upload_reader() -> (Upstream, tokio::sync::mpsc::UnboundedReceiver<Result<usize, String>>) {
-    let (tx, body_ends) = tokio::sync::mpsc::unbounded_channel();
-    let up = upstream(Transport::Tcp, move |req| {
-        let tx = tx.clone();
-        async move {
-            let read = http_body_util::BodyExt::collect(req.into_body()).await;
-            let _ = tx.send(read.map(|b| b.to_bytes().len()).map_err(|e| e.to_string()));
-            Response::new(empty())
-        }
-    })
-    .await;
-    (up, body_ends)
-}
-
 /// How GitLab's read of the next request body ended.
 async fn gitlab_read(
     body_ends: &mut tokio::sync::mpsc::UnboundedReceiver<Result<usize, String>>,

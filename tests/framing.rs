@@ -496,16 +496,7 @@ async fn response_framing_table() {
 
 #[tokio::test]
 async fn h2_request_shorter_than_its_content_length_never_reaches_gitlab_whole() {
-    let (tx, mut reads) = mpsc::unbounded_channel();
-    let up = upstream(Transport::Tcp, move |req| {
-        let tx = tx.clone();
-        async move {
-            let read = http_body_util::BodyExt::collect(req.into_body()).await;
-            let _ = tx.send(read.map(|b| b.to_bytes()).map_err(|e| e.to_string()));
-            hyper::Response::new(empty())
-        }
-    })
-    .await;
+    let (up, mut reads) = upload_reader().await;
     let proxy = Proxy::start(&up.target, &[]);
     for (length, body) in [("10", "abcde"), ("2", "abcde")] {
         let req = hyper::Request::post(proxy.url("/h2"))

@@ -386,6 +386,22 @@ where
     }
 }
 
+/// An upstream that reads the whole upload before it answers, as Workhorse does,
+/// and reports how its read of each body ended.
+pub(crate) async fn upload_reader() -> (Upstream, mpsc::UnboundedReceiver<Result<usize, String>>) {
+    let (tx, body_ends) = mpsc::unbounded_channel();
+    let up = upstream(Transport::Tcp, move |req| {
+        let tx = tx.clone();
+        async move {
+            let read = req.into_body().collect().await;
+            let _ = tx.send(read.map(|b| b.to_bytes().len()).map_err(|e| e.to_string()));
+            Response::new(empty())
+        }
+    })
+    .await;
+    (up, body_ends)
+}
+
 /// A websocket upstream that echoes until the peer closes.
 pub(crate) async fn ws_echo_upstream(t: Transport) -> (String, Option<tempfile::TempDir>, tokio::task::JoinHandle<()>) {
     raw_upstream(t, |io| async move {
