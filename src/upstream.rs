@@ -316,10 +316,10 @@ impl Budget {
     }
 
     async fn acquire(&self) -> Result<Permit, BoxError> {
-        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| Box::new(BudgetExhausted) as BoxError)?
-            .map_err(|_| Box::new(BudgetExhausted) as BoxError)?;
+        // Out of time, or the semaphore closed (never done): either way no place.
+        let Ok(Ok(permit)) = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await else {
+            return Err(Box::new(BudgetExhausted));
+        };
         self.metrics.upstream_connections.inc();
         Ok(Permit {
             _permit: permit,
