@@ -3,6 +3,7 @@
 //! public listener.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, ProxyBody};
+use crate::config::AdminRefresh;
 use crate::metrics::Metrics;
 use crate::oidc::cache::Cache;
 
@@ -24,10 +26,12 @@ pub(crate) struct Admin {
     /// Fires when the proxy starts draining: readiness turns 503 so load
     /// balancers stop sending new work while in-flight requests finish.
     pub draining: CancellationToken,
+    /// `--admin-refresh`: who may make the proxy call GitLab.
+    pub refresh_from: AdminRefresh,
 }
 
 impl Admin {
-    pub(crate) async fn handle(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    pub(crate) async fn handle(&self, req: &Request<Incoming>, peer: IpAddr) -> Response<ProxyBody> {
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         match (req.method(), req.uri().path()) {
             (_, "/healthz") if get => text(StatusCode::OK, "ok\n"),
@@ -41,6 +45,10 @@ impl Admin {
                 );
                 resp
             }
+            (&Method::POST, "/refresh") if !self.refresh_from.allows(peer) => text(
+                StatusCode::FORBIDDEN,
+                "refresh is answered to loopback peers only (--admin-refresh any allows others)\n",
+            ),
             // A web page may POST text/plain cross-origin without asking; JSON
             // needs a preflight, which this listener never grants.
             (&Method::POST, "/refresh") if !is_json(req.headers()) => text(
@@ -132,7 +140,7 @@ fn not_allowed(allow: &'static str) -> Response<ProxyBody> {
 /// Serves until aborted; admin connections are not part of the drain.
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::error!(error = %e, "admin accept failed");
@@ -144,7 +152,7 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(&req).await) }
+                async move { Ok::<_, Infallible>(admin.handle(&req, peer.ip()).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

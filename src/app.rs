@@ -287,6 +287,7 @@ fn build(
         metrics: metrics.clone(),
         cache: cache.clone(),
         draining: draining.clone(),
+        refresh_from: config.admin_refresh,
     });
     Parts { router, cache, admin }
 }

@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use gitlab_oidc_proxy::config::{
-    Config, Issuer, LogFormat, OidcSettings, Proto, TlsConfig, UpstreamTarget, parse_cidr_list, parse_duration,
-    parse_jwks_path, parse_positive_duration, parse_upstream,
+    AdminRefresh, Config, Issuer, LogFormat, OidcSettings, Proto, TlsConfig, UpstreamTarget, parse_cidr_list,
+    parse_duration, parse_jwks_path, parse_positive_duration, parse_upstream,
 };
 use gitlab_oidc_proxy::demo::DemoSettings;
 use gitlab_oidc_proxy::simulator::Profile;
@@ -46,6 +46,25 @@ pub(crate) enum Command {
     Serve(Box<ServeArgs>),
     /// Simulated GitLab + the proxy + parallel STS-like verifications, before/after.
     Demo(DemoArgs),
+    /// Exit 0 when the admin listener's /readyz answers 200, 1 otherwise: a container
+    /// HEALTHCHECK or exec probe with no shell or curl in the image.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct HealthcheckArgs {
+    /// The admin listener of the proxy to ask (`serve`'s own setting; 0.0.0.0 is asked on 127.0.0.1).
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_ADMIN_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub(crate) admin_listen: SocketAddr,
+
+    /// Longest wait for the answer.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_positive_duration)]
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -76,6 +95,17 @@ pub(crate) struct ServeArgs {
         default_value = "127.0.0.1:9090"
     )]
     pub(crate) admin_listen: SocketAddr,
+
+    /// Who may POST /refresh on the admin listener: loopback peers only, or any peer
+    /// that reaches the admin address (bind it to a pod address for probes and scraping
+    /// and keep this loopback).
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_ADMIN_REFRESH",
+        value_name = "PEERS",
+        default_value = "loopback"
+    )]
+    pub(crate) admin_refresh: AdminRefresh,
 
     /// Peers whose X-Forwarded-For and X-Forwarded-Proto are believed
     /// (comma-separated CIDRs or addresses; empty for none). Every other
@@ -273,6 +303,21 @@ pub(crate) struct DemoArgs {
     /// The simulated GitLab's listener.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub(crate) gitlab_listen: SocketAddr,
+
+    /// Serve only the simulated GitLab on --gitlab-listen until SIGTERM or Ctrl-C,
+    /// for a proxy started on its own (a container, a package). Any address is allowed.
+    #[arg(long, conflicts_with_all = ["jobs", "once", "listen", "admin_listen"])]
+    pub(crate) gitlab_only: bool,
+
+    /// With --gitlab-only: GitLab's external URL, i.e. the proxy's public URL, which
+    /// discovery names as the issuer.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080",
+        requires = "gitlab_only"
+    )]
+    pub(crate) external_url: String,
 }
 
 /// `on` / `off`, as nginx spells its switches.
@@ -299,6 +344,7 @@ impl ServeArgs {
             upstream_ca: self.upstream_ca,
             listen: self.listen,
             admin_listen: self.admin_listen,
+            admin_refresh: self.admin_refresh,
             trusted_proxies: self.trusted_proxies.0,
             forwarded_proto: self.forwarded_proto,
             header_timeout: self.header_timeout,
@@ -354,6 +400,7 @@ impl DemoArgs {
             listen: self.listen,
             admin_listen: self.admin_listen,
             gitlab_listen: self.gitlab_listen,
+            gitlab_only: self.gitlab_only.then_some(self.external_url),
         }
     }
 }
@@ -396,6 +443,7 @@ mod tests {
         "--upstream-ca=/ca.pem",
         "--listen=127.0.0.1:1",
         "--admin-listen=127.0.0.1:2",
+        "--admin-refresh=any",
         "--trusted-proxies=10.0.0.0/8",
         "--forwarded-proto=https",
         "--header-timeout=1s",
@@ -438,6 +486,7 @@ mod tests {
         );
         assert_eq!(c.upstream_ca, Some(PathBuf::from("/ca.pem")));
         assert_eq!((c.listen.port(), c.admin_listen.port()), (1, 2));
+        assert_eq!(c.admin_refresh, AdminRefresh::Any);
         assert_eq!(c.trusted_proxies, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
         assert_eq!(c.forwarded_proto, Proto::Https);
         assert_eq!(

@@ -87,6 +87,8 @@ pub struct Config {
     pub upstream_ca: Option<PathBuf>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Who may `POST /refresh` on the admin listener.
+    pub admin_refresh: AdminRefresh,
     /// Peers whose X-Forwarded-For and X-Forwarded-Proto are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// X-Forwarded-Proto for requests on the plain listener.
@@ -104,6 +106,25 @@ pub struct Config {
     pub proxy_protocol: bool,
     pub tls: TlsConfig,
     pub oidc: OidcSettings,
+}
+
+/// `--admin-refresh`: which peers the admin listener's `POST /refresh` answers.
+/// Probes and scrapers reach the admin port from outside a pod; a refresh
+/// makes the proxy call GitLab, so by default only the host itself may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdminRefresh {
+    Loopback,
+    Any,
+}
+
+impl AdminRefresh {
+    /// Whether a refresh from `peer` is answered.
+    pub(crate) fn allows(self, peer: IpAddr) -> bool {
+        match self {
+            AdminRefresh::Any => true,
+            AdminRefresh::Loopback => peer.to_canonical().is_loopback(),
+        }
+    }
 }
 
 /// TLS termination (`--tls-*`, `--redirect-http`, `--hsts`).
@@ -145,6 +166,7 @@ impl Config {
             upstream_ca: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_refresh: AdminRefresh::Loopback,
             trusted_proxies: Vec::new(),
             forwarded_proto: Proto::Http,
             header_timeout: secs(30),
@@ -436,6 +458,18 @@ pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, ValueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_refresh_loopback_means_the_host_itself() {
+        let loopback = AdminRefresh::Loopback;
+        for ip in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
+            assert!(loopback.allows(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.1.2.3", "0.0.0.0", "::", "fe80::1", "::ffff:10.0.0.1", "192.168.0.1"] {
+            assert!(!loopback.allows(ip.parse().unwrap()), "{ip}");
+            assert!(AdminRefresh::Any.allows(ip.parse().unwrap()), "{ip}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -17,6 +17,7 @@ pub mod demo;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzz;
+pub mod healthcheck;
 pub mod shutdown;
 pub mod simulator;
 pub mod telemetry;

@@ -13,10 +13,11 @@ use gitlab_oidc_proxy::StartError;
 use gitlab_oidc_proxy::app::RunningProxy;
 use gitlab_oidc_proxy::config::{Config, LogFormat};
 use gitlab_oidc_proxy::demo;
+use gitlab_oidc_proxy::healthcheck::probe;
 use gitlab_oidc_proxy::shutdown::Signals;
 use gitlab_oidc_proxy::telemetry;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, HealthcheckArgs};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
             telemetry::init(LogFormat::Text, "warn");
             runtime.block_on(demo::run(args.into_settings()))
         }
+        Command::Healthcheck(args) => Ok(runtime.block_on(healthcheck(args))),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -76,4 +78,18 @@ async fn serve(config: Config) -> Result<(), StartError> {
     );
     proxy.shutdown(config.shutdown_grace, signals.recv()).await;
     Ok(())
+}
+
+/// One line either way; 0 ready, 1 not.
+async fn healthcheck(args: HealthcheckArgs) -> u8 {
+    match probe(args.admin_listen, args.timeout).await {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            eprintln!("not ready: {e}");
+            1
+        }
+    }
 }

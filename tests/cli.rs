@@ -16,7 +16,8 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 24] = [
+const OPTIONS: [(&str, &str, Option<&str>); 25] = [
+    ("--admin-refresh", "GITLAB_OIDC_PROXY_ADMIN_REFRESH", Some("loopback")),
     (
         "--client-body-timeout",
         "GITLAB_OIDC_PROXY_CLIENT_BODY_TIMEOUT",

@@ -29,6 +29,9 @@ pub struct DemoSettings {
     pub admin_listen: SocketAddr,
     /// The simulated GitLab's listener.
     pub gitlab_listen: SocketAddr,
+    /// Serve the simulated GitLab alone (for a proxy started separately, as in
+    /// a container), with this external URL: the proxy's, which is the issuer.
+    pub gitlab_only: Option<String>,
 }
 
 struct RunSummary {
@@ -43,6 +46,9 @@ struct RunSummary {
 
 /// Runs the demo; returns the process exit code.
 pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
+    if let Some(external_url) = &args.gitlab_only {
+        return serve_gitlab(args.profile, args.gitlab_listen, external_url).await;
+    }
     // Anyone could mint tokens the demo accepts; keep it off the network.
     for addr in [args.listen, args.admin_listen, args.gitlab_listen] {
         if !addr.ip().is_loopback() {
@@ -81,6 +87,26 @@ pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
     signals.recv().await;
     proxy.shutdown(Duration::from_secs(5), signals.recv()).await;
     gitlab_task.abort();
+    Ok(0)
+}
+
+/// `demo --gitlab-only`: the simulated GitLab until a signal. Any address may
+/// be used: it serves only public keys, and its private ones ship in this binary.
+async fn serve_gitlab(profile: Profile, listen: SocketAddr, external_url: &str) -> Result<u8, StartError> {
+    let mut signals = crate::shutdown::Signals::install().map_err(StartError::io("cannot install signal handlers"))?;
+    let listener = bind(listen).await?;
+    let addr = local_addr(&listener)?;
+    let config = SimConfig {
+        profile,
+        external_url: external_url.to_owned(),
+        token_issuer: None,
+    };
+    let gitlab = SimulatedGitLab::new(config).map_err(|e| StartError::Demo(e.into()))?;
+    let task = gitlab.serve(listener);
+    println!("Simulated GitLab {profile} on http://{addr}, external URL (issuer) {external_url}");
+    println!("Put the proxy in front: gitlab-oidc-proxy serve --upstream http://{addr} --external-url {external_url}");
+    signals.recv().await;
+    task.abort();
     Ok(0)
 }
 
