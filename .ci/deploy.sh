@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The deployment checks (README, Install): the container image, the pod, the
+# Kubernetes/Helm/compose files, the Debian package and the Prometheus rules
+# and Grafana dashboard, each with the real tool. Called by .ci/run after the
+# tests; installs what it needs on a clean Debian 12 machine (as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Two podman settings this kind of VM needs (../shared/reference/containers-offline.md):
+# root lacks CAP_SYS_RESOURCE, so keep the hard nofile limit; crun refuses hybrid cgroups.
+conf=$(mktemp)
+trap 'rm -f "$conf"' EXIT
+cat >"$conf" <<CONF
+[containers]
+default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+CONF
+export CONTAINERS_CONF=$conf
+
+cargo build --release --locked
+export BIN=$PWD/target/release/gitlab-oidc-proxy
+
+timings=()
+for part in container; do
+  started=$(date +%s)
+  bash ".ci/deploy/$part.sh"
+  timings+=("$part $(($(date +%s) - started)) s")
+done
+printf '\ndeployment checks passed: %s\n' "$(IFS=,; echo "${timings[*]}")"
