@@ -6,6 +6,9 @@ dashboard's shape; called by observability.sh (standard library only).
   observability.py check METRICS FILE...    every name FILE uses, and every label and value its
                                             selectors ask for, is in METRICS (a /metrics scrape);
                                             exit 1 naming what is missing
+  observability.py rule-tests RULES TESTS   each alert of RULES has a unit test in TESTS where it
+                                            fires and one where it stays silent, and its tests fail
+                                            once it can never fire (runs promtool)
   observability.py dashboard JSON           check the dashboard's shape; print its expressions as
                                             a Prometheus rule file, for `promtool check rules`
 
@@ -15,8 +18,12 @@ that name a metric); labels from the selectors of the expressions.
 """
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 
 NAME = re.compile(r"gitlab_oidc_proxy_[a-z_]+")
 SELECTOR = re.compile(r"(gitlab_oidc_proxy_[a-z_]+)\s*\{([^}]*)\}")
@@ -48,30 +55,44 @@ def read(path):
 # --- what a file uses ---------------------------------------------------------
 
 
-def yaml_exprs(text, path):
-    """The `expr:` values of a rule file: inline, or a `|`/`>` block below it.
+class Rule:
+    """One rule of a rule file: `alert` or `record`, its name, its expression and
+    the lines [start, end) that hold the `expr:` entry."""
+
+    def __init__(self, kind, name, expr, start, end, indent):
+        self.kind, self.name, self.expr = kind, name, expr
+        self.start, self.end, self.indent = start, end, indent
+
+
+def yaml_rules(text, path):
+    """The rules of a rule file, each `expr:` inline or a `|`/`>` block below it.
     Counted against the `alert:`/`record:` entries, so a form this does not read
     cannot slip through unchecked."""
     lines = text.splitlines()
-    exprs, i = [], 0
+    rules, i, kind, name = [], 0, None, None
     while i < len(lines):
+        named = re.match(r"^\s*(?:- )?(alert|record):\s*(\S+)", lines[i])
+        if named:
+            kind, name = named.groups()
         m = re.match(r"^(\s*)(?:- )?expr:\s*(.*)$", lines[i])
+        start = i
         i += 1
         if not m:
             continue
-        indent, rest = len(m.group(1)), m.group(2).strip()
+        indent, rest = m.group(1), m.group(2).strip()
         if rest[:1] in ("|", ">"):
             block = []
-            while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > indent):
+            while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(indent)):
                 block.append(lines[i].strip())
                 i += 1
-            exprs.append(" ".join(b for b in block if b))
+            expr = " ".join(b for b in block if b)
         else:
-            exprs.append(rest.strip("'\""))
-    rules = len(re.findall(r"^\s*-?\s*(?:alert|record):", text, re.M))
-    if rules != len(exprs):
-        fail(f"{path}: {rules} rules but {len(exprs)} expr values read")
-    return exprs
+            expr = rest.strip("'\"")
+        rules.append(Rule(kind, name, expr, start, i, indent))
+    count = len(re.findall(r"^\s*(?:- )?(?:alert|record):", text, re.M))
+    if count != len(rules):
+        fail(f"{path}: {count} rules but {len(rules)} expr values read")
+    return rules
 
 
 def json_strings(node):
@@ -116,7 +137,7 @@ def uses(path):
         exprs = [e for _, e in dashboard_exprs(dash)]
     else:
         names = set(NAME.findall(text))
-        exprs = yaml_exprs(text, path)
+        exprs = [r.expr for r in yaml_rules(text, path)]
     return names, exprs
 
 
@@ -279,6 +300,44 @@ def dashboard(path):
     return 0
 
 
+# --- the unit tests of the alerts ---------------------------------------------
+
+
+def rule_tests(rules_path, tests_path):
+    """Every alert has a unit test where it fires and one where it stays silent
+    (`exp_alerts: []`), and its firing tests fail when it never fires."""
+    text = read(rules_path)
+    alerts = [r for r in yaml_rules(text, rules_path) if r.kind == "alert"]
+    cases = re.findall(r"alertname:\s*(\S+)\s*\n\s*exp_alerts:[ \t]*(\[\s*\])?", read(tests_path))
+    problems = []
+    for alert in alerts:
+        silent = {bool(empty) for name, empty in cases if name == alert.name}
+        if False not in silent:
+            problems.append(f"{alert.name}: no unit test where it fires")
+        if True not in silent:
+            problems.append(f"{alert.name}: no unit test where it must stay silent (exp_alerts: [])")
+    lines = text.splitlines()
+    with tempfile.TemporaryDirectory() as work:
+        shutil.copy(tests_path, work)
+        tests_copy = os.path.join(work, os.path.basename(tests_path))
+        for alert in alerts:
+            never = lines[: alert.start] + [f"{alert.indent}expr: vector(0) > 1"] + lines[alert.end :]
+            with open(os.path.join(work, os.path.basename(rules_path)), "w", encoding="utf-8") as f:
+                f.write("\n".join(never) + "\n")
+            run = subprocess.run(["promtool", "test", "rules", tests_copy], capture_output=True, text=True, check=False)
+            if run.returncode == 0:
+                problems.append(f"{alert.name}: the unit tests still pass when it can never fire")
+            elif f"alertname: {alert.name}," not in run.stdout + run.stderr:
+                problems.append(f"{alert.name}: made never to fire, the unit tests fail elsewhere:\n{run.stdout}{run.stderr}")
+    for p in problems:
+        print(f"{tests_path}: {p}")
+    if problems:
+        return 1
+    print(f"ok: each of the {len(alerts)} alerts has a test where it fires and one where it stays silent,")
+    print("    and its tests fail when its expression can never fire")
+    return 0
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == "used":
         for name in sorted(set().union(*(uses(p)[0] for p in argv[1:]))):
@@ -286,6 +345,8 @@ def main(argv):
         return 0
     if len(argv) >= 3 and argv[0] == "check":
         return check(argv[1], argv[2:])
+    if len(argv) == 3 and argv[0] == "rule-tests":
+        return rule_tests(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "dashboard":
         return dashboard(argv[1])
     print(__doc__, file=sys.stderr)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the observability artefacts with real tools:
 #  1. promtool checks deploy/prometheus/alerts.yml and runs its unit tests
-#     (deploy/prometheus/alerts_test.yml);
+#     (deploy/prometheus/alerts_test.yml), which must have, for each alert, a
+#     case where it fires and one where it stays silent, and must fail when
+#     that alert is made never to fire;
 #  2. the Grafana dashboard's shape, and its expressions through promtool;
 #  3. the real proxy (`serve`, with TLS) runs on loopback in front of the
 #     simulated GitLab (`demo --gitlab-only`), gets traffic, a SIGHUP, a bad TLS
@@ -9,7 +11,8 @@
 #     metric name used by the alerts and the dashboard, with the labels and
 #     values their selectors ask for, must be in its admin listener's /metrics;
 #  4. the metric check is shown to fail on a wrong name and a wrong label value.
-# Usage, from anywhere: BIN=target/release/gitlab-oidc-proxy bash .ci/deploy/observability.sh
+# Usage: BIN=path/to/gitlab-oidc-proxy bash .ci/deploy/observability.sh (BIN absolute or
+# relative to the repository's root; default target/release/gitlab-oidc-proxy).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -40,6 +43,7 @@ promtool check rules "$RULES"
 
 step "promtool test rules $RULE_TESTS"
 promtool test rules "$RULE_TESTS"
+python3 "$CHECK" rule-tests "$RULES" "$RULE_TESTS"
 
 work=$(mktemp -d)
 pids=()
@@ -84,12 +88,15 @@ socks = [socket.socket() for _ in range(6)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
+[ -n "${demo_admin_port:-}" ] || die "no free ports from python3"
 public="https://127.0.0.1:$tls_port"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
   -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>"$work/openssl.log"
 
-if "$BIN" demo --help 2>/dev/null | grep -q -- '--gitlab-only'; then
+gitlab_only=false
+"$BIN" demo --help 2>/dev/null | grep -q -- '--gitlab-only' && gitlab_only=true
+if $gitlab_only; then
   "$BIN" demo --gitlab-only --gitlab-listen "127.0.0.1:$gitlab_port" --external-url "$public" \
     >"$work/gitlab.log" 2>&1 &
 else
@@ -116,6 +123,11 @@ proxy_pid=$!
 pids+=("$proxy_pid")
 until_ok "proxy ready (/readyz)" curl -sf --max-time 2 "http://127.0.0.1:$admin_port/readyz"
 
+if $gitlab_only; then
+  issuer=$(curl -sS --max-time 5 --cacert "$work/cert.pem" "$public/.well-known/openid-configuration" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["issuer"])')
+  [ "$issuer" = "$public" ] || die "the served issuer is '$issuer', want the proxy's URL $public (demo --external-url)"
+fi
 tls_get() { curl -sS --max-time 5 --cacert "$work/cert.pem" -o /dev/null -w '%{http_code}' "$public$1"; }
 for path in /.well-known/openid-configuration /-/jwks /oauth/discovery/keys; do
   code=$(tls_get "$path")
