@@ -117,7 +117,7 @@ until_ok "simulated GitLab on 127.0.0.1:$gitlab_port" \
 "$BIN" serve --upstream "http://127.0.0.1:$gitlab_port" \
   --listen "127.0.0.1:$http_port" --admin-listen "127.0.0.1:$admin_port" \
   --tls-listen "127.0.0.1:$tls_port" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" \
-  --external-url "$public" --refresh 500ms --upstream-timeout 500ms --stale-if-error 3s \
+  --external-url "$public" --refresh 500ms --upstream-timeout 500ms --stale-if-error 4s \
   --shutdown-grace 1s >"$work/proxy.log" 2>&1 &
 proxy_pid=$!
 pids+=("$proxy_pid")
