@@ -82,31 +82,22 @@ has_sample() { scrape | grep -qF "$1"; }
 
 step "the proxy in front of the simulated GitLab, on loopback"
 # Free ports, asked of the kernel all at once (released just before use).
-read -r gitlab_port http_port tls_port admin_port demo_port demo_admin_port < <(python3 -c '
+read -r gitlab_port http_port tls_port admin_port < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(6)]
+socks = [socket.socket() for _ in range(4)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
-[ -n "${demo_admin_port:-}" ] || die "no free ports from python3"
+[ -n "${admin_port:-}" ] || die "no free ports from python3"
 public="https://127.0.0.1:$tls_port"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
   -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>"$work/openssl.log"
 
-gitlab_only=false
-"$BIN" demo --help 2>/dev/null | grep -q -- '--gitlab-only' && gitlab_only=true
-if $gitlab_only; then
-  "$BIN" demo --gitlab-only --gitlab-listen "127.0.0.1:$gitlab_port" --external-url "$public" \
-    >"$work/gitlab.log" 2>&1 &
-else
-  # A binary from before `demo --gitlab-only`: the whole demo, whose simulated
-  # GitLab is the one used (its issuer is then the demo's own proxy, unused here).
-  echo "note: $BIN has no 'demo --gitlab-only'; using the simulated GitLab of the whole demo"
-  "$BIN" demo --jobs 1 --gitlab-listen "127.0.0.1:$gitlab_port" \
-    --listen "127.0.0.1:$demo_port" --admin-listen "127.0.0.1:$demo_admin_port" \
-    >"$work/gitlab.log" 2>&1 &
-fi
+"$BIN" demo --help 2>/dev/null | grep -q -- '--gitlab-only' ||
+  die "$BIN has no 'demo --gitlab-only' (the simulated GitLab alone): build it from a newer main"
+"$BIN" demo --gitlab-only --gitlab-listen "127.0.0.1:$gitlab_port" --external-url "$public" \
+  >"$work/gitlab.log" 2>&1 &
 gitlab_pid=$!
 pids+=("$gitlab_pid")
 until_ok "simulated GitLab on 127.0.0.1:$gitlab_port" \
@@ -123,11 +114,9 @@ proxy_pid=$!
 pids+=("$proxy_pid")
 until_ok "proxy ready (/readyz)" curl -sf --max-time 2 "http://127.0.0.1:$admin_port/readyz"
 
-if $gitlab_only; then
-  issuer=$(curl -sS --max-time 5 --cacert "$work/cert.pem" "$public/.well-known/openid-configuration" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["issuer"])')
-  [ "$issuer" = "$public" ] || die "the served issuer is '$issuer', want the proxy's URL $public (demo --external-url)"
-fi
+issuer=$(curl -sS --max-time 5 --cacert "$work/cert.pem" "$public/.well-known/openid-configuration" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["issuer"])')
+[ "$issuer" = "$public" ] || die "the served issuer is '$issuer', want the proxy's URL $public (demo --external-url)"
 tls_get() { curl -sS --max-time 5 --cacert "$work/cert.pem" -o /dev/null -w '%{http_code}' "$public$1"; }
 for path in /.well-known/openid-configuration /-/jwks /oauth/discovery/keys; do
   code=$(tls_get "$path")
