@@ -252,7 +252,12 @@ mod tests {
     #[test]
     fn statuses_map_in_one_place() {
         let io = || -> BoxError { Box::new(std::io::Error::other("secret-cause")) };
-        let cases: [(ProxyError, StatusCode, &str); 10] = [
+        let cases: [(ProxyError, StatusCode, &str); 11] = [
+            (
+                UpstreamError::Busy.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_busy",
+            ),
             (
                 UpstreamError::Framing.into(),
                 StatusCode::BAD_GATEWAY,
@@ -303,6 +308,12 @@ mod tests {
         for (err, status, label) in cases {
             let answer = err.answer();
             assert_eq!((answer.status, answer.label), (status, label), "{err}");
+            if matches!(err, ProxyError::Upstream(_)) {
+                assert!(
+                    crate::metrics::UPSTREAM_ERROR_REASONS.contains(&label),
+                    "{label} is not zeroed"
+                );
+            }
             assert!(
                 answer.body.ends_with('\n') && !answer.body.contains("secret-cause"),
                 "{err}: {}",

@@ -127,8 +127,44 @@ const PROXY_PROTOCOL_REJECTED: Described = (
     "Connections closed for want of a valid PROXY header from a trusted peer, by reason",
 );
 
+/// Every `reason` an upstream error is counted under (error.rs's tests keep
+/// this list and the labels in step).
+pub(crate) const UPSTREAM_ERROR_REASONS: [&str; 6] = [
+    "connect_failed",
+    "connect_timeout",
+    "response_timeout",
+    "upstream_failed",
+    "upstream_framing",
+    "upstream_busy",
+];
+
 impl Metrics {
     pub(crate) fn new() -> Self {
+        let metrics = Self::registered();
+        metrics.zero_known_series();
+        metrics
+    }
+
+    /// Series an alert counts the first increase of exist at 0 from the start:
+    /// `increase()` cannot see a series' first sample as an increase.
+    fn zero_known_series(&self) {
+        for reason in UPSTREAM_ERROR_REASONS {
+            let _ = self.upstream_errors.get_or_create(&ErrorLabels { reason });
+        }
+        for document in ["discovery", "keys"] {
+            for state in ["fresh", "stale", "unavailable"] {
+                let _ = self.oidc_served.get_or_create(&ServedLabels { document, state });
+            }
+            for outcome in ["published", "failed"] {
+                let _ = self.oidc_refreshes.get_or_create(&OutcomeLabels { document, outcome });
+            }
+        }
+        for outcome in ["ok", "refused"] {
+            let _ = self.tls_reloads.get_or_create(&OutcomeOnly { outcome });
+        }
+    }
+
+    fn registered() -> Self {
         let mut r = Registry::with_prefix("gitlab_oidc_proxy");
         let buckets = [0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
         // Field order is registration order, which is the order /metrics lists them in.
@@ -292,7 +328,7 @@ gitlab_oidc_proxy_proxy_protocol_rejected_total{reason="r"} 1
 
     /// Every metric as a scraper sees it, each family with one series so its labels show.
     fn rendered_shape() -> Vec<String> {
-        let m = Metrics::new();
+        let m = Metrics::registered();
         let error = ErrorLabels { reason: "r" };
         let outcome = OutcomeLabels {
             document: "d",
@@ -326,6 +362,27 @@ gitlab_oidc_proxy_proxy_protocol_rejected_total{reason="r"} 1
         let shape = rendered_shape();
         let expected: Vec<&str> = EXPECTED_RENDERING.lines().collect();
         assert_eq!(shape, expected, "rendered:\n{}", shape.join("\n"));
+    }
+
+    #[test]
+    fn series_alerts_count_start_at_zero() {
+        let text = Metrics::new().encode();
+        let zeroed = [
+            r#"gitlab_oidc_proxy_upstream_errors_total{reason="upstream_busy"} 0"#,
+            r#"gitlab_oidc_proxy_oidc_responses_total{document="keys",state="unavailable"} 0"#,
+            r#"gitlab_oidc_proxy_oidc_responses_total{document="discovery",state="stale"} 0"#,
+            r#"gitlab_oidc_proxy_oidc_refreshes_total{document="discovery",outcome="failed"} 0"#,
+            r#"gitlab_oidc_proxy_tls_reloads_total{outcome="refused"} 0"#,
+        ];
+        for series in zeroed {
+            assert!(text.lines().any(|l| l == series), "{series} missing:\n{text}");
+        }
+        let count = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("gitlab_oidc_proxy_upstream_errors_total{"), 6);
+        assert_eq!(count("gitlab_oidc_proxy_oidc_responses_total{"), 6);
+        assert_eq!(count("gitlab_oidc_proxy_oidc_refreshes_total{"), 4);
+        // Requests are labelled by status: nothing to know in advance.
+        assert_eq!(count("gitlab_oidc_proxy_http_requests_total{"), 0);
     }
 
     #[test]

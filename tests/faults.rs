@@ -328,9 +328,11 @@ async fn partial_upload(proxy: &Proxy, path: &str) -> TcpStream {
 async fn assert_not_blamed_on_gitlab(proxy: &Proxy, path: &str) {
     let logs = proxy.wait_for_log(&format!(r#""path":"{path}""#)).await;
     assert!(!logs.contains("request to GitLab failed"), "{logs}");
-    assert!(
-        !proxy.metrics().await.contains("upstream_errors_total{"),
-        "counted as a GitLab error"
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_sum(&metrics, "gitlab_oidc_proxy_upstream_errors_total"),
+        0.0,
+        "counted as a GitLab error: {metrics}"
     );
 }
 

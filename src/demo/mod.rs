@@ -2,6 +2,7 @@
 //! an STS-like verifier run in parallel, first straight against GitLab, then
 //! through the proxy. Prints what changes, then serves for curl.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -103,8 +104,12 @@ async fn serve_gitlab(profile: Profile, listen: SocketAddr, external_url: &str) 
     };
     let gitlab = SimulatedGitLab::new(config).map_err(|e| StartError::Demo(e.into()))?;
     let task = gitlab.serve(listener);
-    println!("Simulated GitLab {profile} on http://{addr}, external URL (issuer) {external_url}");
-    println!("Put the proxy in front: gitlab-oidc-proxy serve --upstream http://{addr} --external-url {external_url}");
+    // A closed stdout (a supervisor that read the address) must not end the server.
+    let _ = writeln!(
+        std::io::stdout(),
+        "Simulated GitLab {profile} on http://{addr}, external URL (issuer) {external_url}\n\
+         Put the proxy in front: gitlab-oidc-proxy serve --upstream http://{addr} --external-url {external_url}"
+    );
     signals.recv().await;
     task.abort();
     Ok(0)
