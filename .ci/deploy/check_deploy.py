@@ -415,7 +415,8 @@ def cmd_compose(args):
         p(f"Workhorse listens on {addr!r}, the proxy's upstream is port {upstream.port}")
     if not ext or ext.group(1) != env.get("GITLAB_OIDC_PROXY_EXTERNAL_URL") or not ext.group(1).startswith("https://"):
         p("external_url is not https or not the proxy's GITLAB_OIDC_PROXY_EXTERNAL_URL")
-    proxy_ip = ((svc.get("networks") or {}).get(next(iter(svc.get("networks") or {"": 0}))) or {}).get("ipv4_address")
+    nets = svc.get("networks") if isinstance(svc.get("networks"), dict) else {}
+    proxy_ip = next((n["ipv4_address"] for n in nets.values() if isinstance(n, dict) and n.get("ipv4_address")), None)
     for key in ("gitlab_rails['trusted_proxies']", "gitlab_workhorse['trusted_cidrs_for_x_forwarded_for']"):
         nets = [ipaddress.ip_network(x) for x in re.findall(r"'([0-9a-f.:/]+)'", rb.get(key, ""))]
         if not proxy_ip or not any(ipaddress.ip_address(proxy_ip) in n for n in nets):

@@ -51,6 +51,7 @@ if [ ! -x "$BIN" ]; then
 fi
 
 PY="$VENV/bin/python"
+export PYTHONDONTWRITEBYTECODE=1
 CHECK=("$PY" .ci/deploy/check_deploy.py)
 KV="$VENV/bin/kubernetes-validate"
 tmp=$(mktemp -d)
@@ -66,8 +67,13 @@ k8s_validate() { # FILE...: strict, every version
 }
 
 echo "== Kubernetes objects (kubernetes-validate --strict, Kubernetes $K8S_VERSIONS)"
-mapfile -t builtin < <(ls deploy/kubernetes/*.yaml deploy/helm/*.yaml |
-  grep -v -e '/kustomization.yaml$' -e '/servicemonitor.yaml$' -e '/values-[^/]*\.yaml$')
+builtin=()
+for f in deploy/kubernetes/*.yaml deploy/helm/*.yaml; do
+  case "$f" in
+  */kustomization.yaml | */servicemonitor.yaml | */values-*.yaml) ;; # not built-in kinds; checked below
+  *) builtin+=("$f") ;;
+  esac
+done
 "${CHECK[@]}" helm deploy/helm/values-gitlab-oidc-proxy.yaml deploy/helm/gitlab-oidc-proxy-ingress.yaml \
   --pod-out "$tmp/webservice-extra-containers.yaml"
 k8s_validate "${builtin[@]}" "$tmp/webservice-extra-containers.yaml"
