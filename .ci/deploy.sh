@@ -35,7 +35,7 @@ cargo build --release --locked
 export BIN=$PWD/target/release/gitlab-oidc-proxy
 
 timings=()
-for part in container observability; do
+for part in container observability package; do
   started=$(date +%s)
   bash ".ci/deploy/$part.sh"
   timings+=("$part $(($(date +%s) - started)) s")
