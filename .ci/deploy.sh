@@ -13,6 +13,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -35,7 +36,7 @@ cargo build --release --locked
 export BIN=$PWD/target/release/gitlab-oidc-proxy
 
 timings=()
-for part in container observability package; do
+for part in container pod manifests observability package; do
   started=$(date +%s)
   bash ".ci/deploy/$part.sh"
   timings+=("$part $(($(date +%s) - started)) s")
