@@ -7,13 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-command -v podman >/dev/null 2>&1 || need+=(podman)
+# podman's recommends, named: the pause image of a pod is built from catatonit;
+# netavark and aardvark-dns are the network stack the containers reference measured.
+command -v podman >/dev/null 2>&1 || need+=(podman catatonit netavark aardvark-dns)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
-python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -33,10 +34,12 @@ CONF
 export CONTAINERS_CONF=$conf
 
 cargo build --release --locked
-export BIN=$PWD/target/release/gitlab-oidc-proxy
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+export BIN=$target/release/gitlab-oidc-proxy
 
 timings=()
-for part in container pod manifests observability package; do
+# manifests.sh makes the Python venv (PyYAML) that pod.sh uses too.
+for part in container manifests pod observability package; do
   started=$(date +%s)
   bash ".ci/deploy/$part.sh"
   timings+=("$part $(($(date +%s) - started)) s")

@@ -25,24 +25,40 @@ pub enum NotReady {
     Status { status: StatusCode, reason: String },
 }
 
-/// Where to reach an admin listener bound to `listen`: a wildcard address
-/// (`0.0.0.0:9090` in a pod) is reached on the same host's loopback.
-pub fn probe_address(listen: SocketAddr) -> SocketAddr {
-    let ip = match listen {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => Ipv4Addr::LOCALHOST.into(),
-        SocketAddr::V6(a) if a.ip().is_unspecified() => Ipv6Addr::LOCALHOST.into(),
-        other => other.ip(),
-    };
-    SocketAddr::new(ip, listen.port())
+/// Where to reach an admin listener bound to `listen`, in the order to try: a
+/// wildcard address (`0.0.0.0:9090` in a pod) is reached on loopback, and `[::]`
+/// on `[::1]`, then on 127.0.0.1 (a dual-stack listener in a container whose
+/// IPv6 is off has no `::1`).
+pub fn probe_addresses(listen: SocketAddr) -> Vec<SocketAddr> {
+    let port = listen.port();
+    match listen {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))],
+        SocketAddr::V6(a) if a.ip().is_unspecified() => vec![
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        ],
+        other => vec![other],
+    }
 }
 
 /// GET `/readyz` on the admin listener bound to `listen`; Ok with its body's
-/// first line when it answers 200.
+/// first line when it answers 200. Only a failed connection moves on to the
+/// next address; an answer, even "not ready", is final.
 pub async fn probe(listen: SocketAddr, timeout: Duration) -> Result<String, NotReady> {
-    let addr = probe_address(listen);
-    tokio::time::timeout(timeout, ask(addr))
-        .await
-        .unwrap_or(Err(NotReady::Timeout { addr, timeout }))
+    let addrs = probe_addresses(listen);
+    let first = addrs[0];
+    tokio::time::timeout(timeout, async {
+        let mut outcome = Err(NotReady::Timeout { addr: first, timeout });
+        for addr in addrs {
+            outcome = ask(addr).await;
+            if !matches!(outcome, Err(NotReady::Connect { .. })) {
+                break;
+            }
+        }
+        outcome
+    })
+    .await
+    .unwrap_or(Err(NotReady::Timeout { addr: first, timeout }))
 }
 
 async fn ask(addr: SocketAddr) -> Result<String, NotReady> {
@@ -93,10 +109,13 @@ mod tests {
         ];
         for (listen, probed) in cases {
             assert_eq!(
-                probe_address(listen.parse().unwrap()),
+                probe_addresses(listen.parse().unwrap())[0],
                 probed.parse().unwrap(),
                 "{listen}"
             );
         }
+        let dual: Vec<SocketAddr> = vec!["[::1]:9090".parse().unwrap(), "127.0.0.1:9090".parse().unwrap()];
+        assert_eq!(probe_addresses("[::]:9090".parse().unwrap()), dual);
+        assert_eq!(probe_addresses("0.0.0.0:9090".parse().unwrap()).len(), 1);
     }
 }

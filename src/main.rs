@@ -28,10 +28,17 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("{}", one_line(&e.render().to_string()));
-            return ExitCode::from(2);
+            // A HEALTHCHECK may only exit 0 or 1 (docker reserves 2).
+            let healthcheck = std::env::args().nth(1).is_some_and(|a| a == "healthcheck");
+            return ExitCode::from(if healthcheck { 1 } else { 2 });
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The probe runs every few seconds in a container: one thread is plenty.
+    let runtime = match &cli.command {
+        Command::Healthcheck(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -98,6 +98,10 @@ async fn gitlab_only_serves_a_proxy_and_healthcheck_follows_readiness() {
     let wildcard = format!("0.0.0.0:{}", proxy.admin.port());
     let (out, _) = healthcheck(&[], &[("GITLAB_OIDC_PROXY_ADMIN_LISTEN", wildcard.as_str())]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // `[::]` is asked on [::1] (nothing there: this listener is IPv4), then on 127.0.0.1.
+    let dual = format!("[::]:{}", proxy.admin.port());
+    let (out, _) = healthcheck(&["--admin-listen", &dual], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     let resp = client()
         .get(proxy.url("/.well-known/openid-configuration").parse().unwrap())
@@ -139,6 +143,14 @@ async fn not_ready_is_exit_1_with_the_reason() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no answer"), "{}", text(&out.stderr));
     assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn a_bad_setting_is_exit_1_not_2() {
+    // docker reserves exit status 2 of a HEALTHCHECK.
+    let (out, _) = healthcheck(&[], &[("GITLAB_OIDC_PROXY_ADMIN_LISTEN", "not-an-address")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("admin-listen"), "{}", text(&out.stderr));
 }
 
 #[test]

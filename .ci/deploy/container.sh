@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 . .ci/deploy/lib.sh
 
 IMAGE=localhost/gitlab-oidc-proxy:latest
-NAMES=(gop-ci-discovery gop-ci-drain gop-ci-bridge gop-ci-unready)
+NAMES=(gop-ci-discovery gop-ci-drain gop-ci-bridge gop-ci-unready gop-ci-files)
 cleanup() { podman rm -f --ignore "${NAMES[@]}" >/dev/null 2>&1 || true; }
 
 step "build the image"
@@ -30,7 +30,13 @@ expect_eq "$(inspect '{{index .Labels "org.opencontainers.image.version"}}')" "$
 expect_eq "$(inspect '{{index .Labels "org.opencontainers.image.title"}}')" "gitlab-oidc-proxy" "title label"
 podman image exists "localhost/gitlab-oidc-proxy:$version" || fail "no :$version tag"
 # No shell to fall back on: the health check must be the binary itself.
-if podman run --rm --entrypoint /bin/sh "$IMAGE" -c true >/dev/null 2>&1; then fail "the image has a shell"; fi
+podman create --name gop-ci-files "$IMAGE" >/dev/null
+files=$(podman export gop-ci-files | tar -t)
+podman rm gop-ci-files >/dev/null
+expect_contains "$files" "usr/bin/gitlab-oidc-proxy" "the binary in the image"
+expect_contains "$files" "etc/ssl/certs/ca-certificates.crt" "the CA bundle in the image"
+if grep -qE '(^|/)(sh|bash|busybox|curl)$' <<<"$files"; then fail "the image has a shell or curl: $files"; fi
+note "files in the image: $(wc -l <<<"$files")"
 
 run_proxy() { # name, then podman run options; the image's CMD (serve) runs
   local name=$1; shift
@@ -54,12 +60,12 @@ until podman healthcheck run gop-ci-discovery >/dev/null 2>&1; do
   sleep 0.05
 done
 note "podman run to healthy: $((($(date +%s%N) - started) / 1000000)) ms"
-headers=$(curl -sS -D - -o "$WORK/discovery.json" "http://127.0.0.1:$public/.well-known/openid-configuration")
+headers=$(curl -sS --max-time 5 -D - -o "$WORK/discovery.json" "http://127.0.0.1:$public/.well-known/openid-configuration")
 expect_contains "$headers" "HTTP/1.1 200" "discovery status"
 expect_contains "$headers" "cache-control: public, max-age=3600" "discovery Cache-Control"
 expect_eq "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["jwks_uri"])' "$WORK/discovery.json")" \
   "http://127.0.0.1:$public/-/jwks" "rewritten jwks_uri"
-keys=$(curl -sS -D - -o /dev/null "http://127.0.0.1:$public/-/jwks")
+keys=$(curl -sS --max-time 5 -D - -o /dev/null "http://127.0.0.1:$public/-/jwks")
 expect_contains "$keys" "cache-control: public, max-age=3600" "key set Cache-Control"
 expect_eq "$(podman inspect --format '{{.State.Health.Status}}' gop-ci-discovery)" healthy "health status"
 podman stop -t 45 gop-ci-discovery >/dev/null 2>&1
@@ -76,11 +82,13 @@ expect_contains "$out" "not ready: /readyz answered 503" "healthcheck's reason"
 
 step "SIGTERM drains a request in flight, then exits 0"
 slow=$(free_port); public=$(free_port)
-python3 - "$slow" <<'PY' &
-import http.server, sys, time
+python3 - "$slow" "$WORK/arrived" <<'PY' &
+import http.server, pathlib, sys, time
 class Slow(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        # Tells the script the request got through the proxy before the stop.
+        pathlib.Path(sys.argv[2]).touch()
         time.sleep(2)
         body = b"answered after the stop began\n"
         self.send_response(200)
@@ -95,9 +103,10 @@ wait_port "$slow"
 run_proxy gop-ci-drain --network host -e GITLAB_OIDC_PROXY_UPSTREAM="http://127.0.0.1:$slow" \
   -e GITLAB_OIDC_PROXY_LISTEN="127.0.0.1:$public" -e GITLAB_OIDC_PROXY_ADMIN_LISTEN="127.0.0.1:$(free_port)"
 wait_port "$public"
-curl -sS -o "$WORK/slow.out" -w '%{http_code}' "http://127.0.0.1:$public/slow" >"$WORK/slow.code" &
+curl -sS --max-time 30 -o "$WORK/slow.out" -w '%{http_code}' "http://127.0.0.1:$public/slow" >"$WORK/slow.code" &
 in_flight=$!
-sleep 0.5
+for _ in $(seq 200); do [ -e "$WORK/arrived" ] && break; sleep 0.05; done
+[ -e "$WORK/arrived" ] || fail "the request never reached the slow upstream"
 stop_started=$(date +%s%N)
 podman stop -t 45 gop-ci-drain >/dev/null 2>&1
 wait "$in_flight" || fail "the request in flight failed during the drain"
@@ -111,8 +120,8 @@ step "bridge network: probes and metrics from outside, POST /refresh from loopba
 admin=$(free_port)
 run_proxy gop-ci-bridge -p "127.0.0.1:$admin:9090" -e GITLAB_OIDC_PROXY_UPSTREAM=http://127.0.0.1:1
 wait_http "http://127.0.0.1:$admin/healthz"
-expect_contains "$(curl -sS "http://127.0.0.1:$admin/metrics")" "gitlab_oidc_proxy_open_connections 0" "metrics across the bridge"
-refresh() { curl -sS -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' "$@"; }
+expect_contains "$(curl -sS --max-time 5 "http://127.0.0.1:$admin/metrics")" "gitlab_oidc_proxy_open_connections 0" "metrics across the bridge"
+refresh() { curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' "$@"; }
 expect_eq "$(refresh "http://127.0.0.1:$admin/refresh")" 403 "refresh from the bridge's gateway"
 run_proxy gop-ci-bridge -p "127.0.0.1:$admin:9090" -e GITLAB_OIDC_PROXY_UPSTREAM=http://127.0.0.1:1 \
   -e GITLAB_OIDC_PROXY_ADMIN_REFRESH=any

@@ -31,7 +31,7 @@ wait_port() {
 }
 wait_http() {
   for _ in $(seq 200); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    curl -fsS --max-time 2 -o /dev/null "$1" 2>/dev/null && return 0
     sleep 0.05
   done
   fail "$1 does not answer after 10 s"

@@ -78,7 +78,10 @@ until_ok() { # until_ok WHAT COMMAND...: retry every 0.2 s, 50 times
   die "$what: not within 10 s"
 }
 scrape() { curl -sS --max-time 5 "http://127.0.0.1:$admin_port/metrics"; }
-has_sample() { scrape | grep -qF "$1"; }
+# A series (or family prefix) with a sample above 0: some series exist at 0 from
+# the start, so being listed proves nothing happened.
+nonzero() { grep -F "$1" | grep -qvE ' 0(\.0+)?$'; }
+has_sample() { scrape | nonzero "$1"; }
 
 step "the proxy in front of the simulated GitLab, on loopback"
 # Free ports, asked of the kernel all at once (released just before use).
@@ -137,8 +140,8 @@ served() {
   curl -sS --max-time 2 -o /dev/null --cacert "$work/cert.pem" "$public/explore"
   local m
   m=$(scrape)
-  grep -qF 'gitlab_oidc_proxy_oidc_responses_total{document="keys",state="stale"}' <<<"$m" &&
-    grep -qF 'gitlab_oidc_proxy_oidc_responses_total{document="keys",state="unavailable"}' <<<"$m"
+  nonzero 'gitlab_oidc_proxy_oidc_responses_total{document="keys",state="stale"}' <<<"$m" &&
+    nonzero 'gitlab_oidc_proxy_oidc_responses_total{document="keys",state="unavailable"}' <<<"$m"
 }
 until_ok "stale and unavailable OIDC answers" served
 

@@ -120,12 +120,12 @@ setpriv --reuid="$PKG" --regid="$PKG" --init-groups --no-new-privs --inh-caps=-a
 proxy=$!
 wait_http "http://127.0.0.1:$admin/readyz"
 expect_eq "$(ps -o user= -p "$proxy")" "$PKG" "the proxy's user"
-headers=$(curl -sS -D - -o "$WORK/discovery.json" "$issuer/.well-known/openid-configuration")
+headers=$(curl -sS --max-time 5 -D - -o "$WORK/discovery.json" "$issuer/.well-known/openid-configuration")
 expect_contains "$headers" "HTTP/1.1 200" "discovery status"
 expect_contains "$headers" "cache-control: public, max-age=3600" "discovery Cache-Control"
 expect_eq "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["jwks_uri"])' "$WORK/discovery.json")" \
   "$issuer/-/jwks" "rewritten jwks_uri"
-expect_contains "$(curl -sS -D - -o /dev/null "$issuer/-/jwks")" "cache-control: public, max-age=3600" "key set Cache-Control"
+expect_contains "$(curl -sS --max-time 5 -D - -o /dev/null "$issuer/-/jwks")" "cache-control: public, max-age=3600" "key set Cache-Control"
 kill "$proxy"
 wait "$proxy" || fail "the proxy did not exit 0 on SIGTERM"
 note "SIGTERM: exit 0"

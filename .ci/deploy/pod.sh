@@ -16,7 +16,10 @@ podman image exists "$IMAGE" || fail "no $IMAGE: run .ci/deploy/container.sh fir
 
 step "the sidecar example, with the simulated GitLab in place of omnibus"
 port=$(free_port)
-python3 - deploy/kubernetes/sidecar-example.yaml "$IMAGE" "$port" >"$POD_YAML" <<'PY'
+# PyYAML: manifests.sh's venv has it pinned; else the system's.
+py=python3
+[ ! -x "${VENV:-/tmp/gop-venv}/bin/python" ] || py=${VENV:-/tmp/gop-venv}/bin/python
+"$py" - deploy/kubernetes/sidecar-example.yaml "$IMAGE" "$port" >"$POD_YAML" <<'PY'
 import sys, yaml
 path, image, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
@@ -59,18 +62,18 @@ podman kube play --replace "$POD_YAML" >/dev/null 2>"$WORK/play.err" || fail "ku
 wait_http "http://127.0.0.1:$port/-/health"
 ready=""
 for _ in $(seq 200); do
-  if curl -fsS -o /dev/null "http://127.0.0.1:$port/.well-known/openid-configuration" 2>/dev/null; then ready=1; break; fi
+  if curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$port/.well-known/openid-configuration" 2>/dev/null; then ready=1; break; fi
   sleep 0.05
 done
 [ -n "$ready" ] || fail "no discovery through the pod within 10 s"
-headers=$(curl -sS -D - -o "$WORK/discovery.json" "http://127.0.0.1:$port/.well-known/openid-configuration")
+headers=$(curl -sS --max-time 5 -D - -o "$WORK/discovery.json" "http://127.0.0.1:$port/.well-known/openid-configuration")
 expect_contains "$headers" "HTTP/1.1 200" "discovery through the pod"
 expect_contains "$headers" "cache-control: public, max-age=3600" "Cache-Control through the pod"
 expect_eq "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["jwks_uri"])' "$WORK/discovery.json")" \
   "http://127.0.0.1:$port/-/jwks" "jwks_uri through the pod"
 containers=$(podman ps --filter "label=app.kubernetes.io/name=gitlab" --format '{{.Names}} {{.Status}}')
 note "containers: $(echo "$containers" | tr '\n' ';')"
-proxy=$(podman ps --format '{{.Names}}' | grep -- '-gitlab-oidc-proxy$' | head -1)
+proxy=$(podman ps --format '{{.Names}}' | grep -- '-gitlab-oidc-proxy$' | head -1 || true)
 [ -n "$proxy" ] || fail "no proxy container in the pod"
 expect_eq "$(podman inspect --format '{{.Config.User}}' "$proxy")" 65532:65532 "proxy container's user"
 expect_eq "$(podman inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$proxy")" true "read-only root"
