@@ -147,6 +147,22 @@ rejects() { # WHAT COMMAND...: the command must fail
   echo "ok   rejected: $what ($(grep -m1 -E 'FAIL|ERROR|Error|error' "$tmp/selftest.log" | cut -c1-150))"
   ok
 }
+rejects_for() { # WHAT PATTERN COMMAND...: the command must fail, and say PATTERN (fixed string) why
+  local what=$1 pattern=$2
+  shift 2
+  if "$@" >"$tmp/selftest.log" 2>&1; then
+    echo "FAIL self-test: $what was accepted" >&2
+    cat "$tmp/selftest.log" >&2
+    exit 1
+  fi
+  if ! grep -qF -- "$pattern" "$tmp/selftest.log"; then
+    echo "FAIL self-test: $what was rejected, but not for '$pattern':" >&2
+    cat "$tmp/selftest.log" >&2
+    exit 1
+  fi
+  echo "ok   rejected: $what ($(grep -m1 -F -- "$pattern" "$tmp/selftest.log" | cut -c1-150))"
+  ok
+}
 mkdir -p "$tmp/k8s"
 cp deploy/kubernetes/*.yaml "$tmp/k8s/"
 
@@ -164,10 +180,37 @@ mutate deploy/kubernetes/deployment.yaml "$tmp/k8s/deployment.yaml" 's/terminati
 rejects "a grace period shorter than preStop + drain" "${CHECK[@]}" kubernetes "$tmp/k8s"
 cp deploy/kubernetes/deployment.yaml "$tmp/k8s/"
 mutate deploy/kubernetes/service.yaml "$tmp/k8s/service.yaml" 's/targetPort: admin/targetPort: metrics/'
-rejects "a Service aimed at a port the pods lack" "${CHECK[@]}" kubernetes "$tmp/k8s"
+rejects_for "a Service aimed at a port the pods lack" "targetPort 'metrics' is no container port" \
+  "${CHECK[@]}" kubernetes "$tmp/k8s"
+cp deploy/kubernetes/service.yaml "$tmp/k8s/"
+mutate deploy/kubernetes/networkpolicy.yaml "$tmp/k8s/networkpolicy.yaml" 's/port: admin/port: metrics/'
+rejects_for "a NetworkPolicy opening a port the pods lack" "port 'metrics' is no container port" \
+  "${CHECK[@]}" kubernetes "$tmp/k8s"
+mutate deploy/kubernetes/networkpolicy.yaml "$tmp/k8s/networkpolicy.yaml" 's/port: http$/port: admin/'
+rejects_for "a NetworkPolicy that shuts the Service's public port" "port http ('http') is open to no one" \
+  "${CHECK[@]}" kubernetes "$tmp/k8s"
+cp deploy/kubernetes/networkpolicy.yaml "$tmp/k8s/"
+mutate deploy/kubernetes/kustomization.yaml "$tmp/k8s/kustomization.yaml" '/- networkpolicy.yaml/d'
+rejects_for "a manifest left out of the kustomization" "networkpolicy.yaml is not among the resources" \
+  "${CHECK[@]}" kubernetes "$tmp/k8s"
+cp deploy/kubernetes/kustomization.yaml "$tmp/k8s/"
+mutate deploy/kubernetes/sidecar-example.yaml "$tmp/k8s/sidecar-example.yaml" 's/seconds: 40$/seconds: 20/'
+rejects_for "a sidecar's GitLab stopping before the proxy has drained" "before gitlab-oidc-proxy (its upstream over loopback) has drained" \
+  "${CHECK[@]}" kubernetes "$tmp/k8s"
+mutate deploy/kubernetes/sidecar-example.yaml "$tmp/k8s/sidecar-example.yaml" 's/terminationGracePeriodSeconds: 120/terminationGracePeriodSeconds: 40/'
+rejects_for "a grace period used up by GitLab's preStop" "leaves no time after its preStop sleep" \
+  "${CHECK[@]}" kubernetes "$tmp/k8s"
+mutate deploy/kubernetes/sidecar-example.yaml "$tmp/k8s/sidecar-example.yaml" 's/defaultMode: 0440/defaultMode: 0444/'
+rejects_for "a TLS key readable by others" "mode 0444 is readable by others" "${CHECK[@]}" kubernetes "$tmp/k8s"
+mutate deploy/kubernetes/sidecar-example.yaml "$tmp/k8s/sidecar-example.yaml" 's/supplementalGroups: \[0\]/supplementalGroups: [65532]/'
+rejects_for "a TLS key the proxy cannot read" "is not readable by uid 65532" "${CHECK[@]}" kubernetes "$tmp/k8s"
+cp deploy/kubernetes/sidecar-example.yaml "$tmp/k8s/"
 
 mutate deploy/helm/values-gitlab-oidc-proxy.yaml "$tmp/values.yaml" 's/containerPort: 8090/containerPort: 8080/'
 rejects "an extra container on Puma's port" \
+  "${CHECK[@]}" helm "$tmp/values.yaml" deploy/helm/gitlab-oidc-proxy-ingress.yaml --pod-out "$tmp/pod.yaml"
+mutate deploy/helm/values-gitlab-oidc-proxy.yaml "$tmp/values.yaml" 's|        - 127.0.0.1/32|        - 10.0.0.0/8|'
+rejects_for "a Workhorse that does not trust the proxy beside it" "must hold 127.0.0.1/32" \
   "${CHECK[@]}" helm "$tmp/values.yaml" deploy/helm/gitlab-oidc-proxy-ingress.yaml --pod-out "$tmp/pod.yaml"
 mutate deploy/helm/values-gitlab-oidc-proxy.yaml "$tmp/values.yaml" 's/        imagePullPolicy:/        imagePullPolicyy:/'
 "${CHECK[@]}" helm "$tmp/values.yaml" deploy/helm/gitlab-oidc-proxy-ingress.yaml --pod-out "$tmp/pod.yaml" >/dev/null
