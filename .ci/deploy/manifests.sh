@@ -136,32 +136,30 @@ mutate() { # SRC DST SED-EXPRESSION: DST is SRC changed, and must differ
     exit 1
   fi
 }
-rejects() { # WHAT COMMAND...: the command must fail
-  local what=$1
-  shift
-  if "$@" >"$tmp/selftest.log" 2>&1; then
-    echo "FAIL self-test: $what was accepted" >&2
-    cat "$tmp/selftest.log" >&2
-    exit 1
-  fi
-  echo "ok   rejected: $what ($(grep -m1 -E 'FAIL|ERROR|Error|error' "$tmp/selftest.log" | cut -c1-150))"
-  ok
-}
-rejects_for() { # WHAT PATTERN COMMAND...: the command must fail, and say PATTERN (fixed string) why
-  local what=$1 pattern=$2
+rejects_for() { # WHAT PATTERN COMMAND...: the command must fail, saying PATTERN (a fixed string; any error if empty)
+  local what=$1 pattern=$2 why
   shift 2
   if "$@" >"$tmp/selftest.log" 2>&1; then
     echo "FAIL self-test: $what was accepted" >&2
     cat "$tmp/selftest.log" >&2
     exit 1
   fi
-  if ! grep -qF -- "$pattern" "$tmp/selftest.log"; then
-    echo "FAIL self-test: $what was rejected, but not for '$pattern':" >&2
-    cat "$tmp/selftest.log" >&2
-    exit 1
+  if [ -n "$pattern" ]; then
+    why=$(grep -m1 -F -- "$pattern" "$tmp/selftest.log") || {
+      echo "FAIL self-test: $what was rejected, but not for '$pattern':" >&2
+      cat "$tmp/selftest.log" >&2
+      exit 1
+    }
+  else
+    why=$(grep -m1 -E 'FAIL|ERROR|Error|error' "$tmp/selftest.log" || true)
   fi
-  echo "ok   rejected: $what ($(grep -m1 -F -- "$pattern" "$tmp/selftest.log" | cut -c1-150))"
+  echo "ok   rejected: $what ($(cut -c1-150 <<<"$why"))"
   ok
+}
+rejects() { # WHAT COMMAND...: the command must fail
+  local what=$1
+  shift
+  rejects_for "$what" "" "$@"
 }
 mkdir -p "$tmp/k8s"
 cp deploy/kubernetes/*.yaml "$tmp/k8s/"
@@ -174,37 +172,31 @@ rejects "a ServiceMonitor with an unknown field" "${CHECK[@]}" servicemonitor --
 mutate deploy/kubernetes/servicemonitor.yaml "$tmp/sm2.yaml" 's/interval: 30s/interval: thirty/'
 rejects "a ServiceMonitor with a bad interval" "${CHECK[@]}" servicemonitor --crd "$CRD" "$tmp/sm2.yaml"
 
-mutate deploy/kubernetes/deployment.yaml "$tmp/k8s/deployment.yaml" 's/value: 0.0.0.0:9090/value: 127.0.0.1:9090/'
-rejects "probes aimed at an admin listener on loopback" "${CHECK[@]}" kubernetes "$tmp/k8s"
-mutate deploy/kubernetes/deployment.yaml "$tmp/k8s/deployment.yaml" 's/terminationGracePeriodSeconds: 45/terminationGracePeriodSeconds: 30/'
-rejects "a grace period shorter than preStop + drain" "${CHECK[@]}" kubernetes "$tmp/k8s"
-cp deploy/kubernetes/deployment.yaml "$tmp/k8s/"
-mutate deploy/kubernetes/service.yaml "$tmp/k8s/service.yaml" 's/targetPort: admin/targetPort: metrics/'
-rejects_for "a Service aimed at a port the pods lack" "targetPort 'metrics' is no container port" \
-  "${CHECK[@]}" kubernetes "$tmp/k8s"
-cp deploy/kubernetes/service.yaml "$tmp/k8s/"
-mutate deploy/kubernetes/networkpolicy.yaml "$tmp/k8s/networkpolicy.yaml" 's/port: admin/port: metrics/'
-rejects_for "a NetworkPolicy opening a port the pods lack" "port 'metrics' is no container port" \
-  "${CHECK[@]}" kubernetes "$tmp/k8s"
-mutate deploy/kubernetes/networkpolicy.yaml "$tmp/k8s/networkpolicy.yaml" 's/port: http$/port: admin/'
-rejects_for "a NetworkPolicy that shuts the Service's public port" "port http ('http') is open to no one" \
-  "${CHECK[@]}" kubernetes "$tmp/k8s"
-cp deploy/kubernetes/networkpolicy.yaml "$tmp/k8s/"
-mutate deploy/kubernetes/kustomization.yaml "$tmp/k8s/kustomization.yaml" '/- networkpolicy.yaml/d'
-rejects_for "a manifest left out of the kustomization" "networkpolicy.yaml is not among the resources" \
-  "${CHECK[@]}" kubernetes "$tmp/k8s"
-cp deploy/kubernetes/kustomization.yaml "$tmp/k8s/"
-mutate deploy/kubernetes/sidecar-example.yaml "$tmp/k8s/sidecar-example.yaml" 's/seconds: 40$/seconds: 20/'
-rejects_for "a sidecar's GitLab stopping before the proxy has drained" "before gitlab-oidc-proxy (its upstream over loopback) has drained" \
-  "${CHECK[@]}" kubernetes "$tmp/k8s"
-mutate deploy/kubernetes/sidecar-example.yaml "$tmp/k8s/sidecar-example.yaml" 's/terminationGracePeriodSeconds: 120/terminationGracePeriodSeconds: 40/'
-rejects_for "a grace period used up by GitLab's preStop" "leaves no time after its preStop sleep" \
-  "${CHECK[@]}" kubernetes "$tmp/k8s"
-mutate deploy/kubernetes/sidecar-example.yaml "$tmp/k8s/sidecar-example.yaml" 's/defaultMode: 0440/defaultMode: 0444/'
-rejects_for "a TLS key readable by others" "mode 0444 is readable by others" "${CHECK[@]}" kubernetes "$tmp/k8s"
-mutate deploy/kubernetes/sidecar-example.yaml "$tmp/k8s/sidecar-example.yaml" 's/supplementalGroups: \[0\]/supplementalGroups: [65532]/'
-rejects_for "a TLS key the proxy cannot read" "is not readable by uid 65532" "${CHECK[@]}" kubernetes "$tmp/k8s"
-cp deploy/kubernetes/sidecar-example.yaml "$tmp/k8s/"
+k8s_rejects() { # FILE SED-EXPRESSION WHAT PATTERN: deploy/kubernetes with FILE so changed is rejected for PATTERN
+  mutate "deploy/kubernetes/$1" "$tmp/k8s/$1" "$2"
+  rejects_for "$3" "$4" "${CHECK[@]}" kubernetes "$tmp/k8s"
+  cp "deploy/kubernetes/$1" "$tmp/k8s/"
+}
+k8s_rejects deployment.yaml 's/value: 0.0.0.0:9090/value: 127.0.0.1:9090/' \
+  "probes aimed at an admin listener on loopback" "the kubelet probes the pod address"
+k8s_rejects deployment.yaml 's/terminationGracePeriodSeconds: 45/terminationGracePeriodSeconds: 30/' \
+  "a grace period shorter than preStop + drain" "terminationGracePeriodSeconds 30 is not above"
+k8s_rejects service.yaml 's/targetPort: admin/targetPort: metrics/' \
+  "a Service aimed at a port the pods lack" "targetPort 'metrics' is no container port"
+k8s_rejects networkpolicy.yaml 's/port: admin/port: metrics/' \
+  "a NetworkPolicy opening a port the pods lack" "port 'metrics' is no container port"
+k8s_rejects networkpolicy.yaml 's/port: http$/port: admin/' \
+  "a NetworkPolicy that shuts the Service's public port" "port http ('http') is open to no one"
+k8s_rejects kustomization.yaml '/- networkpolicy.yaml/d' \
+  "a manifest left out of the kustomization" "networkpolicy.yaml is not among the resources"
+k8s_rejects sidecar-example.yaml 's/seconds: 40$/seconds: 20/' \
+  "a sidecar's GitLab stopping before the proxy has drained" "before gitlab-oidc-proxy (its upstream over loopback) has drained"
+k8s_rejects sidecar-example.yaml 's/terminationGracePeriodSeconds: 120/terminationGracePeriodSeconds: 40/' \
+  "a grace period used up by GitLab's preStop" "leaves no time after its preStop sleep"
+k8s_rejects sidecar-example.yaml 's/defaultMode: 0440/defaultMode: 0444/' \
+  "a TLS key readable by others" "mode 0444 is readable by others"
+k8s_rejects sidecar-example.yaml 's/supplementalGroups: \[0\]/supplementalGroups: [65532]/' \
+  "a TLS key the proxy cannot read" "is not readable by uid 65532"
 
 mutate deploy/helm/values-gitlab-oidc-proxy.yaml "$tmp/values.yaml" 's/containerPort: 8090/containerPort: 8080/'
 rejects "an extra container on Puma's port" \
