@@ -3,15 +3,19 @@
 
 kubernetes-validate and the compose-spec schema say whether each object is
 well formed; this script says whether the objects fit together and fit the
-proxy: Service selectors and target ports match the pods, probes reach the
-admin listener, the grace period covers the drain, the Helm overlay's
-extraContainers string is a list of containers that collides with nothing in
-the webservice pod, the ServiceMonitor matches the Prometheus Operator's
-schema, every GITLAB_OIDC_PROXY_* name is one the binary knows, and the binary
-starts with every set of values the manifests give it.
+proxy: Service selectors and target ports match the pods, a NetworkPolicy
+opens ports the pods have and every port their Services send to, probes reach
+the admin listener, the grace period covers the drain, a container the proxy
+reaches over loopback outlives its drain, a TLS key is readable by the proxy
+and by nobody else, the Helm overlay's extraContainers string is a list of
+containers that collides with nothing in the webservice pod and Workhorse
+trusts the proxy's 127.0.0.1, the ServiceMonitor matches the Prometheus
+Operator's schema, every GITLAB_OIDC_PROXY_* name is one the binary knows, and
+the binary starts with every set of values the manifests give it.
 
 Each subcommand prints what it checked and exits 1 on the first file with a
-problem (after listing all of that file's problems).
+problem (after listing all of that file's problems); `kubernetes` lists the
+problems of every object first, as its objects refer to each other.
 """
 
 import argparse
@@ -62,8 +66,11 @@ CHART_BLACKOUT_SECONDS = 10  # webservice shutdown.blackoutSeconds: Workhorse's 
 
 
 class Problems:
-    def __init__(self, where):
+    failed = False  # a deferred report had problems
+
+    def __init__(self, where, defer=False):
         self.where = where
+        self.defer = defer
         self.items = []
 
     def __call__(self, msg):
@@ -73,7 +80,10 @@ class Problems:
         if self.items:
             for item in self.items:
                 print(f"FAIL {self.where}: {item}")
-            sys.exit(1)
+            if not self.defer:
+                sys.exit(1)
+            Problems.failed = True
+            return
         print(f"ok   {self.where}: {what}")
 
 
@@ -181,6 +191,120 @@ def check_proxy_container(c, pod, p, service_links=True):
         p(f"{name}: set enableServiceLinks: false (a Service named gitlab-oidc-proxy adds GITLAB_OIDC_PROXY_* variables)")
 
 
+def same_pod_upstream(env):
+    """The proxy's upstream is another container of its own pod (loopback)."""
+    host = urlsplit(env.get("GITLAB_OIDC_PROXY_UPSTREAM") or "").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def prestop_sleep(c):
+    return (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
+
+
+def check_shutdown_order(pod, p):
+    """A container the proxy reaches over loopback (Workhorse beside it) must
+    stay up until the proxy has drained: its preStop sleep lasts at least the
+    proxy's preStop + shutdown grace, and the pod's budget is above that sleep."""
+    containers = pod.get("containers") or []
+    budget = pod.get("terminationGracePeriodSeconds", 30)
+    for c in containers:
+        if not PROXY_IMAGE.search(c.get("image", "")):
+            continue
+        env = env_of(c)
+        if not same_pod_upstream(env):
+            continue
+        try:
+            drain = prestop_sleep(c) + seconds(setting(env, "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE"))
+        except ValueError:
+            continue  # reported by check_proxy_container
+        for other in containers:
+            if other is c or PROXY_IMAGE.search(other.get("image", "")):
+                continue
+            sleep = prestop_sleep(other)
+            if sleep < drain:
+                p(f"{other['name']}: gets SIGTERM after a preStop sleep of {sleep} s, before {c['name']} "
+                  f"(its upstream over loopback) has drained ({drain:g} s)")
+            elif budget <= sleep:
+                p(f"{other['name']}: terminationGracePeriodSeconds {budget} leaves no time after its preStop sleep {sleep} s")
+
+
+def check_secret_modes(pod, p):
+    """A Secret volume a proxy container mounts (a TLS key): not readable by
+    others, and readable by the proxy's groups. kubelet writes the files as
+    root, with the pod's fsGroup as their group if it has one, else root's."""
+    sc = pod.get("securityContext") or {}
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    for c in pod.get("containers") or []:
+        if not PROXY_IMAGE.search(c.get("image", "")):
+            continue
+        csc = c.get("securityContext") or {}
+        uid = csc.get("runAsUser", sc.get("runAsUser"))
+        groups = {csc.get("runAsGroup", sc.get("runAsGroup"))} | set(sc.get("supplementalGroups") or [])
+        if "fsGroup" in sc:
+            groups.add(sc["fsGroup"])
+        file_gid = sc.get("fsGroup", 0)
+        for m in c.get("volumeMounts") or []:
+            secret = (volumes.get(m["name"]) or {}).get("secret")
+            if secret is None:
+                continue
+            modes = [secret.get("defaultMode", 0o644)] + [i["mode"] for i in secret.get("items") or [] if "mode" in i]
+            for mode in modes:
+                if mode & 0o007:
+                    p(f"{c['name']}: Secret volume {m['name']} mode {mode:04o} is readable by others")
+                if uid != 0 and not (mode & 0o040 and file_gid in groups):
+                    p(f"{c['name']}: Secret volume {m['name']} (root:{file_gid} {mode:04o}) is not readable by "
+                      f"uid {uid} with groups {sorted(g for g in groups if g is not None)}")
+
+
+def check_network_policy(doc, deployments, services, p):
+    """Its pods exist, each port it opens is one of theirs, and every port their
+    Services send to is open to someone."""
+    spec = doc["spec"]
+    if "Ingress" not in (spec.get("policyTypes") or ["Ingress"]):
+        p("policyTypes lacks Ingress")
+    selector = (spec.get("podSelector") or {}).get("matchLabels") or {}
+    pods = [d["spec"]["template"] for d in deployments if labels_match(selector, d["spec"]["template"]["metadata"]["labels"])]
+    if not pods:
+        p(f"podSelector {selector} matches no Deployment's pods")
+        return
+    containers = [c for t in pods for c in t["spec"]["containers"]]
+
+    def pod_port(ref):
+        """The container port a name or number stands for in these pods."""
+        for c in containers:
+            for x in c.get("ports") or []:
+                if ref in (x.get("name"), x["containerPort"]):
+                    return x["containerPort"]
+        return None
+
+    opened = set()
+    for i, rule in enumerate(spec.get("ingress") or []):
+        if not rule.get("from"):
+            p(f"ingress[{i}]: no `from`: open to every peer")
+        if not rule.get("ports"):
+            p(f"ingress[{i}]: no `ports`: opens every port")
+        for port in rule.get("ports") or []:
+            ref = port.get("port")
+            if port.get("protocol", "TCP") != "TCP":
+                p(f"ingress[{i}]: port {ref!r} is not TCP")
+            number = pod_port(ref)
+            if number is None:
+                p(f"ingress[{i}]: port {ref!r} is no container port of the selected pods")
+            opened.add(number)
+    for svc in services:
+        if not labels_match(svc["spec"]["selector"], pods[0]["metadata"]["labels"]):
+            continue
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            if pod_port(target) not in opened:
+                p(f"Service {svc['metadata']['name']} port {port['name']} ({target!r}) is open to no one")
+
+
 def labels_match(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -204,7 +328,7 @@ def cmd_kubernetes(args):
 
     deployments = find("Deployment")
     for fn, doc in objects:
-        p = Problems(f"{args.dir}/{fn} {doc['kind']}/{doc['metadata']['name']}")
+        p = Problems(f"{args.dir}/{fn} {doc['kind']}/{doc['metadata']['name']}", defer=True)
         kind = doc["kind"]
         if "app.kubernetes.io/name" not in (doc["metadata"].get("labels") or {}):
             p("no app.kubernetes.io/name label")
@@ -217,6 +341,8 @@ def cmd_kubernetes(args):
                 check_proxy_container(c, tmpl["spec"], p)
             if not proxies:
                 p("no gitlab-oidc-proxy container")
+            check_shutdown_order(tmpl["spec"], p)
+            check_secret_modes(tmpl["spec"], p)
         elif kind == "Service":
             pods = [d["spec"]["template"] for d in deployments
                     if labels_match(doc["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
@@ -247,6 +373,8 @@ def cmd_kubernetes(args):
                 p("minReplicas below 2: one node drain takes the proxy away")
             if any("replicas" in d["spec"] for d in find(ref["kind"], ref["name"])):
                 p("the target also sets replicas, which every apply resets")
+        elif kind == "NetworkPolicy":
+            check_network_policy(doc, deployments, find("Service"), p)
         elif kind == "Ingress":
             for rule in doc["spec"]["rules"]:
                 for path in rule["http"]["paths"]:
@@ -261,15 +389,21 @@ def cmd_kubernetes(args):
     if kustomization:
         path, doc = kustomization
         p = Problems(path)
-        for res in doc.get("resources") or []:
+        resources = doc.get("resources") or []
+        for res in resources:
             if not os.path.isfile(os.path.join(args.dir, res)):
                 p(f"resource {res} does not exist")
+        for fn in sorted({fn for fn, _ in objects}):
+            if fn not in resources and not fn.endswith("-example.yaml"):
+                p(f"{fn} is not among the resources (only *-example.yaml files stay out)")
         images = {re.split(r"[:@]", c["image"])[0] for _, d in objects if d.get("kind") == "Deployment"
                   for c in d["spec"]["template"]["spec"]["containers"]}
         for img in doc.get("images") or []:
             if img["name"] not in images:
                 p(f"images: {img['name']} is the image of no container")
         p.done("its resources and images exist")
+    if Problems.failed:
+        sys.exit(1)
 
 
 def cmd_helm(args):
@@ -285,6 +419,15 @@ def cmd_helm(args):
             p(f"gitlab.webservice.{key} is not a key of the chart's webservice values")
     if (ws.get("ingress") or {}).get("enabled") is not False:
         p("gitlab.webservice.ingress.enabled must be false (the proxy's Ingress replaces it)")
+    trusted = (ws.get("workhorse") or {}).get("trustedCIDRsForXForwardedFor")
+    try:
+        nets = [ipaddress.ip_network(str(x)) for x in trusted or []]
+    except ValueError as e:
+        p(f"gitlab.webservice.workhorse.trustedCIDRsForXForwardedFor: {e}")
+        nets = []
+    if not any(ipaddress.ip_address("127.0.0.1") in n for n in nets):
+        p("gitlab.webservice.workhorse.trustedCIDRsForXForwardedFor must hold 127.0.0.1/32: "
+          "Workhorse gets the proxy's connections (and X-Forwarded-For) from 127.0.0.1")
     budget = (ws.get("deployment") or {}).get("terminationGracePeriodSeconds")
     if not isinstance(budget, int):
         p("gitlab.webservice.deployment.terminationGracePeriodSeconds must be set (an integer)")

@@ -5,8 +5,8 @@
 #     several versions (built-in kinds; unknown fields refused);
 #   - the ServiceMonitor against the Prometheus Operator CRD's openAPIV3Schema
 #     (vendored in .ci/deploy/schemas/, source noted there);
-#   - `kubectl kustomize deploy/kubernetes`, when kubectl is installed, and its
-#     output validated again;
+#   - `kubectl kustomize deploy/kubernetes`, when kubectl is installed (else
+#     reported as skipped), and its output validated again;
 #   - the Helm overlay: its extraContainers string rendered (it has no template
 #     actions, so the chart's `tpl` returns it as is), wrapped in a Pod and
 #     validated, plus the chart-specific rules in check_deploy.py;
@@ -16,6 +16,8 @@
 #   - every GITLAB_OIDC_PROXY_* name under deploy/ is in `$BIN serve --help`,
 #     and $BIN starts with every set of values the manifests give it.
 # Then self-tests: a broken copy of each kind of input must be rejected.
+# The last line counts the checks that passed and those skipped; the first
+# failure stops the run, and the line then names the step it stopped in.
 #
 # Run from the repository root. VENV (default /tmp/gop-venv) is created or
 # reused; BIN (default target/release/gitlab-oidc-proxy) is the binary to ask.
@@ -55,9 +57,23 @@ export PYTHONDONTWRITEBYTECODE=1
 CHECK=("$PY" .ci/deploy/check_deploy.py)
 KV="$VENV/bin/kubernetes-validate"
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 passed=0
+skipped=0
+step=""
 ok() { passed=$((passed + 1)); }
+skip() { # REASON: a check that could not run here; counted apart from the passed ones
+  echo "skip $*"
+  skipped=$((skipped + 1))
+}
+section() { step=$1; echo "== $1"; }
+finish() {
+  local rc=$?
+  rm -rf "$tmp"
+  if [ "$rc" -ne 0 ]; then
+    echo "deploy manifests: FAILED in \"$step\" (exit $rc) after $passed passed, $skipped skipped" >&2
+  fi
+}
+trap finish EXIT
 
 k8s_validate() { # FILE...: strict, every version
   local v
@@ -66,7 +82,7 @@ k8s_validate() { # FILE...: strict, every version
   done
 }
 
-echo "== Kubernetes objects (kubernetes-validate --strict, Kubernetes $K8S_VERSIONS)"
+section "Kubernetes objects (kubernetes-validate --strict, Kubernetes $K8S_VERSIONS)"
 builtin=()
 for f in deploy/kubernetes/*.yaml deploy/helm/*.yaml; do
   case "$f" in
@@ -80,39 +96,39 @@ k8s_validate "${builtin[@]}" "$tmp/webservice-extra-containers.yaml"
 echo "ok   ${builtin[*]} and the overlay's extraContainers (as a Pod)"
 ok
 
-echo "== ServiceMonitor (Prometheus Operator CRD schema)"
+section "ServiceMonitor (Prometheus Operator CRD schema)"
 "${CHECK[@]}" servicemonitor --crd "$CRD" deploy/kubernetes/servicemonitor.yaml
 ok
 
-echo "== kustomization"
+section "kustomization"
 if command -v kubectl >/dev/null 2>&1; then
   kubectl kustomize deploy/kubernetes >"$tmp/kustomized.yaml"
   # --no-warn: the one kind without a built-in schema, the ServiceMonitor, is checked next.
   for v in $K8S_VERSIONS; do "$KV" --strict --quiet --no-warn -k "$v" "$tmp/kustomized.yaml"; done
   "${CHECK[@]}" servicemonitor --crd "$CRD" "$tmp/kustomized.yaml"
   echo "ok   kubectl kustomize deploy/kubernetes: $(grep -c '^kind:' "$tmp/kustomized.yaml") objects, valid"
+  ok
 else
-  echo "skip kubectl is not installed (Debian has none current): its resources and images are checked below"
+  skip "kubectl kustomize: kubectl is not installed (Debian has none current); the resources and images are checked below"
 fi
-ok
 
-echo "== How the objects fit together and fit the proxy"
+section "How the objects fit together and fit the proxy"
 "${CHECK[@]}" kubernetes deploy/kubernetes
 ok
 
-echo "== Compose (compose-spec schema from check-jsonschema, then the proxy's rules)"
+section "Compose (compose-spec schema from check-jsonschema, then the proxy's rules)"
 "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/compose/compose.yaml
 "${CHECK[@]}" compose deploy/compose/compose.yaml
 ok
 
-echo "== GITLAB_OIDC_PROXY_* names and values against $BIN"
+section "GITLAB_OIDC_PROXY_* names and values against $BIN"
 "$BIN" serve --help >"$tmp/serve-help.txt"
 "${CHECK[@]}" envnames --help-file "$tmp/serve-help.txt" deploy
 "${CHECK[@]}" envvalues --bin "$BIN" --kubernetes deploy/kubernetes/*.yaml \
   --helm deploy/helm/values-gitlab-oidc-proxy.yaml --compose deploy/compose/compose.yaml
 ok
 
-echo "== Self-tests: each check rejects a broken copy"
+section "Self-tests: each check rejects a broken copy"
 mutate() { # SRC DST SED-EXPRESSION: DST is SRC changed, and must differ
   sed -e "$3" "$1" >"$2"
   if cmp -s "$1" "$2"; then
@@ -120,16 +136,30 @@ mutate() { # SRC DST SED-EXPRESSION: DST is SRC changed, and must differ
     exit 1
   fi
 }
-rejects() { # WHAT COMMAND...: the command must fail
-  local what=$1
-  shift
+rejects_for() { # WHAT PATTERN COMMAND...: the command must fail, saying PATTERN (a fixed string; any error if empty)
+  local what=$1 pattern=$2 why
+  shift 2
   if "$@" >"$tmp/selftest.log" 2>&1; then
     echo "FAIL self-test: $what was accepted" >&2
     cat "$tmp/selftest.log" >&2
     exit 1
   fi
-  echo "ok   rejected: $what ($(grep -m1 -E 'FAIL|ERROR|Error|error' "$tmp/selftest.log" | cut -c1-150))"
+  if [ -n "$pattern" ]; then
+    why=$(grep -m1 -F -- "$pattern" "$tmp/selftest.log") || {
+      echo "FAIL self-test: $what was rejected, but not for '$pattern':" >&2
+      cat "$tmp/selftest.log" >&2
+      exit 1
+    }
+  else
+    why=$(grep -m1 -E 'FAIL|ERROR|Error|error' "$tmp/selftest.log" || true)
+  fi
+  echo "ok   rejected: $what ($(cut -c1-150 <<<"$why"))"
   ok
+}
+rejects() { # WHAT COMMAND...: the command must fail
+  local what=$1
+  shift
+  rejects_for "$what" "" "$@"
 }
 mkdir -p "$tmp/k8s"
 cp deploy/kubernetes/*.yaml "$tmp/k8s/"
@@ -142,16 +172,37 @@ rejects "a ServiceMonitor with an unknown field" "${CHECK[@]}" servicemonitor --
 mutate deploy/kubernetes/servicemonitor.yaml "$tmp/sm2.yaml" 's/interval: 30s/interval: thirty/'
 rejects "a ServiceMonitor with a bad interval" "${CHECK[@]}" servicemonitor --crd "$CRD" "$tmp/sm2.yaml"
 
-mutate deploy/kubernetes/deployment.yaml "$tmp/k8s/deployment.yaml" 's/value: 0.0.0.0:9090/value: 127.0.0.1:9090/'
-rejects "probes aimed at an admin listener on loopback" "${CHECK[@]}" kubernetes "$tmp/k8s"
-mutate deploy/kubernetes/deployment.yaml "$tmp/k8s/deployment.yaml" 's/terminationGracePeriodSeconds: 45/terminationGracePeriodSeconds: 30/'
-rejects "a grace period shorter than preStop + drain" "${CHECK[@]}" kubernetes "$tmp/k8s"
-cp deploy/kubernetes/deployment.yaml "$tmp/k8s/"
-mutate deploy/kubernetes/service.yaml "$tmp/k8s/service.yaml" 's/targetPort: admin/targetPort: metrics/'
-rejects "a Service aimed at a port the pods lack" "${CHECK[@]}" kubernetes "$tmp/k8s"
+k8s_rejects() { # FILE SED-EXPRESSION WHAT PATTERN: deploy/kubernetes with FILE so changed is rejected for PATTERN
+  mutate "deploy/kubernetes/$1" "$tmp/k8s/$1" "$2"
+  rejects_for "$3" "$4" "${CHECK[@]}" kubernetes "$tmp/k8s"
+  cp "deploy/kubernetes/$1" "$tmp/k8s/"
+}
+k8s_rejects deployment.yaml 's/value: 0.0.0.0:9090/value: 127.0.0.1:9090/' \
+  "probes aimed at an admin listener on loopback" "the kubelet probes the pod address"
+k8s_rejects deployment.yaml 's/terminationGracePeriodSeconds: 45/terminationGracePeriodSeconds: 30/' \
+  "a grace period shorter than preStop + drain" "terminationGracePeriodSeconds 30 is not above"
+k8s_rejects service.yaml 's/targetPort: admin/targetPort: metrics/' \
+  "a Service aimed at a port the pods lack" "targetPort 'metrics' is no container port"
+k8s_rejects networkpolicy.yaml 's/port: admin/port: metrics/' \
+  "a NetworkPolicy opening a port the pods lack" "port 'metrics' is no container port"
+k8s_rejects networkpolicy.yaml 's/port: http$/port: admin/' \
+  "a NetworkPolicy that shuts the Service's public port" "port http ('http') is open to no one"
+k8s_rejects kustomization.yaml '/- networkpolicy.yaml/d' \
+  "a manifest left out of the kustomization" "networkpolicy.yaml is not among the resources"
+k8s_rejects sidecar-example.yaml 's/seconds: 40$/seconds: 20/' \
+  "a sidecar's GitLab stopping before the proxy has drained" "before gitlab-oidc-proxy (its upstream over loopback) has drained"
+k8s_rejects sidecar-example.yaml 's/terminationGracePeriodSeconds: 120/terminationGracePeriodSeconds: 40/' \
+  "a grace period used up by GitLab's preStop" "leaves no time after its preStop sleep"
+k8s_rejects sidecar-example.yaml 's/defaultMode: 0440/defaultMode: 0444/' \
+  "a TLS key readable by others" "mode 0444 is readable by others"
+k8s_rejects sidecar-example.yaml 's/supplementalGroups: \[0\]/supplementalGroups: [65532]/' \
+  "a TLS key the proxy cannot read" "is not readable by uid 65532"
 
 mutate deploy/helm/values-gitlab-oidc-proxy.yaml "$tmp/values.yaml" 's/containerPort: 8090/containerPort: 8080/'
 rejects "an extra container on Puma's port" \
+  "${CHECK[@]}" helm "$tmp/values.yaml" deploy/helm/gitlab-oidc-proxy-ingress.yaml --pod-out "$tmp/pod.yaml"
+mutate deploy/helm/values-gitlab-oidc-proxy.yaml "$tmp/values.yaml" 's|        - 127.0.0.1/32|        - 10.0.0.0/8|'
+rejects_for "a Workhorse that does not trust the proxy beside it" "must hold 127.0.0.1/32" \
   "${CHECK[@]}" helm "$tmp/values.yaml" deploy/helm/gitlab-oidc-proxy-ingress.yaml --pod-out "$tmp/pod.yaml"
 mutate deploy/helm/values-gitlab-oidc-proxy.yaml "$tmp/values.yaml" 's/        imagePullPolicy:/        imagePullPolicyy:/'
 "${CHECK[@]}" helm "$tmp/values.yaml" deploy/helm/gitlab-oidc-proxy-ingress.yaml --pod-out "$tmp/pod.yaml" >/dev/null
@@ -169,4 +220,4 @@ rejects "a variable the binary does not know" "${CHECK[@]}" envnames --help-file
 mutate deploy/compose/compose.yaml "$tmp/names/compose.yaml" 's/GITLAB_OIDC_PROXY_SHUTDOWN_GRACE: 30s/GITLAB_OIDC_PROXY_SHUTDOWN_GRACE: soon/'
 rejects "a value the binary refuses" "${CHECK[@]}" envvalues --bin "$BIN" --compose "$tmp/names/compose.yaml"
 
-echo "deploy manifests: $passed passed, 0 failed"
+echo "deploy manifests: $passed passed, $skipped skipped"
