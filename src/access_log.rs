@@ -26,16 +26,25 @@ pub(crate) struct RequestRecord {
     pub path: String,
     pub version: Version,
     pub client: IpAddr,
+    /// Which listener answered: `main` or `oidc`.
+    pub listener: &'static str,
     pub start: Instant,
 }
 
 impl RequestRecord {
-    pub(crate) fn new(method: &Method, uri: &http::Uri, version: Version, client: IpAddr) -> Self {
+    pub(crate) fn new(
+        method: &Method,
+        uri: &http::Uri,
+        version: Version,
+        client: IpAddr,
+        listener: &'static str,
+    ) -> Self {
         RequestRecord {
             method: method.clone(),
             path: uri.path().to_owned(),
             version,
             client,
+            listener,
             start: Instant::now(),
         }
     }
@@ -108,7 +117,15 @@ impl RequestRecord {
     fn emit(&self, status: u16, bytes: u64, outcome: &'static str, metrics: &Metrics) {
         let elapsed = self.start.elapsed();
         let method = method_label(&self.method);
-        metrics.requests.get_or_create(&RequestLabels { method, status }).inc();
+        let listener = self.listener;
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method,
+                status,
+                listener,
+            })
+            .inc();
         metrics.request_duration.observe(elapsed.as_secs_f64());
         metrics.response_bytes.inc_by(bytes);
         tracing::info!(
@@ -119,6 +136,7 @@ impl RequestRecord {
             version = ?self.version,
             status,
             bytes,
+            listener,
             duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             outcome,
             "request"

@@ -45,6 +45,8 @@ pub struct RunningProxy {
 struct Sockets {
     public: TcpListener,
     tls: Option<(TcpListener, Arc<ServerConfig>)>,
+    /// `--oidc-listen`, and its bound address.
+    oidc: Option<(TcpListener, SocketAddr)>,
     admin: TcpListener,
     /// The bound addresses (a port of 0 is known now).
     listen: SocketAddr,
@@ -77,7 +79,11 @@ impl RunningProxy {
         let tls_store = load_certificate(config, &metrics)?;
         let sockets = bind_all(config, public, tls_store.clone()).await?;
         let (listen, tls_listen, admin) = (sockets.listen, sockets.tls_listen, sockets.admin_addr);
-        let own: Vec<SocketAddr> = [Some(listen), tls_listen, Some(admin)].into_iter().flatten().collect();
+        let oidc_listen = sockets.oidc.as_ref().map(|(_, addr)| *addr);
+        let own: Vec<SocketAddr> = [Some(listen), tls_listen, oidc_listen, Some(admin)]
+            .into_iter()
+            .flatten()
+            .collect();
         if let Some(listener) = upstream::own_listener(&config.upstream, &own, config.connect_timeout).await {
             return Err(ConfigError::UpstreamIsSelf {
                 upstream: config.upstream.to_string(),
@@ -92,6 +98,7 @@ impl RunningProxy {
         tracing::info!(
             listen = %listen,
             tls_listen = tls_listen.map(|a| a.to_string()),
+            oidc_listen = oidc_listen.map(|a| a.to_string()),
             admin = %admin,
             upstream = %config.upstream,
             forwarded_proto = config.forwarded_proto.as_str(),
@@ -227,6 +234,14 @@ async fn bind_all(
         )),
         _ => None,
     };
+    let oidc = match config.oidc_listen {
+        Some(addr) => {
+            let listener = bind(addr).await?;
+            let local = local_addr(&listener)?;
+            Some((listener, local))
+        }
+        None => None,
+    };
     let admin = bind(config.admin_listen).await?;
     let hup = signal(SignalKind::hangup()).map_err(StartError::io("cannot catch SIGHUP"))?;
     Ok(Sockets {
@@ -235,6 +250,7 @@ async fn bind_all(
         admin_addr: local_addr(&admin)?,
         public,
         tls,
+        oidc,
         admin,
         hup,
     })
@@ -340,6 +356,12 @@ fn spawn(
         accepting.push(accept(
             listener,
             settings(ListenerKind::Tls, Proto::Https, Some(acceptor), local),
+        ));
+    }
+    if let Some((listener, local)) = sockets.oidc {
+        accepting.push(accept(
+            listener,
+            settings(ListenerKind::Oidc, config.forwarded_proto, None, local),
         ));
     }
     (accepting, background)

@@ -87,6 +87,12 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) listen: SocketAddr,
 
+    /// A listener that serves only the OIDC documents (discovery, key set; same headers
+    /// and rules) and answers 404 to every other path without asking GitLab: the one
+    /// to expose to the internet when GitLab itself is private.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_OIDC_LISTEN", value_name = "ADDR")]
+    pub(crate) oidc_listen: Option<SocketAddr>,
+
     /// Admin listener: GET /healthz, /readyz, /metrics. Never served on the public listener.
     #[arg(
         long,
@@ -343,6 +349,7 @@ impl ServeArgs {
             upstream: self.upstream,
             upstream_ca: self.upstream_ca,
             listen: self.listen,
+            oidc_listen: self.oidc_listen,
             admin_listen: self.admin_listen,
             admin_refresh: self.admin_refresh,
             trusted_proxies: self.trusted_proxies.0,
@@ -444,6 +451,7 @@ mod tests {
         "--listen=127.0.0.1:1",
         "--admin-listen=127.0.0.1:2",
         "--admin-refresh=any",
+        "--oidc-listen=127.0.0.1:14",
         "--trusted-proxies=10.0.0.0/8",
         "--forwarded-proto=https",
         "--header-timeout=1s",
@@ -487,6 +495,7 @@ mod tests {
         assert_eq!(c.upstream_ca, Some(PathBuf::from("/ca.pem")));
         assert_eq!((c.listen.port(), c.admin_listen.port()), (1, 2));
         assert_eq!(c.admin_refresh, AdminRefresh::Any);
+        assert_eq!(c.oidc_listen.map(|a| a.port()), Some(14));
         assert_eq!(c.trusted_proxies, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
         assert_eq!(c.forwarded_proto, Proto::Https);
         assert_eq!(

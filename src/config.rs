@@ -86,6 +86,8 @@ pub struct Config {
     /// Extra PEM CA bundle trusted for an https upstream.
     pub upstream_ca: Option<PathBuf>,
     pub listen: SocketAddr,
+    /// `--oidc-listen`: a listener that serves the OIDC documents and nothing else.
+    pub oidc_listen: Option<SocketAddr>,
     pub admin_listen: SocketAddr,
     /// Who may `POST /refresh` on the admin listener.
     pub admin_refresh: AdminRefresh,
@@ -165,6 +167,7 @@ impl Config {
             upstream,
             upstream_ca: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            oidc_listen: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             admin_refresh: AdminRefresh::Loopback,
             trusted_proxies: Vec::new(),

@@ -51,6 +51,10 @@ pub(crate) enum DownstreamError {
     /// The request's `Via` names this process: it has come back (508).
     #[error("request loop: Via names this proxy")]
     Loop,
+    /// A path other than the OIDC documents' on `--oidc-listen`: 404, and
+    /// GitLab never sees it.
+    #[error("not an OIDC document (OIDC-only listener)")]
+    NotOidc,
 }
 
 /// Marks an error that came from the client's request body, so a client that
@@ -118,6 +122,11 @@ impl ProxyError {
                 StatusCode::REQUEST_TIMEOUT,
                 "client_body_timeout",
                 "request timeout: the request body stalled\n",
+            ),
+            ProxyError::Downstream(DownstreamError::NotOidc) => (
+                StatusCode::NOT_FOUND,
+                "not_oidc",
+                "not found: this listener serves only the OIDC documents\n",
             ),
             ProxyError::Downstream(DownstreamError::Loop) => (
                 StatusCode::LOOP_DETECTED,
@@ -252,7 +261,8 @@ mod tests {
     #[test]
     fn statuses_map_in_one_place() {
         let io = || -> BoxError { Box::new(std::io::Error::other("secret-cause")) };
-        let cases: [(ProxyError, StatusCode, &str); 11] = [
+        let cases: [(ProxyError, StatusCode, &str); 12] = [
+            (DownstreamError::NotOidc.into(), StatusCode::NOT_FOUND, "not_oidc"),
             (
                 UpstreamError::Busy.into(),
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -15,6 +15,8 @@ use prometheus_client::registry::{Metric, Registry};
 pub(crate) struct RequestLabels {
     pub method: &'static str,
     pub status: u16,
+    /// `main` (the public listeners) or `oidc` (`--oidc-listen`).
+    pub listener: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -239,6 +241,7 @@ mod tests {
             .get_or_create(&RequestLabels {
                 method: "GET",
                 status: 502,
+                listener: "main",
             })
             .inc();
         m.upstream_errors
@@ -248,7 +251,7 @@ mod tests {
             .inc();
         let text = m.encode();
         assert!(
-            text.contains(r#"gitlab_oidc_proxy_http_requests_total{method="GET",status="502"} 1"#),
+            text.contains(r#"gitlab_oidc_proxy_http_requests_total{method="GET",status="502",listener="main"} 1"#),
             "{text}"
         );
         assert!(
@@ -260,7 +263,7 @@ mod tests {
 
     const EXPECTED_RENDERING: &str = r#"# HELP gitlab_oidc_proxy_http_requests Requests answered, by method and status.
 # TYPE gitlab_oidc_proxy_http_requests counter
-gitlab_oidc_proxy_http_requests_total{method="GET",status="200"} 1
+gitlab_oidc_proxy_http_requests_total{method="GET",status="200",listener="main"} 1
 # HELP gitlab_oidc_proxy_http_request_duration_seconds Time from request to the end of the response body.
 # TYPE gitlab_oidc_proxy_http_request_duration_seconds histogram
 gitlab_oidc_proxy_http_request_duration_seconds_sum 0.0
@@ -338,6 +341,7 @@ gitlab_oidc_proxy_proxy_protocol_rejected_total{reason="r"} 1
             .get_or_create(&RequestLabels {
                 method: "GET",
                 status: 200,
+                listener: "main",
             })
             .inc();
         m.upstream_errors.get_or_create(&error).inc();

@@ -39,6 +39,18 @@ pub(crate) struct ConnInfo {
 pub(crate) enum ListenerKind {
     Plain,
     Tls,
+    /// `--oidc-listen`: the OIDC documents and nothing else, plain or TLS.
+    Oidc,
+}
+
+impl ListenerKind {
+    /// The access log's and the request metrics' `listener`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ListenerKind::Plain | ListenerKind::Tls => "main",
+            ListenerKind::Oidc => "oidc",
+        }
+    }
 }
 
 pub(crate) struct RouterSettings {
@@ -76,7 +88,13 @@ impl Router {
         let s = &self.settings;
         let trusted: &[IpNet] = if conn.proxied { &[] } else { &s.trusted_proxies };
         let forwarded = headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), trusted, conn.proto);
-        let record = RequestRecord::new(req.method(), req.uri(), req.version(), forwarded.client);
+        let record = RequestRecord::new(
+            req.method(),
+            req.uri(),
+            req.version(),
+            forwarded.client,
+            conn.kind.label(),
+        );
         let pending = PendingLog::new(record, self.metrics.clone());
 
         let result = if headers::via_names(req.headers(), &s.via) {
@@ -92,6 +110,8 @@ impl Router {
             Ok(target.respond(&req))
         } else if let Some(answer) = self.oidc.handle(&req).await {
             Ok(answer)
+        } else if conn.kind == ListenerKind::Oidc {
+            Err(ProxyError::Downstream(DownstreamError::NotOidc))
         } else if s.compression {
             // nginx's gzip_http_version 1.1: an HTTP/1.0 client gets identity.
             let choice = (req.version() != Version::HTTP_10)

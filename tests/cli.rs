@@ -16,7 +16,8 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 25] = [
+const OPTIONS: [(&str, &str, Option<&str>); 26] = [
+    ("--oidc-listen", "GITLAB_OIDC_PROXY_OIDC_LISTEN", None),
     ("--admin-refresh", "GITLAB_OIDC_PROXY_ADMIN_REFRESH", Some("loopback")),
     (
         "--client-body-timeout",

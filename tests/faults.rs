@@ -369,7 +369,7 @@ async fn stalled_upload_gets_408_aborts_gitlabs_request_and_is_not_blamed_on_git
     assert_eq!(
         metric_value(
             &metrics,
-            r#"gitlab_oidc_proxy_http_requests_total{method="PUT",status="408"}"#
+            r#"gitlab_oidc_proxy_http_requests_total{method="PUT",status="408",listener="main"}"#
         ),
         1.0
     );
@@ -412,7 +412,7 @@ async fn client_leaving_before_the_answer_is_still_logged() {
         proxy
             .metrics()
             .await
-            .contains(r#"http_requests_total{method="GET",status="499"} 1"#)
+            .contains(r#"http_requests_total{method="GET",status="499",listener="main"} 1"#)
     );
 }
 

@@ -48,6 +48,8 @@ pub(crate) struct Proxy {
     pub admin: SocketAddr,
     /// The `--tls-listen` listener, when one was asked for.
     pub tls_addr: Option<SocketAddr>,
+    /// The `--oidc-listen` listener, when one was asked for.
+    pub oidc_addr: Option<SocketAddr>,
     logs: Arc<Mutex<String>>,
 }
 
@@ -90,11 +92,12 @@ impl Proxy {
                     let listen = v["listen"].as_str().unwrap().parse::<SocketAddr>().unwrap();
                     let admin = v["admin"].as_str().unwrap().parse::<SocketAddr>().unwrap();
                     let tls = v["tls_listen"].as_str().map(|a| a.parse::<SocketAddr>().unwrap());
-                    let _ = tx.send((listen, admin, tls));
+                    let oidc = v["oidc_listen"].as_str().map(|a| a.parse::<SocketAddr>().unwrap());
+                    let _ = tx.send((listen, admin, tls, oidc));
                 }
             }
         });
-        let (addr, admin, tls_addr) = match rx.recv_timeout(Duration::from_secs(20)) {
+        let (addr, admin, tls_addr, oidc_addr) = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
@@ -108,6 +111,7 @@ impl Proxy {
             addr,
             admin,
             tls_addr,
+            oidc_addr,
             logs,
         }
     }
