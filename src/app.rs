@@ -45,8 +45,8 @@ pub struct RunningProxy {
 struct Sockets {
     public: TcpListener,
     tls: Option<(TcpListener, Arc<ServerConfig>)>,
-    /// `--oidc-listen`, and its bound address.
-    oidc: Option<(TcpListener, SocketAddr)>,
+    /// `--oidc-listen`, its bound address, and its TLS when `--oidc-tls-*` are set.
+    oidc: Option<(TcpListener, SocketAddr, Option<Arc<ServerConfig>>)>,
     admin: TcpListener,
     /// The bound addresses (a port of 0 is known now).
     listen: SocketAddr,
@@ -76,10 +76,10 @@ impl RunningProxy {
         let metrics = Arc::new(Metrics::new());
         let via = process_id()?;
         let upstreams = upstreams(config, &metrics, &via)?;
-        let tls_store = load_certificate(config, &metrics)?;
-        let sockets = bind_all(config, public, tls_store.clone()).await?;
+        let tls_stores = load_certificates(config, &metrics)?;
+        let sockets = bind_all(config, public, tls_stores.clone()).await?;
         let (listen, tls_listen, admin) = (sockets.listen, sockets.tls_listen, sockets.admin_addr);
-        let oidc_listen = sockets.oidc.as_ref().map(|(_, addr)| *addr);
+        let oidc_listen = sockets.oidc.as_ref().map(|(_, addr, _)| *addr);
         let own: Vec<SocketAddr> = [Some(listen), tls_listen, oidc_listen, Some(admin)]
             .into_iter()
             .flatten()
@@ -105,7 +105,7 @@ impl RunningProxy {
             "listening"
         );
         let cache = parts.cache.clone();
-        let (accepting, background) = spawn(config, sockets, parts, tls_store, &metrics, &draining, &tracker);
+        let (accepting, background) = spawn(config, sockets, parts, tls_stores, &metrics, &draining, &tracker);
         Ok(RunningProxy {
             admin,
             cache,
@@ -186,10 +186,31 @@ fn process_id() -> Result<ViaId, StartError> {
     Ok(ViaId::new(hex))
 }
 
-/// The certificate and key, checked before any socket is bound.
-fn load_certificate(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<Arc<CertStore>>, StartError> {
+/// The certificates and keys (`--tls-*`, `--oidc-tls-*`), checked before any
+/// socket is bound.
+fn load_certificates(config: &Config, metrics: &Arc<Metrics>) -> Result<TlsStores, StartError> {
     let t = &config.tls;
-    let (Some(cert), Some(key)) = (&t.cert, &t.key) else {
+    Ok(TlsStores {
+        main: load_certificate(config, (&t.cert, &t.key), "main", metrics)?,
+        oidc: load_certificate(config, (&t.oidc_cert, &t.oidc_key), "oidc", metrics)?,
+    })
+}
+
+/// The certificate stores of the TLS listeners, where configured.
+#[derive(Clone)]
+struct TlsStores {
+    main: Option<Arc<CertStore>>,
+    oidc: Option<Arc<CertStore>>,
+}
+
+fn load_certificate(
+    config: &Config,
+    (cert, key): (&Option<std::path::PathBuf>, &Option<std::path::PathBuf>),
+    listener: &'static str,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<CertStore>>, StartError> {
+    let t = &config.tls;
+    let (Some(cert), Some(key)) = (cert, key) else {
         return Ok(None);
     };
     let settings = TlsSettings {
@@ -198,6 +219,7 @@ fn load_certificate(config: &Config, metrics: &Arc<Metrics>) -> Result<Option<Ar
         hosts: config.oidc.https_hosts(),
         strict: t.strict_chain,
         watch_interval: t.watch_interval,
+        listener,
     };
     CertStore::load(settings, metrics.clone())
         .map(Some)
@@ -218,27 +240,21 @@ pub(crate) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartErro
         .map_err(StartError::io("reading a listener's address"))
 }
 
-async fn bind_all(
-    config: &Config,
-    public: Option<TcpListener>,
-    tls: Option<Arc<CertStore>>,
-) -> Result<Sockets, StartError> {
+async fn bind_all(config: &Config, public: Option<TcpListener>, stores: TlsStores) -> Result<Sockets, StartError> {
+    let server_config = |store| tls::server_config(store).map_err(|e| StartError::Tls(e.into()));
     let public = match public {
         Some(listener) => listener,
         None => bind(config.listen).await?,
     };
-    let tls = match (config.tls.listen, tls) {
-        (Some(addr), Some(store)) => Some((
-            bind(addr).await?,
-            tls::server_config(store).map_err(|e| StartError::Tls(e.into()))?,
-        )),
+    let tls = match (config.tls.listen, stores.main) {
+        (Some(addr), Some(store)) => Some((bind(addr).await?, server_config(store)?)),
         _ => None,
     };
     let oidc = match config.oidc_listen {
         Some(addr) => {
             let listener = bind(addr).await?;
             let local = local_addr(&listener)?;
-            Some((listener, local))
+            Some((listener, local, stores.oidc.map(server_config).transpose()?))
         }
         None => None,
     };
@@ -313,7 +329,7 @@ fn spawn(
     config: &Config,
     sockets: Sockets,
     parts: Parts,
-    tls_store: Option<Arc<CertStore>>,
+    tls_stores: TlsStores,
     metrics: &Arc<Metrics>,
     draining: &CancellationToken,
     tracker: &TaskTracker,
@@ -322,11 +338,14 @@ fn spawn(
         tokio::spawn(admin::serve(sockets.admin, parts.admin)),
         tokio::spawn(parts.cache.run_refresher()),
     ];
-    let (hup_tx, hup_rx) = mpsc::channel(1);
-    background.push(tokio::spawn(forward_sighup(sockets.hup, hup_tx, tls_store.is_some())));
-    if let Some(store) = tls_store {
+    // Each certificate store has its own watcher; SIGHUP reaches every one.
+    let mut reloads = Vec::new();
+    for store in [tls_stores.main, tls_stores.oidc].into_iter().flatten() {
+        let (hup_tx, hup_rx) = mpsc::channel(1);
+        reloads.push(hup_tx);
         background.push(tokio::spawn(store.watch(hup_rx)));
     }
+    background.push(tokio::spawn(forward_sighup(sockets.hup, reloads)));
     let proxy_protocol = config.proxy_protocol.then(|| config.trusted_proxies.clone());
     let settings = |kind, proto, tls, local| ListenerSettings {
         kind,
@@ -358,23 +377,29 @@ fn spawn(
             settings(ListenerKind::Tls, Proto::Https, Some(acceptor), local),
         ));
     }
-    if let Some((listener, local)) = sockets.oidc {
-        accepting.push(accept(
-            listener,
-            settings(ListenerKind::Oidc, config.forwarded_proto, None, local),
-        ));
+    if let Some((listener, local, tls_config)) = sockets.oidc {
+        let proto = if tls_config.is_some() {
+            Proto::Https
+        } else {
+            config.forwarded_proto
+        };
+        let acceptor = tls_config.map(TlsAcceptor::from);
+        accepting.push(accept(listener, settings(ListenerKind::Oidc, proto, acceptor, local)));
     }
     (accepting, background)
 }
 
-/// SIGHUP reloads the certificate. It is caught even without TLS, because its
+/// SIGHUP reloads the certificates. It is caught even without TLS, because its
 /// default action would end the process (`systemctl reload` sends it).
-async fn forward_sighup(mut hup: Signal, reload: mpsc::Sender<()>, tls: bool) {
+async fn forward_sighup(mut hup: Signal, reloads: Vec<mpsc::Sender<()>>) {
     while hup.recv().await.is_some() {
-        if !tls {
-            tracing::info!("SIGHUP: nothing to reload without --tls-listen");
-        } else if reload.try_send(()).is_err() {
-            tracing::debug!("SIGHUP: a reload is already pending");
+        if reloads.is_empty() {
+            tracing::info!("SIGHUP: nothing to reload without --tls-listen or --oidc-tls-cert");
+        }
+        for reload in &reloads {
+            if reload.try_send(()).is_err() {
+                tracing::debug!("SIGHUP: a reload is already pending");
+            }
         }
     }
 }

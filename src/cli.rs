@@ -220,6 +220,20 @@ pub(crate) struct TlsArgs {
     #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_KEY", value_name = "PEM", requires = "tls_listen")]
     pub(crate) tls_key: Option<PathBuf>,
 
+    /// PEM certificate chain for --oidc-listen, which then speaks TLS (same checks,
+    /// file watch and SIGHUP reload as --tls-cert).
+    #[arg(long, env = "GITLAB_OIDC_PROXY_OIDC_TLS_CERT", value_name = "PEM", requires_all = ["oidc_listen", "oidc_tls_key"])]
+    pub(crate) oidc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --oidc-tls-cert.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_OIDC_TLS_KEY",
+        value_name = "PEM",
+        requires = "oidc_tls_cert"
+    )]
+    pub(crate) oidc_tls_key: Option<PathBuf>,
+
     /// Refuse to start (or to reload) when the chain is misordered or has duplicate
     /// or unrelated certificates, instead of fixing it with a warning.
     #[arg(long, env = "GITLAB_OIDC_PROXY_STRICT_CHAIN", value_parser = BoolishValueParser::new())]
@@ -375,6 +389,8 @@ impl TlsArgs {
             listen: self.tls_listen,
             cert: self.tls_cert,
             key: self.tls_key,
+            oidc_cert: self.oidc_tls_cert,
+            oidc_key: self.oidc_tls_key,
             strict_chain: self.strict_chain,
             watch_interval: self.tls_watch_interval,
             handshake_timeout: self.tls_handshake_timeout,
@@ -452,6 +468,8 @@ mod tests {
         "--admin-listen=127.0.0.1:2",
         "--admin-refresh=any",
         "--oidc-listen=127.0.0.1:14",
+        "--oidc-tls-cert=/oc.pem",
+        "--oidc-tls-key=/ok.pem",
         "--trusted-proxies=10.0.0.0/8",
         "--forwarded-proto=https",
         "--header-timeout=1s",
@@ -496,6 +514,10 @@ mod tests {
         assert_eq!((c.listen.port(), c.admin_listen.port()), (1, 2));
         assert_eq!(c.admin_refresh, AdminRefresh::Any);
         assert_eq!(c.oidc_listen.map(|a| a.port()), Some(14));
+        assert_eq!(
+            (c.tls.oidc_cert.clone(), c.tls.oidc_key.clone()),
+            (Some(PathBuf::from("/oc.pem")), Some(PathBuf::from("/ok.pem")))
+        );
         assert_eq!(c.trusted_proxies, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
         assert_eq!(c.forwarded_proto, Proto::Https);
         assert_eq!(

@@ -135,6 +135,10 @@ pub struct TlsConfig {
     pub listen: Option<SocketAddr>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// `--oidc-tls-cert`/`--oidc-tls-key`: TLS on `--oidc-listen`, with the same
+    /// checks and reloads as the main pair.
+    pub oidc_cert: Option<PathBuf>,
+    pub oidc_key: Option<PathBuf>,
     pub strict_chain: bool,
     /// 0 = no polling; SIGHUP still reloads.
     pub watch_interval: Duration,
@@ -185,6 +189,8 @@ impl Config {
                 listen: None,
                 cert: None,
                 key: None,
+                oidc_cert: None,
+                oidc_key: None,
                 strict_chain: false,
                 watch_interval: secs(5),
                 handshake_timeout: secs(10),

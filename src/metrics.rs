@@ -39,6 +39,12 @@ pub(crate) struct ServedLabels {
     pub state: &'static str,
 }
 
+/// Which listener a certificate serves: `main` (`--tls-listen`) or `oidc`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ListenerLabel {
+    pub listener: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DocumentLabel {
     pub document: &'static str,
@@ -62,8 +68,8 @@ pub(crate) struct Metrics {
     pub oidc_keys: Gauge,
     /// Certificate reloads: `ok` or `refused` (the last good pair stays).
     pub tls_reloads: Family<OutcomeOnly, Counter>,
-    /// Unix time of the earliest notAfter on the served chain.
-    pub tls_expiry: Gauge,
+    /// Unix time of the earliest notAfter on each served chain.
+    pub tls_expiry: Family<ListenerLabel, Gauge>,
     pub tls_handshake_failures: Family<ErrorLabels, Counter>,
     pub proxy_protocol_rejected: Family<ErrorLabels, Counter>,
 }
@@ -118,7 +124,7 @@ const TLS_RELOADS: Described = (
 );
 const TLS_EXPIRY: Described = (
     "tls_certificate_expiry_timestamp_seconds",
-    "Unix time at which the first certificate of the served chain expires",
+    "Unix time at which the first certificate of the served chain expires, by listener",
 );
 const TLS_HANDSHAKE_FAILURES: Described = (
     "tls_handshake_failures",
@@ -186,7 +192,7 @@ impl Metrics {
             oidc_age: register(&mut r, OIDC_AGE, Family::default()),
             oidc_keys: register(&mut r, OIDC_KEYS, Gauge::default()),
             tls_reloads: register(&mut r, TLS_RELOADS, Family::default()),
-            tls_expiry: register(&mut r, TLS_EXPIRY, Gauge::default()),
+            tls_expiry: register(&mut r, TLS_EXPIRY, Family::default()),
             tls_handshake_failures: register(&mut r, TLS_HANDSHAKE_FAILURES, Family::default()),
             proxy_protocol_rejected: register(&mut r, PROXY_PROTOCOL_REJECTED, Family::default()),
             registry: r,
@@ -318,9 +324,9 @@ gitlab_oidc_proxy_oidc_keys 0
 # HELP gitlab_oidc_proxy_tls_reloads Certificate reloads (SIGHUP or changed files), by outcome.
 # TYPE gitlab_oidc_proxy_tls_reloads counter
 gitlab_oidc_proxy_tls_reloads_total{outcome="o"} 1
-# HELP gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds Unix time at which the first certificate of the served chain expires.
+# HELP gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds Unix time at which the first certificate of the served chain expires, by listener.
 # TYPE gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds gauge
-gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds 0
+gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds{listener="l"} 7
 # HELP gitlab_oidc_proxy_tls_handshake_failures TLS handshakes that failed, by reason (timeout or error).
 # TYPE gitlab_oidc_proxy_tls_handshake_failures counter
 gitlab_oidc_proxy_tls_handshake_failures_total{reason="r"} 1
@@ -355,6 +361,7 @@ gitlab_oidc_proxy_proxy_protocol_rejected_total{reason="r"} 1
         m.oidc_refreshes.get_or_create(&outcome).inc();
         m.oidc_age.get_or_create(&DocumentLabel { document: "d" }).set(1.5);
         m.tls_reloads.get_or_create(&OutcomeOnly { outcome: "o" }).inc();
+        m.tls_expiry.get_or_create(&ListenerLabel { listener: "l" }).set(7);
         m.tls_handshake_failures.get_or_create(&error).inc();
         m.proxy_protocol_rejected.get_or_create(&error).inc();
         m.encode().lines().map(str::to_owned).collect()

@@ -16,7 +16,9 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 26] = [
+const OPTIONS: [(&str, &str, Option<&str>); 28] = [
+    ("--oidc-tls-cert", "GITLAB_OIDC_PROXY_OIDC_TLS_CERT", None),
+    ("--oidc-tls-key", "GITLAB_OIDC_PROXY_OIDC_TLS_KEY", None),
     ("--oidc-listen", "GITLAB_OIDC_PROXY_OIDC_LISTEN", None),
     ("--admin-refresh", "GITLAB_OIDC_PROXY_ADMIN_REFRESH", Some("loopback")),
     (

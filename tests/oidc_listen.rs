@@ -192,3 +192,49 @@ async fn the_documents_are_the_main_listeners() {
         .sum();
     assert!(hits_after <= hits_before + 1, "{hits_before} -> {hits_after}");
 }
+
+/// `--oidc-tls-cert`/`--oidc-tls-key`: TLS on the OIDC listener, its own
+/// certificate, reloaded on SIGHUP like the main one.
+#[tokio::test]
+async fn its_own_certificate_reloads_on_sighup() {
+    let pki = Pki::new();
+    let first = pki.leaf();
+    let cert = pki.write("oidc-cert.pem", &pki.chain(&first));
+    let key = pki.write("oidc-key.pem", &first.key_pem);
+    let gitlab = upstream(Transport::Tcp, |_req: Request<Incoming>| async {
+        Response::new(full("from GitLab\n"))
+    })
+    .await;
+    let args = [
+        "--oidc-listen",
+        "127.0.0.1:0",
+        "--oidc-tls-cert",
+        cert.to_str().unwrap(),
+        "--oidc-tls-key",
+        key.to_str().unwrap(),
+        "--tls-watch-interval",
+        "0",
+    ];
+    let proxy = start_proxy(gitlab.target.clone(), args.iter().map(|a| (*a).to_owned()).collect()).await;
+    let oidc = proxy.oidc_addr.unwrap();
+    let leaf_now = || async { peer_leaf(&pki.connect(oidc, &[b"http/1.1"]).await.expect("TLS handshake")) };
+    assert_eq!(leaf_now().await, first.der);
+    let mut sender = http1_over(pki.connect(oidc, &[b"http/1.1"]).await.unwrap()).await;
+    assert_eq!(get_on(&mut sender, "/explore").await.unwrap().0, StatusCode::NOT_FOUND);
+    // No plain HTTP on it: the bytes of a request are no TLS handshake.
+    let plain = raw_exchange(oidc, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(!plain.starts_with("HTTP/1.1"), "{plain}");
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(r#"gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds{listener="oidc"} "#),
+        "{metrics}"
+    );
+
+    let second = pki.leaf();
+    pki.write("oidc-cert.pem", &pki.chain(&second));
+    pki.write("oidc-key.pem", &second.key_pem);
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    let reloaded = wait_until(Duration::from_secs(5), || async { leaf_now().await == second.der }).await;
+    assert!(reloaded, "{}", proxy.logs());
+    assert!(proxy.logs().contains(r#""listener":"oidc""#), "{}", proxy.logs());
+}

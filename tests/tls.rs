@@ -719,7 +719,10 @@ async fn expiry_within_14_days_warns_and_is_a_metric() {
         );
         let expected = intermediate_expiry.duration_since(UNIX_EPOCH).unwrap().as_secs() as f64;
         let metrics = proxy.metrics().await;
-        let value = metric_value(&metrics, "gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds");
+        let value = metric_value(
+            &metrics,
+            r#"gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds{listener="main"}"#,
+        );
         assert!(
             (value - expected).abs() <= 1.0,
             "expiry metric {value}, expected {expected}:\n{metrics}"

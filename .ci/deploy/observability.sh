@@ -147,7 +147,7 @@ until_ok "stale and unavailable OIDC answers" served
 
 scrape >"$work/metrics.txt"
 echo "/metrics: $(grep -c '^# TYPE ' "$work/metrics.txt") metric families, $(grep -vc '^#' "$work/metrics.txt") samples"
-expiry=$(sed -n 's/^gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds \([0-9]*\)$/\1/p' "$work/metrics.txt")
+expiry=$(sed -n 's/^gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds{listener="main"} \([0-9]*\)$/\1/p' "$work/metrics.txt")
 not_after=$(date -d "$(openssl x509 -in "$work/cert.pem" -noout -enddate | cut -d= -f2)" +%s)
 [ "$expiry" = "$not_after" ] ||
   die "gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds is '$expiry', the certificate's notAfter $not_after"

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::chain::{self, EXPIRY_WARNING, LoadedPair};
-use crate::metrics::{Metrics, OutcomeOnly};
+use crate::metrics::{ListenerLabel, Metrics, OutcomeOnly};
 
 #[derive(Debug, Clone)]
 pub(crate) struct TlsSettings {
@@ -26,6 +26,8 @@ pub(crate) struct TlsSettings {
     pub strict: bool,
     /// Zero: files are not watched (SIGHUP still reloads).
     pub watch_interval: Duration,
+    /// The listener it serves (`main` or `oidc`): the expiry metric's label.
+    pub listener: &'static str,
 }
 
 /// What identifies a version of both files: a renewal changes at least one of
@@ -117,9 +119,15 @@ impl CertStore {
             tracing::warn!(cert = %self.settings.cert.display(), "TLS certificate: {warning}");
         }
         let expires = unix_secs(pair.not_after);
-        self.metrics.tls_expiry.set(expires);
+        self.metrics
+            .tls_expiry
+            .get_or_create(&ListenerLabel {
+                listener: self.settings.listener,
+            })
+            .set(expires);
         tracing::info!(
             trigger,
+            listener = self.settings.listener,
             subject = %pair.leaf_subject,
             chain = pair.certified.cert.len(),
             expires_unix = expires,
