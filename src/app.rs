@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Admin};
 use crate::config::{Config, ConfigError, Proto};
 use crate::error::StartError;
+use crate::export::{self, ExportSettings, Exporter};
 use crate::headers::ViaId;
 use crate::listener::{self, ListenerSettings};
 use crate::metrics::Metrics;
@@ -173,6 +174,52 @@ fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId) -> Result<Ups
         passthrough: Arc::new(Upstream::new(&settings, Some(budget)).map_err(refused)?),
         oidc: Arc::new(Upstream::new(&settings, None).map_err(refused)?),
     })
+}
+
+/// `gitlab-oidc-proxy export`: the OIDC documents from GitLab, copied under
+/// `settings.issuer` to `settings.target` once, or every `--refresh` until a
+/// signal. No listener: only the refresher's connections to GitLab.
+pub async fn export(config: &Config, settings: &ExportSettings, once: bool) -> Result<u8, StartError> {
+    let cache = oidc_cache(config)?;
+    let exporter = Exporter::new(settings, &config.oidc.jwks_path, config.oidc.max_age);
+    let mut signals = crate::shutdown::Signals::install().map_err(StartError::io("cannot install signal handlers"))?;
+    tokio::select! {
+        code = export::run(cache, exporter, config.oidc.refresh, once) => Ok(code),
+        _ = signals.recv() => Ok(0),
+    }
+}
+
+/// `gitlab-oidc-proxy export --print-jwks`: the key set as the proxy serves it
+/// (GitLab's key sets united), for consumers that take pinned keys.
+pub async fn print_jwks(config: &Config) -> Result<u8, StartError> {
+    let cache = oidc_cache(config)?;
+    let report = cache.refresh().await;
+    match (cache.keys(), report.keys) {
+        (Some(keys), Ok(())) => {
+            println!("{}", String::from_utf8_lossy(&keys.doc.body));
+            Ok(0)
+        }
+        (_, Err(e)) => {
+            eprintln!("error: no key set from GitLab: {e}");
+            Ok(1)
+        }
+        (None, Ok(())) => Ok(1),
+    }
+}
+
+/// A cache of the OIDC documents with its own connections to GitLab.
+fn oidc_cache(config: &Config) -> Result<Arc<Cache>, StartError> {
+    config.check()?;
+    let metrics = Arc::new(Metrics::new());
+    let via = process_id()?;
+    let upstreams = upstreams(config, &metrics, &via)?;
+    let fetcher = Fetcher::new(upstreams.oidc, config.oidc.upstream_timeout);
+    Ok(Cache::new(
+        config.oidc.clone(),
+        fetcher,
+        config.upstream.host(),
+        metrics,
+    ))
 }
 
 /// A name for this process in `Via`, random so that each instance has its own.

@@ -18,6 +18,7 @@ use gitlab_oidc_proxy::config::{
     parse_duration, parse_jwks_path, parse_positive_duration, parse_upstream,
 };
 use gitlab_oidc_proxy::demo::DemoSettings;
+use gitlab_oidc_proxy::export::{ExportSettings, ExportTarget};
 use gitlab_oidc_proxy::simulator::Profile;
 
 #[derive(Debug, Parser)]
@@ -46,9 +47,92 @@ pub(crate) enum Command {
     Serve(Box<ServeArgs>),
     /// Simulated GitLab + the proxy + parallel STS-like verifications, before/after.
     Demo(DemoArgs),
+    /// Copy the OIDC documents from GitLab under another issuer (GitLab 18.1's custom CI
+    /// issuer URL) to a directory a public web server serves, and keep the copy in sync.
+    #[command(
+        after_help = "Writes {TO}/.well-known/openid-configuration (issuer = --issuer, jwks_uri =         --issuer + --jwks-path) and the key set at {TO}/oauth/discovery/keys and {TO}{--jwks-path},         only what changed, keys before discovery. A key GitLab drops stays in the copy for --max-age         more (tracked in {TO}/.gitlab-oidc-proxy-export.json, so cron runs of --once keep it too).
+        Exit status: --once and --print-jwks: 0 written or unchanged, 1 failed; otherwise 0 after SIGTERM;         2 for a bad option."
+    )]
+    Export(Box<ExportArgs>),
     /// Exit 0 when the admin listener's /readyz answers 200, 1 otherwise: a container
     /// HEALTHCHECK or exec probe with no shell or curl in the image.
     Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ExportArgs {
+    /// Where GitLab (Workhorse) listens, as for `serve`.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
+    pub(crate) upstream: UpstreamTarget,
+
+    /// Extra PEM CA bundle trusted for an https upstream, besides the system roots.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM_CA", value_name = "PEM")]
+    pub(crate) upstream_ca: Option<PathBuf>,
+
+    /// The issuer the copy is published under: where --to is served from
+    /// (e.g. https://oidc.example.com or a bucket's https URL).
+    #[arg(long, env = "GITLAB_OIDC_PROXY_EXPORT_ISSUER", value_name = "URL", value_parser = Issuer::parse, required_unless_present = "print_jwks")]
+    pub(crate) issuer: Option<Issuer>,
+
+    /// Where to write the copy: a directory.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_EXPORT_TO", value_name = "DIR", value_parser = ExportTarget::parse, required_unless_present = "print_jwks")]
+    pub(crate) to: Option<ExportTarget>,
+
+    /// One pass, then exit (for cron); otherwise every --refresh until SIGTERM.
+    #[arg(long)]
+    pub(crate) once: bool,
+
+    /// Print the current key set (GitLab's key sets united) on stdout and exit,
+    /// for consumers that take pinned keys.
+    #[arg(long, conflicts_with_all = ["issuer", "to", "once"])]
+    pub(crate) print_jwks: bool,
+
+    /// GitLab's external_url: where discovery is fetched, with its host.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_EXTERNAL_URL", value_name = "URL", value_parser = Issuer::parse)]
+    pub(crate) external_url: Option<Issuer>,
+
+    /// Path (under --issuer) of the key set that the copy's jwks_uri names.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_JWKS_PATH", value_name = "PATH", default_value = "/-/jwks", value_parser = parse_jwks_path)]
+    pub(crate) jwks_path: String,
+
+    /// How long a key GitLab dropped stays in the copy (consumers cache the key set this long).
+    #[arg(long, env = "GITLAB_OIDC_PROXY_MAX_AGE", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub(crate) max_age: Duration,
+
+    /// How often the copy is brought in sync.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_REFRESH", value_name = "DURATION", default_value = "60s", value_parser = parse_positive_duration)]
+    pub(crate) refresh: Duration,
+
+    /// Longest wait for GitLab's answer to one document fetch.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "3s", value_parser = parse_positive_duration)]
+    pub(crate) upstream_timeout: Duration,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub(crate) log_format: LogFormat,
+}
+
+impl ExportArgs {
+    /// The proxy's settings the exporter's refresher runs with, and what to export.
+    pub(crate) fn into_parts(self) -> (Config, Option<ExportSettings>) {
+        let mut config = Config::new(self.upstream);
+        config.upstream_ca = self.upstream_ca;
+        config.oidc.external_url = self.external_url;
+        config.oidc.jwks_path = self.jwks_path;
+        config.oidc.max_age = self.max_age;
+        config.oidc.refresh = self.refresh;
+        config.oidc.upstream_timeout = self.upstream_timeout;
+        let export = match (self.to, self.issuer) {
+            (Some(target), Some(issuer)) => Some(ExportSettings { target, issuer }),
+            _ => None,
+        };
+        (config, export)
+    }
 }
 
 #[derive(Debug, Clone, Args)]

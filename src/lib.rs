@@ -12,6 +12,7 @@
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod export;
 /// Entry points of the fuzz targets in `fuzz/` (feature `fuzzing`), and the test
 /// that replays their corpus; not part of the proxy's interface.
 #[cfg(any(test, feature = "fuzzing"))]

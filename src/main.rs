@@ -10,7 +10,7 @@ use clap::Parser;
 use clap::error::ErrorKind;
 
 use gitlab_oidc_proxy::StartError;
-use gitlab_oidc_proxy::app::RunningProxy;
+use gitlab_oidc_proxy::app::{self, RunningProxy};
 use gitlab_oidc_proxy::config::{Config, LogFormat};
 use gitlab_oidc_proxy::demo;
 use gitlab_oidc_proxy::healthcheck::probe;
@@ -56,6 +56,17 @@ fn main() -> ExitCode {
             runtime.block_on(demo::run(args.into_settings()))
         }
         Command::Healthcheck(args) => Ok(runtime.block_on(healthcheck(args))),
+        Command::Export(args) => {
+            telemetry::init(args.log_format, "info");
+            let print = args.print_jwks;
+            let once = args.once;
+            match args.into_parts() {
+                (config, _) if print => runtime.block_on(app::print_jwks(&config)),
+                (config, Some(export)) => runtime.block_on(app::export(&config, &export, once)),
+                // clap requires --to and --issuer without --print-jwks.
+                (_, None) => Ok(2),
+            }
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

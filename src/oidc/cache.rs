@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderValue;
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -78,6 +79,8 @@ pub(crate) struct DiscoveryState {
     pub issuer: Issuer,
     /// The document per published issuer: (discovery path, document).
     pub by_path: Vec<(String, Published)>,
+    /// GitLab's document as validated, for copies under other issuers (export).
+    pub source: Arc<Map<String, Value>>,
 }
 
 impl DiscoveryState {
@@ -377,8 +380,11 @@ impl Cache {
         if changed {
             tracing::info!(target: "oidc", issuer = %issuer.url, "discovery document published");
         }
-        self.discovery
-            .send_replace(Some(Arc::new(DiscoveryState { issuer, by_path })));
+        self.discovery.send_replace(Some(Arc::new(DiscoveryState {
+            issuer,
+            by_path,
+            source: Arc::new(doc),
+        })));
         Ok(())
     }
 

@@ -1,0 +1,237 @@
+//! `gitlab-oidc-proxy export`: the documents copied under a custom issuer URL
+//! into a directory that a real static web server (Python's http.server)
+//! serves, and a CI token verified against what that server hands out, as
+//! STS would; then a key rotation carried over with its grace.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http::{Method, Request, StatusCode};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use gitlab_oidc_proxy::simulator::{Profile, SimConfig, SimulatedGitLab};
+use support::{BIN, body_bytes, client, empty, wait_until};
+
+const AUD: &str = "sts.amazonaws.com";
+
+/// A static web server on the export directory (stands in for a bucket's website).
+struct StaticServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl StaticServer {
+    async fn start(dir: &Path) -> StaticServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let up = wait_until(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        assert!(up, "python3 -m http.server did not start");
+        StaticServer { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get_json(url: &str) -> Value {
+    let req = Request::builder().method(Method::GET).uri(url).body(empty()).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{url}");
+    serde_json::from_slice(&body_bytes(resp).await).unwrap()
+}
+
+/// What STS does: discovery under the issuer, its jwks_uri, the key by `kid`, RS256, iss, aud.
+async fn verify_at(issuer: &str, token: &str) -> Result<(), String> {
+    let discovery = get_json(&format!("{issuer}/.well-known/openid-configuration")).await;
+    assert_eq!(discovery["issuer"], issuer);
+    let jwks = get_json(discovery["jwks_uri"].as_str().unwrap()).await;
+    let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .ok_or_else(|| format!("kid {kid} is not in the exported key set"))?;
+    let key = DecodingKey::from_rsa_components(jwk["n"].as_str().unwrap(), jwk["e"].as_str().unwrap()).unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[AUD]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// `export --once`: its exit status and what it logged.
+async fn export_once(gitlab: SocketAddr, issuer: &str, to: &Path, max_age: &str) -> (Option<i32>, String) {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(["export", "--once", "--log-format", "json", "--max-age", max_age])
+        .args(["--upstream", &format!("http://{gitlab}")])
+        .args([
+            "--external-url",
+            "https://gitlab.example.com",
+            "--issuer",
+            issuer,
+            "--to",
+        ])
+        .arg(to)
+        .env_remove("RUST_LOG");
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("export --once ends within 20 s")
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn a_token_verifies_against_the_exported_copy_across_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = StaticServer::start(dir.path()).await;
+    let issuer = web.url();
+    // GitLab 18.1 with a custom CI issuer URL: the tokens' `iss` is the copy's URL.
+    let sim = SimulatedGitLab::new(SimConfig {
+        profile: Profile::V14_4,
+        external_url: "https://gitlab.example.com".into(),
+        token_issuer: Some(issuer.clone()),
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gitlab = listener.local_addr().unwrap();
+    let _task = sim.serve(listener);
+
+    let before = sim.mint_ci_token(AUD);
+    // Nothing exported yet: STS would fail.
+    assert!(!dir.path().join(".well-known").exists());
+    let (code, logs) = export_once(gitlab, &issuer, dir.path(), "1h").await;
+    assert_eq!(code, Some(0), "{logs}");
+    verify_at(&issuer, &before).await.unwrap();
+    let discovery = get_json(&format!("{issuer}/.well-known/openid-configuration")).await;
+    assert_eq!(discovery["jwks_uri"], format!("{issuer}/-/jwks"));
+    // Both key paths hold the same set, with the CI key (missing from 14.4's own).
+    let oauth = get_json(&format!("{issuer}/oauth/discovery/keys")).await;
+    assert_eq!(oauth, get_json(&format!("{issuer}/-/jwks")).await);
+
+    // Again: nothing changed, nothing written.
+    let (code, logs) = export_once(gitlab, &issuer, dir.path(), "1h").await;
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("copy unchanged"), "{logs}");
+
+    // A rotation: the new key is exported; the old one stays for --max-age.
+    let old_kid = sim.ci_kid();
+    sim.rotate_ci_key();
+    let after = sim.mint_ci_token(AUD);
+    assert!(
+        verify_at(&issuer, &after).await.is_err(),
+        "the copy is stale before the next pass"
+    );
+    let (code, logs) = export_once(gitlab, &issuer, dir.path(), "1h").await;
+    assert_eq!(code, Some(0), "{logs}");
+    verify_at(&issuer, &after).await.unwrap();
+    verify_at(&issuer, &before)
+        .await
+        .expect("the dropped key stays for --max-age");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".gitlab-oidc-proxy-export.json")).unwrap()).unwrap();
+    let dropped = state["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == old_kid.as_str())
+        .unwrap();
+    assert!(dropped["dropped_at"].is_u64(), "{state}");
+
+    // With the grace over (a run with --max-age 1s after 1 s), the old key goes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, logs) = export_once(gitlab, &issuer, dir.path(), "1s").await;
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(
+        verify_at(&issuer, &before)
+            .await
+            .unwrap_err()
+            .contains("not in the exported key set")
+    );
+    verify_at(&issuer, &after).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_gitlab_leaves_the_copy_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".well-known")).unwrap();
+    std::fs::write(dir.path().join(".well-known/openid-configuration"), "kept").unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, logs) = export_once(closed, "https://oidc.example.net", dir.path(), "1h").await;
+    assert_eq!(code, Some(1), "{logs}");
+    assert!(logs.contains("export failed; the copy stays as it was"), "{logs}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".well-known/openid-configuration")).unwrap(),
+        "kept"
+    );
+}
+
+#[test]
+fn print_jwks_prints_the_united_key_set() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sim = SimulatedGitLab::new(SimConfig {
+        profile: Profile::V14_4,
+        external_url: "https://gitlab.example.com".into(),
+        token_issuer: None,
+    })
+    .unwrap();
+    let (gitlab, _task) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (listener.local_addr().unwrap(), sim.serve(listener))
+    });
+    let out = Command::new(BIN)
+        .args(["export", "--print-jwks", "--upstream", &format!("http://{gitlab}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let set: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kids: Vec<&str> = set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(kids.contains(&sim.ci_kid().as_str()), "{kids:?}");
+    assert!(kids.contains(&sim.oidc_kid().as_str()), "{kids:?}");
+    // Without --to and --issuer, and without --print-jwks: a usage error.
+    let out = Command::new(BIN)
+        .args(["export", "--upstream", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
