@@ -181,7 +181,8 @@ fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId) -> Result<Ups
 /// signal. No listener: only the refresher's connections to GitLab.
 pub async fn export(config: &Config, settings: &ExportSettings, once: bool) -> Result<u8, StartError> {
     let cache = oidc_cache(config)?;
-    let exporter = Exporter::new(settings, &config.oidc.jwks_path, config.oidc.max_age);
+    let exporter =
+        Exporter::new(settings, &config.oidc.jwks_path, config.oidc.max_age).map_err(|e| StartError::File(e.into()))?;
     let mut signals = crate::shutdown::Signals::install().map_err(StartError::io("cannot install signal handlers"))?;
     tokio::select! {
         code = export::run(cache, exporter, config.oidc.refresh, once) => Ok(code),

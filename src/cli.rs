@@ -48,7 +48,7 @@ pub(crate) enum Command {
     /// Simulated GitLab + the proxy + parallel STS-like verifications, before/after.
     Demo(DemoArgs),
     /// Copy the OIDC documents from GitLab under another issuer (GitLab 18.1's custom CI
-    /// issuer URL) to a directory a public web server serves, and keep the copy in sync.
+    /// issuer URL) to a public directory or S3 bucket, and keep the copy in sync.
     #[command(
         after_help = "Writes {TO}/.well-known/openid-configuration (issuer = --issuer, jwks_uri =         --issuer + --jwks-path) and the key set at {TO}/oauth/discovery/keys and {TO}{--jwks-path},         only what changed, keys before discovery. A key GitLab drops stays in the copy for --max-age         more (tracked in {TO}/.gitlab-oidc-proxy-export.json, so cron runs of --once keep it too).
         Exit status: --once and --print-jwks: 0 written or unchanged, 1 failed; otherwise 0 after SIGTERM;         2 for a bad option."
@@ -74,8 +74,9 @@ pub(crate) struct ExportArgs {
     #[arg(long, env = "GITLAB_OIDC_PROXY_EXPORT_ISSUER", value_name = "URL", value_parser = Issuer::parse, required_unless_present = "print_jwks")]
     pub(crate) issuer: Option<Issuer>,
 
-    /// Where to write the copy: a directory.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_EXPORT_TO", value_name = "DIR", value_parser = ExportTarget::parse, required_unless_present = "print_jwks")]
+    /// Where to write the copy: a directory, or s3://BUCKET/PREFIX (credentials from
+    /// the AWS variables and chain; AWS_ENDPOINT_URL for an S3-compatible store).
+    #[arg(long, env = "GITLAB_OIDC_PROXY_EXPORT_TO", value_name = "DIR|s3://BUCKET/PREFIX", value_parser = ExportTarget::parse, required_unless_present = "print_jwks")]
     pub(crate) to: Option<ExportTarget>,
 
     /// One pass, then exit (for cron); otherwise every --refresh until SIGTERM.

@@ -235,3 +235,147 @@ fn print_jwks_prints_the_united_key_set() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `moto_server` (PyPI `moto[server]`, which .ci/run installs into a venv and puts
+/// on PATH): a real S3 API on loopback, and its venv's Python with boto3 to read
+/// the objects back with their metadata.
+struct Moto {
+    child: Child,
+    port: u16,
+    python: std::path::PathBuf,
+}
+
+impl Moto {
+    async fn start() -> Moto {
+        let server = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|dir| dir.join("moto_server"))
+            .find(|p| p.is_file())
+            .expect("moto_server on PATH (pip install 'moto[server]'; .ci/run does)");
+        let python = server.with_file_name("python3");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        assert!(up, "moto_server did not start");
+        Moto { child, port, python }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The object's Content-Type, Cache-Control and body, through boto3.
+    fn object(&self, bucket: &str, key: &str) -> (String, String, Value) {
+        let script = "import boto3, json, sys\n\
+            s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n\
+            o = s3.get_object(Bucket=sys.argv[2], Key=sys.argv[3])\n\
+            print(json.dumps([o['ContentType'], o.get('CacheControl', ''), json.loads(o['Body'].read())]))\n";
+        let out = Command::new(&self.python)
+            .args(["-c", script, &self.endpoint(), bucket, key])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v[0].as_str().unwrap().to_owned(),
+            v[1].as_str().unwrap().to_owned(),
+            v[2].clone(),
+        )
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn s3_objects_are_json_cacheable_and_follow_a_rotation() {
+    let moto = Moto::start().await;
+    let create = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("{}/oidc-copy", moto.endpoint()))
+        .body(empty())
+        .unwrap();
+    assert!(client().request(create).await.unwrap().status().is_success());
+    let issuer = "https://oidc-copy.s3.amazonaws.com/ci";
+    let sim = SimulatedGitLab::new(SimConfig {
+        profile: Profile::V16_6,
+        external_url: "https://gitlab.example.com".into(),
+        token_issuer: Some(issuer.into()),
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gitlab = listener.local_addr().unwrap();
+    let _task = sim.serve(listener);
+    let export = || async {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args([
+            "export",
+            "--once",
+            "--log-format",
+            "json",
+            "--upstream",
+            &format!("http://{gitlab}"),
+        ])
+        .args(["--external-url", "https://gitlab.example.com", "--issuer", issuer])
+        .args(["--to", "s3://oidc-copy/ci"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env_remove("RUST_LOG");
+        let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, logs) = export().await;
+    assert_eq!(code, Some(0), "{logs}");
+    let (content_type, cache_control, discovery) = moto.object("oidc-copy", "ci/.well-known/openid-configuration");
+    assert_eq!(
+        (content_type.as_str(), cache_control.as_str()),
+        ("application/json", "public, max-age=3600")
+    );
+    assert_eq!(discovery["issuer"], issuer);
+    assert_eq!(discovery["jwks_uri"], format!("{issuer}/-/jwks"));
+    let kids = |set: &Value| -> Vec<String> {
+        set["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for key in ["ci/-/jwks", "ci/oauth/discovery/keys"] {
+        let (content_type, _, set) = moto.object("oidc-copy", key);
+        assert_eq!(content_type, "application/json");
+        assert!(kids(&set).contains(&sim.ci_kid()), "{key}: {set}");
+    }
+    let (code, logs) = export().await;
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("copy unchanged"), "{logs}");
+
+    let old = sim.ci_kid();
+    let new = sim.rotate_ci_key();
+    let (code, logs) = export().await;
+    assert_eq!(code, Some(0), "{logs}");
+    let (_, _, set) = moto.object("oidc-copy", "ci/-/jwks");
+    assert!(kids(&set).contains(&new) && kids(&set).contains(&old), "{set}");
+}

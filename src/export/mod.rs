@@ -11,6 +11,7 @@
 //! the grace too.
 
 mod dir;
+mod s3;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,7 +25,8 @@ use crate::error::DocError;
 use crate::oidc::cache::Cache;
 use crate::oidc::{discovery, jwks};
 
-pub(crate) use dir::DirTarget;
+use dir::DirTarget;
+use s3::S3Target;
 
 /// Where discovery and the key sets go, relative to the issuer's root.
 const DISCOVERY: &str = ".well-known/openid-configuration";
@@ -33,21 +35,61 @@ const OAUTH_KEYS: &str = "oauth/discovery/keys";
 const STATE: &str = ".gitlab-oidc-proxy-export.json";
 
 /// Where the copy goes (`--to`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExportTarget {
     Dir(PathBuf),
+    S3 { bucket: String, prefix: String },
 }
 
 impl ExportTarget {
-    /// `--to`: a directory path (S3 comes next: `s3://` is refused until then).
+    /// `--to`: `s3://BUCKET[/PREFIX]`, or a directory path.
     pub fn parse(s: &str) -> Result<ExportTarget, String> {
         if s.is_empty() {
             return Err("empty".into());
         }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("{s}: no bucket name"));
+            }
+            return Ok(ExportTarget::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+            });
+        }
         if s.contains("://") {
-            return Err(format!("{s}: only a directory is supported as a target for now"));
+            return Err(format!("{s}: a directory or s3://BUCKET/PREFIX"));
         }
         Ok(ExportTarget::Dir(PathBuf::from(s)))
+    }
+}
+
+/// The store behind `--to`.
+enum Target {
+    Dir(DirTarget),
+    S3(S3Target),
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Dir(t) => t.describe(),
+            Target::S3(t) => t.describe(),
+        }
+    }
+
+    async fn get(&self, name: &str) -> std::io::Result<Option<Vec<u8>>> {
+        match self {
+            Target::Dir(t) => t.get(name).await,
+            Target::S3(t) => t.get(name).await,
+        }
+    }
+
+    async fn put(&self, name: &str, body: Vec<u8>) -> std::io::Result<()> {
+        match self {
+            Target::Dir(t) => t.put(name, body).await,
+            Target::S3(t) => t.put(name, body).await,
+        }
     }
 }
 
@@ -80,21 +122,25 @@ struct Remembered {
 }
 
 pub(crate) struct Exporter {
-    target: DirTarget,
+    target: Target,
     issuer: Issuer,
     jwks_path: String,
     grace: Duration,
 }
 
 impl Exporter {
-    pub(crate) fn new(settings: &ExportSettings, jwks_path: &str, grace: Duration) -> Self {
-        let ExportTarget::Dir(root) = &settings.target;
-        Exporter {
-            target: DirTarget::new(root.clone()),
+    /// `grace` is `--max-age`: how long dropped keys stay, and the objects' max-age.
+    pub(crate) fn new(settings: &ExportSettings, jwks_path: &str, grace: Duration) -> Result<Self, String> {
+        let target = match &settings.target {
+            ExportTarget::Dir(root) => Target::Dir(DirTarget::new(root.clone())),
+            ExportTarget::S3 { bucket, prefix } => Target::S3(S3Target::new(bucket, prefix, grace)?),
+        };
+        Ok(Exporter {
+            target,
             issuer: settings.issuer.clone(),
             jwks_path: jwks_path.trim_start_matches('/').to_owned(),
             grace,
-        }
+        })
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -321,6 +367,21 @@ mod tests {
     fn targets() {
         assert!(matches!(ExportTarget::parse("/srv/www/oidc"), Ok(ExportTarget::Dir(_))));
         assert!(ExportTarget::parse("").is_err());
-        assert!(ExportTarget::parse("s3://bucket/prefix").is_err());
+        assert_eq!(
+            ExportTarget::parse("s3://bucket/pre/fix/"),
+            Ok(ExportTarget::S3 {
+                bucket: "bucket".into(),
+                prefix: "pre/fix".into()
+            })
+        );
+        assert_eq!(
+            ExportTarget::parse("s3://bucket"),
+            Ok(ExportTarget::S3 {
+                bucket: "bucket".into(),
+                prefix: String::new()
+            })
+        );
+        assert!(ExportTarget::parse("s3:///x").is_err());
+        assert!(ExportTarget::parse("gs://bucket").is_err());
     }
 }
