@@ -157,6 +157,15 @@ struct Upstreams {
 }
 
 fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId) -> Result<Upstreams, StartError> {
+    let budget = Budget::new(config.max_upstream_connections, config.connect_timeout, metrics.clone());
+    Ok(Upstreams {
+        passthrough: upstream_to_gitlab(config, via, Some(budget))?,
+        oidc: upstream_to_gitlab(config, via, None)?,
+    })
+}
+
+/// A client of `--upstream`: the pass-through's (within `budget`) or the OIDC refresher's.
+fn upstream_to_gitlab(config: &Config, via: &ViaId, budget: Option<Arc<Budget>>) -> Result<Arc<Upstream>, StartError> {
     let settings = UpstreamSettings {
         via: via.clone(),
         target: config.upstream.clone(),
@@ -164,16 +173,17 @@ fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId) -> Result<Ups
         connect_timeout: config.connect_timeout,
         response_timeout: config.idle_timeout,
     };
-    let budget = Budget::new(config.max_upstream_connections, config.connect_timeout, metrics.clone());
-    let refused = |e: upstream::SetupError| match e {
+    Upstream::new(&settings, budget).map(Arc::new).map_err(|e| match e {
         // rustls refusing its own defaults is no mistake of the user's.
         upstream::SetupError::Config(_) => StartError::Tls(e.into()),
         _ => StartError::File(e.into()),
-    };
-    Ok(Upstreams {
-        passthrough: Arc::new(Upstream::new(&settings, Some(budget)).map_err(refused)?),
-        oidc: Arc::new(Upstream::new(&settings, None).map_err(refused)?),
     })
+}
+
+/// The OIDC documents' cache, fetching through `upstream`.
+fn new_cache(config: &Config, upstream: Arc<Upstream>, metrics: &Arc<Metrics>) -> Arc<Cache> {
+    let fetcher = Fetcher::new(upstream, config.oidc.upstream_timeout);
+    Cache::new(config.oidc.clone(), fetcher, config.upstream.host(), metrics.clone())
 }
 
 /// `gitlab-oidc-proxy export`: the OIDC documents from GitLab, copied under
@@ -208,18 +218,15 @@ pub async fn print_jwks(config: &Config) -> Result<u8, StartError> {
     }
 }
 
-/// A cache of the OIDC documents with its own connections to GitLab.
+/// A cache of the OIDC documents with its own connections to GitLab (no
+/// pass-through client: nothing but the refresher talks to GitLab here).
 fn oidc_cache(config: &Config) -> Result<Arc<Cache>, StartError> {
     config.check()?;
-    let metrics = Arc::new(Metrics::new());
     let via = process_id()?;
-    let upstreams = upstreams(config, &metrics, &via)?;
-    let fetcher = Fetcher::new(upstreams.oidc, config.oidc.upstream_timeout);
-    Ok(Cache::new(
-        config.oidc.clone(),
-        fetcher,
-        config.upstream.host(),
-        metrics,
+    Ok(new_cache(
+        config,
+        upstream_to_gitlab(config, &via, None)?,
+        &Arc::new(Metrics::new()),
     ))
 }
 
@@ -331,8 +338,7 @@ fn build(
     tracker: &TaskTracker,
 ) -> Parts {
     let o = &config.oidc;
-    let fetcher = Fetcher::new(upstreams.oidc, o.upstream_timeout);
-    let cache = Cache::new(o.clone(), fetcher, config.upstream.host(), metrics.clone());
+    let cache = new_cache(config, upstreams.oidc, metrics);
     let timeouts = Timeouts {
         body_idle: config.idle_timeout,
         client_body_idle: config.client_body_timeout,
