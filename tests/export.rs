@@ -92,8 +92,19 @@ async fn verify_at(issuer: &str, token: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// `export --once`: its exit status and what it logged.
+/// `export --once` to a directory: its exit status and what it logged.
 async fn export_once(gitlab: SocketAddr, issuer: &str, to: &Path, max_age: &str) -> (Option<i32>, String) {
+    export_once_to(gitlab, issuer, to.as_os_str(), max_age, &[]).await
+}
+
+/// `export --once` to any `--to`, with `env` added.
+async fn export_once_to(
+    gitlab: SocketAddr,
+    issuer: &str,
+    to: &std::ffi::OsStr,
+    max_age: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(["export", "--once", "--log-format", "json", "--max-age", max_age])
         .args(["--upstream", &format!("http://{gitlab}")])
@@ -105,7 +116,8 @@ async fn export_once(gitlab: SocketAddr, issuer: &str, to: &Path, max_age: &str)
             "--to",
         ])
         .arg(to)
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied());
     let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
         .await
         .expect("export --once ends within 20 s")
@@ -323,29 +335,14 @@ async fn s3_objects_are_json_cacheable_and_follow_a_rotation() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gitlab = listener.local_addr().unwrap();
     let _task = sim.serve(listener);
-    let export = || async {
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.args([
-            "export",
-            "--once",
-            "--log-format",
-            "json",
-            "--upstream",
-            &format!("http://{gitlab}"),
-        ])
-        .args(["--external-url", "https://gitlab.example.com", "--issuer", issuer])
-        .args(["--to", "s3://oidc-copy/ci"])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env_remove("RUST_LOG");
-        let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
-            .await
-            .unwrap()
-            .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+    let endpoint = moto.endpoint();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+    ];
+    let export = || export_once_to(gitlab, issuer, "s3://oidc-copy/ci".as_ref(), "1h", &env);
     let (code, logs) = export().await;
     assert_eq!(code, Some(0), "{logs}");
     let (content_type, cache_control, discovery) = moto.object("oidc-copy", "ci/.well-known/openid-configuration");
