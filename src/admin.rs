@@ -11,12 +11,13 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, ProxyBody};
 use crate::config::AdminRefresh;
+use crate::export;
 use crate::metrics::Metrics;
 use crate::oidc::cache::Cache;
 
@@ -28,6 +29,8 @@ pub(crate) struct Admin {
     pub draining: CancellationToken,
     /// `--admin-refresh`: who may make the proxy call GitLab.
     pub refresh_from: AdminRefresh,
+    /// `--export-to`: how the kept copy fares.
+    pub export: Option<Arc<export::Status>>,
 }
 
 impl Admin {
@@ -36,6 +39,7 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (_, "/healthz") if get => text(StatusCode::OK, "ok\n"),
             (_, "/readyz") if get => self.readiness(),
+            (_, "/status") if get => self.status(),
             (_, "/metrics") if get => {
                 self.cache.update_gauges();
                 let mut resp = Response::new(body::full(self.metrics.encode()));
@@ -56,7 +60,7 @@ impl Admin {
                 "send Content-Type: application/json\n",
             ),
             (&Method::POST, "/refresh") => self.refresh().await,
-            (_, "/healthz" | "/readyz" | "/metrics") => not_allowed("GET, HEAD"),
+            (_, "/healthz" | "/readyz" | "/metrics" | "/status") => not_allowed("GET, HEAD"),
             (_, "/refresh") => not_allowed("POST"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
@@ -77,38 +81,57 @@ impl Admin {
         }
     }
 
+    /// What is held and how the copy fares, as JSON: for people and scripts,
+    /// not for probes (readiness never depends on the copy).
+    fn status(&self) -> Response<ProxyBody> {
+        let mut body = self.held();
+        body["ready"] = json!(!self.draining.is_cancelled() && self.cache.servable());
+        body["draining"] = json!(self.draining.is_cancelled());
+        body["export"] = self.export.as_ref().map_or(Value::Null, |s| s.to_json());
+        json_response(StatusCode::OK, &body)
+    }
+
     /// Refetches both documents now (after a key rotation) and reports what is held.
     async fn refresh(&self) -> Response<ProxyBody> {
         let report = self.cache.refresh().await;
-        let age = |at: tokio::time::Instant| (at.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
-        let discovery = self.cache.discovery();
-        let keys = self.cache.keys();
-        let body = json!({
-            "discovery": {
-                "refreshed": report.discovery.is_ok(),
-                "error": report.discovery.as_ref().err().map(ToString::to_string),
-                "issuer": discovery.as_ref().map(|d| d.issuer.url.clone()),
-                "published_paths": discovery.as_ref().map(|d| d.by_path.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
-                "age_seconds": discovery.as_ref().and_then(|d| d.fetched_at()).map(age),
-            },
-            "keys": {
-                "refreshed": report.keys.is_ok(),
-                "error": report.keys.as_ref().err().map(ToString::to_string),
-                "kids": keys.as_ref().map(|k| k.kids.clone()),
-                "age_seconds": keys.as_ref().map(|k| age(k.doc.fetched_at)),
-            },
-        });
+        let mut body = self.held();
+        body["discovery"]["refreshed"] = json!(report.discovery.is_ok());
+        body["discovery"]["error"] = json!(report.discovery.as_ref().err().map(ToString::to_string));
+        body["keys"]["refreshed"] = json!(report.keys.is_ok());
+        body["keys"]["error"] = json!(report.keys.as_ref().err().map(ToString::to_string));
         let status = if report.ok() {
             StatusCode::OK
         } else {
             StatusCode::BAD_GATEWAY
         };
-        let mut resp = Response::new(body::full(format!("{body:#}\n")));
-        *resp.status_mut() = status;
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        resp
+        json_response(status, &body)
     }
+
+    /// The documents held: issuer, published paths, key ids, ages in seconds.
+    fn held(&self) -> Value {
+        let age = |at: tokio::time::Instant| (at.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        let discovery = self.cache.discovery();
+        let keys = self.cache.keys();
+        json!({
+            "discovery": {
+                "issuer": discovery.as_ref().map(|d| d.issuer.url.clone()),
+                "published_paths": discovery.as_ref().map(|d| d.by_path.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()),
+                "age_seconds": discovery.as_ref().and_then(|d| d.fetched_at()).map(age),
+            },
+            "keys": {
+                "kids": keys.as_ref().map(|k| k.kids.clone()),
+                "age_seconds": keys.as_ref().map(|k| age(k.doc.fetched_at)),
+            },
+        })
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(format!("{body:#}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// `Content-Type: application/json`, parameters allowed.

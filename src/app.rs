@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
-use crate::config::{Config, ConfigError, Proto};
+use crate::config::{Config, ConfigError, ExportSettings, Proto};
 use crate::error::StartError;
-use crate::export::{self, ExportSettings, Exporter};
+use crate::export::{self, Exporter};
 use crate::headers::ViaId;
 use crate::listener::{self, ListenerSettings};
 use crate::metrics::Metrics;
@@ -62,6 +62,8 @@ struct Parts {
     router: Arc<Router>,
     cache: Arc<Cache>,
     admin: Arc<Admin>,
+    /// `--export-to`: the copy kept from the served documents.
+    exporter: Option<Exporter>,
 }
 
 impl RunningProxy {
@@ -78,6 +80,11 @@ impl RunningProxy {
         let via = process_id()?;
         let upstreams = upstreams(config, &metrics, &via)?;
         let tls_stores = load_certificates(config, &metrics)?;
+        let exporter = config
+            .export
+            .as_ref()
+            .map(|settings| exporter(config, settings, &metrics))
+            .transpose()?;
         let sockets = bind_all(config, public, tls_stores.clone()).await?;
         let (listen, tls_listen, admin) = (sockets.listen, sockets.tls_listen, sockets.admin_addr);
         let oidc_listen = sockets.oidc.as_ref().map(|(_, addr, _)| *addr);
@@ -95,7 +102,15 @@ impl RunningProxy {
 
         let draining = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let parts = build(config, upstreams, via, &metrics, tls_listen, &draining, &tracker);
+        let parts = build(
+            config,
+            upstreams,
+            via,
+            &metrics,
+            tls_listen,
+            (&draining, &tracker),
+            exporter,
+        );
         tracing::info!(
             listen = %listen,
             tls_listen = tls_listen.map(|a| a.to_string()),
@@ -191,13 +206,18 @@ fn new_cache(config: &Config, upstream: Arc<Upstream>, metrics: &Arc<Metrics>) -
 /// signal. No listener: only the refresher's connections to GitLab.
 pub async fn export(config: &Config, settings: &ExportSettings, once: bool) -> Result<u8, StartError> {
     let cache = oidc_cache(config)?;
-    let exporter =
-        Exporter::new(settings, &config.oidc.jwks_path, config.oidc.max_age).map_err(|e| StartError::File(e.into()))?;
+    let exporter = exporter(config, settings, &Arc::new(Metrics::new()))?;
     let mut signals = crate::shutdown::Signals::install().map_err(StartError::io("cannot install signal handlers"))?;
     tokio::select! {
         code = export::run(cache, exporter, config.oidc.refresh, once) => Ok(code),
         _ = signals.recv() => Ok(0),
     }
+}
+
+/// The copy's writer; a target that cannot be used (an S3 setting) stops the start.
+fn exporter(config: &Config, settings: &ExportSettings, metrics: &Arc<Metrics>) -> Result<Exporter, StartError> {
+    Exporter::new(settings, &config.oidc.jwks_path, config.oidc.max_age, metrics.clone())
+        .map_err(|e| StartError::File(e.into()))
 }
 
 /// `gitlab-oidc-proxy export --print-jwks`: the key set as the proxy serves it
@@ -334,8 +354,8 @@ fn build(
     via: ViaId,
     metrics: &Arc<Metrics>,
     tls_listen: Option<SocketAddr>,
-    draining: &CancellationToken,
-    tracker: &TaskTracker,
+    (draining, tracker): (&CancellationToken, &TaskTracker),
+    exporter: Option<Exporter>,
 ) -> Parts {
     let o = &config.oidc;
     let cache = new_cache(config, upstreams.oidc, metrics);
@@ -374,8 +394,14 @@ fn build(
         cache: cache.clone(),
         draining: draining.clone(),
         refresh_from: config.admin_refresh,
+        export: exporter.as_ref().map(Exporter::status),
     });
-    Parts { router, cache, admin }
+    Parts {
+        router,
+        cache,
+        admin,
+        exporter,
+    }
 }
 
 /// Starts every task: (the accept loops, the background tasks).
@@ -390,8 +416,15 @@ fn spawn(
 ) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
     let mut background = vec![
         tokio::spawn(admin::serve(sockets.admin, parts.admin)),
-        tokio::spawn(parts.cache.run_refresher()),
+        tokio::spawn(parts.cache.clone().run_refresher()),
     ];
+    if let Some(exporter) = parts.exporter {
+        background.push(tokio::spawn(export::follow(
+            parts.cache.clone(),
+            exporter,
+            config.oidc.refresh,
+        )));
+    }
     // Each certificate store has its own watcher; SIGHUP reaches every one.
     let mut reloads = Vec::new();
     for store in [tls_stores.main, tls_stores.oidc].into_iter().flatten() {

@@ -14,11 +14,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use gitlab_oidc_proxy::config::{
-    AdminRefresh, Config, Issuer, LogFormat, OidcSettings, Proto, TlsConfig, UpstreamTarget, parse_cidr_list,
-    parse_duration, parse_jwks_path, parse_positive_duration, parse_upstream,
+    AdminRefresh, Config, ExportSettings, ExportTarget, Issuer, LogFormat, OidcSettings, Proto, TlsConfig,
+    UpstreamTarget, parse_cidr_list, parse_duration, parse_jwks_path, parse_positive_duration, parse_upstream,
 };
 use gitlab_oidc_proxy::demo::DemoSettings;
-use gitlab_oidc_proxy::export::{ExportSettings, ExportTarget};
+
 use gitlab_oidc_proxy::simulator::Profile;
 
 #[derive(Debug, Parser)]
@@ -128,10 +128,10 @@ impl ExportArgs {
         config.oidc.max_age = self.max_age;
         config.oidc.refresh = self.refresh;
         config.oidc.upstream_timeout = self.upstream_timeout;
-        let export = match (self.to, self.issuer) {
-            (Some(target), Some(issuer)) => Some(ExportSettings { target, issuer }),
-            _ => None,
-        };
+        let export = self
+            .to
+            .zip(self.issuer)
+            .map(|(target, issuer)| ExportSettings { target, issuer });
         (config, export)
     }
 }
@@ -178,7 +178,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "GITLAB_OIDC_PROXY_OIDC_LISTEN", value_name = "ADDR")]
     pub(crate) oidc_listen: Option<SocketAddr>,
 
-    /// Admin listener: GET /healthz, /readyz, /metrics. Never served on the public listener.
+    /// Admin listener: GET /healthz, /readyz, /metrics, /status; POST /refresh. Never served on
+    /// the public listener.
     #[arg(
         long,
         env = "GITLAB_OIDC_PROXY_ADMIN_LISTEN",
@@ -381,6 +382,16 @@ pub(crate) struct OidcArgs {
     /// GitLab last confirmed it; then 503 (Cache-Control: no-store).
     #[arg(long, env = "GITLAB_OIDC_PROXY_STALE_IF_ERROR", value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub(crate) stale_if_error: Duration,
+
+    /// Also keep a copy of the served documents under --export-issuer in a directory or
+    /// S3 bucket (as `export` does), brought in sync after each refresh. Its failures are
+    /// logged, counted and shown in the admin listener's /status; /readyz ignores them.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_EXPORT_TO", value_name = "DIR|s3://BUCKET/PREFIX", value_parser = ExportTarget::parse, requires = "export_issuer")]
+    pub(crate) export_to: Option<ExportTarget>,
+
+    /// The issuer the --export-to copy is published under (where it is served from).
+    #[arg(long, env = "GITLAB_OIDC_PROXY_EXPORT_ISSUER", value_name = "URL", value_parser = Issuer::parse, requires = "export_to")]
+    pub(crate) export_issuer: Option<Issuer>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -463,6 +474,7 @@ impl ServeArgs {
             compression: self.compression == Switch::On,
             proxy_protocol: self.proxy_protocol,
             tls: self.tls.into_config(),
+            export: self.oidc.export(),
             oidc: self.oidc.into_settings(),
         }
     }
@@ -486,6 +498,12 @@ impl TlsArgs {
 }
 
 impl OidcArgs {
+    /// `--export-to` with `--export-issuer` (clap requires both or neither).
+    fn export(&self) -> Option<ExportSettings> {
+        let (target, issuer) = self.export_to.clone().zip(self.export_issuer.clone())?;
+        Some(ExportSettings { target, issuer })
+    }
+
     fn into_settings(self) -> OidcSettings {
         OidcSettings {
             jwks_path: self.jwks_path,
@@ -580,6 +598,8 @@ mod tests {
         "--refresh=9s",
         "--upstream-timeout=10s",
         "--stale-if-error=11s",
+        "--export-to=s3://bucket/oidc",
+        "--export-issuer=https://bucket.example/oidc",
     ];
 
     #[test]
@@ -639,5 +659,25 @@ mod tests {
             [o.max_age, o.refresh, o.upstream_timeout, o.stale_if_error],
             [s(8), s(9), s(10), s(11)]
         );
+        let export = c.export.expect("--export-to and --export-issuer");
+        assert_eq!(
+            (export.target, export.issuer.url.as_str()),
+            (
+                ExportTarget::S3 {
+                    bucket: "bucket".into(),
+                    prefix: "oidc".into()
+                },
+                "https://bucket.example/oidc"
+            )
+        );
+    }
+
+    #[test]
+    fn export_to_and_export_issuer_go_together() {
+        for lone in ["--export-to=/srv/oidc", "--export-issuer=https://o.example"] {
+            let err = Cli::try_parse_from(["gitlab-oidc-proxy", "serve", "--upstream=http://127.0.0.1:1", lone])
+                .expect_err(lone);
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{lone}");
+        }
     }
 }

@@ -79,6 +79,44 @@ pub enum ConfigError {
     DemoNotLoopback(SocketAddr),
 }
 
+/// Where the copy goes (`--to`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportTarget {
+    Dir(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl ExportTarget {
+    /// `--to`: `s3://BUCKET[/PREFIX]`, or a directory path.
+    pub fn parse(s: &str) -> Result<ExportTarget, String> {
+        if s.is_empty() {
+            return Err("empty".into());
+        }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("{s}: no bucket name"));
+            }
+            return Ok(ExportTarget::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+            });
+        }
+        if s.contains("://") {
+            return Err(format!("{s}: a directory or s3://BUCKET/PREFIX"));
+        }
+        Ok(ExportTarget::Dir(PathBuf::from(s)))
+    }
+}
+
+/// What to export, and as whom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSettings {
+    pub target: ExportTarget,
+    /// The issuer the copy is published under (`--issuer`).
+    pub issuer: Issuer,
+}
+
 /// Everything `serve` runs with. [`Config::new`] gives the documented defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -108,6 +146,8 @@ pub struct Config {
     pub proxy_protocol: bool,
     pub tls: TlsConfig,
     pub oidc: OidcSettings,
+    /// `--export-to` and `--export-issuer`: a copy of the documents kept in sync.
+    pub export: Option<ExportSettings>,
 }
 
 /// `--admin-refresh`: which peers the admin listener's `POST /refresh` answers.
@@ -206,6 +246,7 @@ impl Config {
                 upstream_timeout: secs(3),
                 stale_if_error: secs(24 * 3600),
             },
+            export: None,
         }
     }
 
@@ -642,5 +683,27 @@ mod tests {
                 .check()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn targets() {
+        assert!(matches!(ExportTarget::parse("/srv/www/oidc"), Ok(ExportTarget::Dir(_))));
+        assert!(ExportTarget::parse("").is_err());
+        assert_eq!(
+            ExportTarget::parse("s3://bucket/pre/fix/"),
+            Ok(ExportTarget::S3 {
+                bucket: "bucket".into(),
+                prefix: "pre/fix".into()
+            })
+        );
+        assert_eq!(
+            ExportTarget::parse("s3://bucket"),
+            Ok(ExportTarget::S3 {
+                bucket: "bucket".into(),
+                prefix: String::new()
+            })
+        );
+        assert!(ExportTarget::parse("s3:///x").is_err());
+        assert!(ExportTarget::parse("gs://bucket").is_err());
     }
 }

@@ -50,6 +50,18 @@ pub(crate) struct DocumentLabel {
     pub document: &'static str,
 }
 
+/// `--export-to`'s passes: `written`, `unchanged` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ExportLabels {
+    pub to: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TargetLabel {
+    pub to: String,
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -72,6 +84,9 @@ pub(crate) struct Metrics {
     pub tls_expiry: Family<ListenerLabel, Gauge>,
     pub tls_handshake_failures: Family<ErrorLabels, Counter>,
     pub proxy_protocol_rejected: Family<ErrorLabels, Counter>,
+    /// Series only where a copy is kept (`--export-to`): none to alert on otherwise.
+    pub export_passes: Family<ExportLabels, Counter>,
+    pub export_last_success: Family<TargetLabel, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +145,14 @@ const TLS_HANDSHAKE_FAILURES: Described = (
     "tls_handshake_failures",
     "TLS handshakes that failed, by reason (timeout or error)",
 );
+const EXPORT_PASSES: Described = (
+    "export_passes",
+    "Passes over the exported copy (--export-to), by target and outcome (written, unchanged, failed)",
+);
+const EXPORT_LAST_SUCCESS: Described = (
+    "export_last_success_timestamp_seconds",
+    "Unix time of the last pass that left the copy in sync with the served documents (0: none yet)",
+);
 const PROXY_PROTOCOL_REJECTED: Described = (
     "proxy_protocol_rejected",
     "Connections closed for want of a valid PROXY header from a trusted peer, by reason",
@@ -145,6 +168,8 @@ pub(crate) const UPSTREAM_ERROR_REASONS: [&str; 6] = [
     "upstream_framing",
     "upstream_busy",
 ];
+
+const EXPORT_OUTCOMES: [&str; 3] = ["written", "unchanged", "failed"];
 
 impl Metrics {
     pub(crate) fn new() -> Self {
@@ -172,6 +197,34 @@ impl Metrics {
         }
     }
 
+    /// A copy is kept at `to`: its series exist from the start, the last success at 0.
+    pub(crate) fn zero_export_series(&self, to: &str) {
+        for outcome in EXPORT_OUTCOMES {
+            let _ = self.export_passes.get_or_create(&ExportLabels {
+                to: to.to_owned(),
+                outcome,
+            });
+        }
+        let _ = self
+            .export_last_success
+            .get_or_create(&TargetLabel { to: to.to_owned() });
+    }
+
+    /// One pass over the copy at `to`, at unix time `now`.
+    pub(crate) fn count_export(&self, to: &str, outcome: &'static str, now: u64) {
+        self.export_passes
+            .get_or_create(&ExportLabels {
+                to: to.to_owned(),
+                outcome,
+            })
+            .inc();
+        if outcome != "failed" {
+            self.export_last_success
+                .get_or_create(&TargetLabel { to: to.to_owned() })
+                .set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
+    }
+
     fn registered() -> Self {
         let mut r = Registry::with_prefix("gitlab_oidc_proxy");
         let buckets = [0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
@@ -195,6 +248,8 @@ impl Metrics {
             tls_expiry: register(&mut r, TLS_EXPIRY, Family::default()),
             tls_handshake_failures: register(&mut r, TLS_HANDSHAKE_FAILURES, Family::default()),
             proxy_protocol_rejected: register(&mut r, PROXY_PROTOCOL_REJECTED, Family::default()),
+            export_passes: register(&mut r, EXPORT_PASSES, Family::default()),
+            export_last_success: register(&mut r, EXPORT_LAST_SUCCESS, Family::default()),
             registry: r,
         }
     }
@@ -333,6 +388,12 @@ gitlab_oidc_proxy_tls_handshake_failures_total{reason="r"} 1
 # HELP gitlab_oidc_proxy_proxy_protocol_rejected Connections closed for want of a valid PROXY header from a trusted peer, by reason.
 # TYPE gitlab_oidc_proxy_proxy_protocol_rejected counter
 gitlab_oidc_proxy_proxy_protocol_rejected_total{reason="r"} 1
+# HELP gitlab_oidc_proxy_export_passes Passes over the exported copy (--export-to), by target and outcome (written, unchanged, failed).
+# TYPE gitlab_oidc_proxy_export_passes counter
+gitlab_oidc_proxy_export_passes_total{to="t",outcome="written"} 1
+# HELP gitlab_oidc_proxy_export_last_success_timestamp_seconds Unix time of the last pass that left the copy in sync with the served documents (0: none yet).
+# TYPE gitlab_oidc_proxy_export_last_success_timestamp_seconds gauge
+gitlab_oidc_proxy_export_last_success_timestamp_seconds{to="t"} 9
 # EOF"#;
 
     /// Every metric as a scraper sees it, each family with one series so its labels show.
@@ -364,6 +425,7 @@ gitlab_oidc_proxy_proxy_protocol_rejected_total{reason="r"} 1
         m.tls_expiry.get_or_create(&ListenerLabel { listener: "l" }).set(7);
         m.tls_handshake_failures.get_or_create(&error).inc();
         m.proxy_protocol_rejected.get_or_create(&error).inc();
+        m.count_export("t", "written", 9);
         m.encode().lines().map(str::to_owned).collect()
     }
 
@@ -394,6 +456,31 @@ gitlab_oidc_proxy_proxy_protocol_rejected_total{reason="r"} 1
         assert_eq!(count("gitlab_oidc_proxy_oidc_refreshes_total{"), 4);
         // Requests are labelled by status: nothing to know in advance.
         assert_eq!(count("gitlab_oidc_proxy_http_requests_total{"), 0);
+        // No copy kept, no export series: an alert on them cannot fire.
+        assert_eq!(count("gitlab_oidc_proxy_export_"), 0);
+    }
+
+    #[test]
+    fn a_kept_copy_has_its_series_from_the_start_and_a_failure_keeps_the_last_success() {
+        let m = Metrics::new();
+        m.zero_export_series("s3://b/p");
+        let text = m.encode();
+        for series in [
+            r#"gitlab_oidc_proxy_export_passes_total{to="s3://b/p",outcome="failed"} 0"#,
+            r#"gitlab_oidc_proxy_export_last_success_timestamp_seconds{to="s3://b/p"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} missing:\n{text}");
+        }
+        m.count_export("s3://b/p", "unchanged", 100);
+        m.count_export("s3://b/p", "failed", 200);
+        let text = m.encode();
+        for series in [
+            r#"gitlab_oidc_proxy_export_passes_total{to="s3://b/p",outcome="unchanged"} 1"#,
+            r#"gitlab_oidc_proxy_export_passes_total{to="s3://b/p",outcome="failed"} 1"#,
+            r#"gitlab_oidc_proxy_export_last_success_timestamp_seconds{to="s3://b/p"} 100"#,
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} missing:\n{text}");
+        }
     }
 
     #[test]

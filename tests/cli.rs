@@ -16,7 +16,9 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 28] = [
+const OPTIONS: [(&str, &str, Option<&str>); 30] = [
+    ("--export-to", "GITLAB_OIDC_PROXY_EXPORT_TO", None),
+    ("--export-issuer", "GITLAB_OIDC_PROXY_EXPORT_ISSUER", None),
     ("--oidc-tls-cert", "GITLAB_OIDC_PROXY_OIDC_TLS_CERT", None),
     ("--oidc-tls-key", "GITLAB_OIDC_PROXY_OIDC_TLS_KEY", None),
     ("--oidc-listen", "GITLAB_OIDC_PROXY_OIDC_LISTEN", None),

@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use gitlab_oidc_proxy::simulator::{Profile, SimConfig, SimulatedGitLab};
-use support::{BIN, body_bytes, client, empty, wait_until};
+use support::{BIN, Proxy, body_bytes, client, empty, wait_until};
 
 const AUD: &str = "sts.amazonaws.com";
 
@@ -62,20 +62,29 @@ impl Drop for StaticServer {
 }
 
 async fn get_json(url: &str) -> Value {
+    fetch_json(url).await.unwrap()
+}
+
+/// GET `url` as JSON; Err for anything but a 200 with JSON.
+async fn fetch_json(url: &str) -> Result<Value, String> {
     let req = Request::builder().method(Method::GET).uri(url).body(empty()).unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req))
         .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK, "{url}");
-    serde_json::from_slice(&body_bytes(resp).await).unwrap()
+        .map_err(|_| format!("{url}: no answer in 10 s"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    if resp.status() != StatusCode::OK {
+        return Err(format!("{url}: {}", resp.status()));
+    }
+    serde_json::from_slice(&body_bytes(resp).await).map_err(|e| format!("{url}: {e}"))
 }
 
 /// What STS does: discovery under the issuer, its jwks_uri, the key by `kid`, RS256, iss, aud.
 async fn verify_at(issuer: &str, token: &str) -> Result<(), String> {
-    let discovery = get_json(&format!("{issuer}/.well-known/openid-configuration")).await;
-    assert_eq!(discovery["issuer"], issuer);
-    let jwks = get_json(discovery["jwks_uri"].as_str().unwrap()).await;
+    let discovery = fetch_json(&format!("{issuer}/.well-known/openid-configuration")).await?;
+    if discovery["issuer"] != issuer {
+        return Err(format!("issuer {} is not {issuer}", discovery["issuer"]));
+    }
+    let jwks = fetch_json(discovery["jwks_uri"].as_str().unwrap()).await?;
     let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
     let jwk = jwks["keys"]
         .as_array()
@@ -131,15 +140,7 @@ async fn a_token_verifies_against_the_exported_copy_across_a_rotation() {
     let web = StaticServer::start(dir.path()).await;
     let issuer = web.url();
     // GitLab 18.1 with a custom CI issuer URL: the tokens' `iss` is the copy's URL.
-    let sim = SimulatedGitLab::new(SimConfig {
-        profile: Profile::V14_4,
-        external_url: "https://gitlab.example.com".into(),
-        token_issuer: Some(issuer.clone()),
-    })
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gitlab = listener.local_addr().unwrap();
-    let _task = sim.serve(listener);
+    let (sim, gitlab, _task) = gitlab_with_issuer(&issuer).await;
 
     let before = sim.mint_ci_token(AUD);
     // Nothing exported yet: STS would fail.
@@ -211,6 +212,135 @@ async fn a_failing_gitlab_leaves_the_copy_and_exits_1() {
         std::fs::read_to_string(dir.path().join(".well-known/openid-configuration")).unwrap(),
         "kept"
     );
+}
+
+/// A GitLab 18.1 with a custom CI issuer URL (`issuer`) on a loopback port.
+async fn gitlab_with_issuer(
+    issuer: &str,
+) -> (std::sync::Arc<SimulatedGitLab>, SocketAddr, tokio::task::JoinHandle<()>) {
+    let sim = SimulatedGitLab::new(SimConfig {
+        profile: Profile::V14_4,
+        external_url: "https://gitlab.example.com".into(),
+        token_issuer: Some(issuer.to_owned()),
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gitlab = listener.local_addr().unwrap();
+    let task = sim.serve(listener);
+    (sim, gitlab, task)
+}
+
+/// The admin listener's /status, `export` part.
+async fn export_status(proxy: &Proxy) -> Value {
+    get_json(&format!("http://{}/status", proxy.admin)).await["export"].clone()
+}
+
+/// A metric's value on the admin listener, by its full series text.
+async fn metric(proxy: &Proxy, series: &str) -> Option<f64> {
+    let req = Request::get(format!("http://{}/metrics", proxy.admin))
+        .body(empty())
+        .unwrap();
+    let text = String::from_utf8(body_bytes(client().request(req).await.unwrap()).await.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Whether `token` verifies against the copy at `issuer` within `within`.
+async fn verifies_within(issuer: &str, token: &str, within: Duration) -> Result<(), String> {
+    if wait_until(within, || async { verify_at(issuer, token).await.is_ok() }).await {
+        Ok(())
+    } else {
+        verify_at(issuer, token).await
+    }
+}
+
+#[tokio::test]
+async fn serve_keeps_a_copy_in_sync_and_its_failures_never_touch_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = StaticServer::start(dir.path()).await;
+    let issuer = web.url();
+    let (sim, gitlab, _task) = gitlab_with_issuer(&issuer).await;
+    let to = dir.path().display().to_string();
+    let proxy = Proxy::start(
+        &format!("http://{gitlab}"),
+        &[
+            "--external-url",
+            "https://gitlab.example.com",
+            "--refresh",
+            "1s",
+            "--export-to",
+            &to,
+            "--export-issuer",
+            &issuer,
+        ],
+    );
+    let before = sim.mint_ci_token(AUD);
+    let ten = Duration::from_secs(10);
+    verifies_within(&issuer, &before, ten).await.unwrap();
+
+    // A rotation reaches the copy with the next refresh; the old key stays for --max-age.
+    sim.rotate_ci_key();
+    let after = sim.mint_ci_token(AUD);
+    verifies_within(&issuer, &after, ten).await.unwrap();
+    verify_at(&issuer, &before)
+        .await
+        .expect("the dropped key stays for --max-age");
+    let status = export_status(&proxy).await;
+    assert_eq!(
+        (status["to"].as_str(), status["issuer"].as_str()),
+        (Some(to.as_str()), Some(issuer.as_str()))
+    );
+    assert!(status["last_success"].is_u64() && status["error"].is_null(), "{status}");
+    let written = format!(r#"gitlab_oidc_proxy_export_passes_total{{to="{to}",outcome="written"}}"#);
+    assert!(
+        metric(&proxy, &written).await >= Some(2.0),
+        "the first copy and the rotation"
+    );
+
+    // The target breaks (a file where the copy's directory must be), then is mended.
+    std::fs::remove_dir_all(dir.path().join(".well-known")).unwrap();
+    std::fs::write(dir.path().join(".well-known"), "in the way").unwrap();
+    failures_are_reported_but_serving_goes_on(&proxy, &to).await;
+    std::fs::remove_file(dir.path().join(".well-known")).unwrap();
+    verifies_within(&issuer, &after, ten).await.unwrap();
+    let status = export_status(&proxy).await;
+    assert!(
+        status["error"].is_null() && status["consecutive_failures"] == 0,
+        "{status}"
+    );
+    assert!(proxy.logs().contains("export failed; the copy stays as it was"));
+}
+
+/// The copy at `to` keeps failing: /status and the metric say so, the last
+/// success is kept, and /readyz and the served documents do not care.
+async fn failures_are_reported_but_serving_goes_on(proxy: &Proxy, to: &str) {
+    let failing = wait_until(Duration::from_secs(10), || async {
+        export_status(proxy).await["consecutive_failures"].as_u64() >= Some(2)
+    })
+    .await;
+    let status = export_status(proxy).await;
+    assert!(failing, "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains(".well-known/openid-configuration"),
+        "{status}"
+    );
+    assert!(status["last_success"].is_u64(), "the last success is kept: {status}");
+    let failed = format!(r#"gitlab_oidc_proxy_export_passes_total{{to="{to}",outcome="failed"}}"#);
+    assert!(metric(proxy, &failed).await >= Some(2.0));
+    let ready = client()
+        .request(
+            Request::get(format!("http://{}/readyz", proxy.admin))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let served = get_json(&format!("http://{}/.well-known/openid-configuration", proxy.addr)).await;
+    assert_eq!(served["issuer"], "https://gitlab.example.com");
 }
 
 #[test]

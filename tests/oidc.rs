@@ -1021,6 +1021,20 @@ async fn key_rotation_is_published_by_refresh() {
         serde_json::json!([sim.gitlab.oidc_kid(), new_kid])
     );
     assert_eq!(json["discovery"]["refreshed"], true);
+    // /status tells the same without calling GitLab; no copy kept here.
+    let status = get(&proxy.admin_url("/status")).await;
+    assert_eq!(status.status, StatusCode::OK);
+    let status = status.json();
+    assert_eq!(status["keys"]["kids"], json["keys"]["kids"]);
+    assert_eq!(status["discovery"]["issuer"], EXTERNAL);
+    assert_eq!(
+        (&status["ready"], &status["export"]),
+        (&Value::Bool(true), &Value::Null)
+    );
+    assert_eq!(
+        send(Method::POST, &proxy.admin_url("/status"), &[]).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
 
     let token = sim.gitlab.mint_ci_token(AUD);
     verify_through(&proxy, DISCOVERY, &token).await.unwrap();

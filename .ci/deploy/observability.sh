@@ -7,7 +7,8 @@
 #  2. the Grafana dashboard's shape, and its expressions through promtool;
 #  3. the real proxy (`serve`, with TLS) runs on loopback in front of the
 #     simulated GitLab (`demo --gitlab-only`), gets traffic, a SIGHUP, a bad TLS
-#     handshake and GitLab stopping (so stale and unavailable answers), and every
+#     handshake and GitLab stopping (so stale and unavailable answers), keeping
+#     a copy with --export-to, and every
 #     metric name used by the alerts and the dashboard, with the labels and
 #     values their selectors ask for, must be in its admin listener's /metrics;
 #  4. the metric check is shown to fail on a wrong name and a wrong label value.
@@ -112,6 +113,7 @@ until_ok "simulated GitLab on 127.0.0.1:$gitlab_port" \
   --listen "127.0.0.1:$http_port" --admin-listen "127.0.0.1:$admin_port" \
   --tls-listen "127.0.0.1:$tls_port" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" \
   --external-url "$public" --refresh 500ms --upstream-timeout 500ms --stale-if-error 4s \
+  --export-to "$work/copy" --export-issuer https://oidc.example.net \
   --shutdown-grace 1s >"$work/proxy.log" 2>&1 &
 proxy_pid=$!
 pids+=("$proxy_pid")
@@ -125,6 +127,9 @@ for path in /.well-known/openid-configuration /-/jwks /oauth/discovery/keys; do
   code=$(tls_get "$path")
   [ "$code" = 200 ] || die "GET $public$path through the proxy: $code, want 200"
 done
+until_ok "the copy written (--export-to)" has_sample 'gitlab_oidc_proxy_export_passes_total{to="'"$work/copy"'",outcome="written"}'
+copied=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["issuer"])' "$work/copy/.well-known/openid-configuration")
+[ "$copied" = https://oidc.example.net ] || die "the copy's issuer is '$copied', want --export-issuer https://oidc.example.net"
 tls_get / >/dev/null
 curl -sS --max-time 5 -o /dev/null "http://127.0.0.1:$http_port/-/jwks"
 # Plain HTTP on the TLS port: a failed handshake.

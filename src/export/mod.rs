@@ -14,15 +14,15 @@ mod dir;
 mod s3;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use crate::config::Issuer;
+use crate::config::{ExportSettings, ExportTarget, Issuer};
 use crate::error::DocError;
-use crate::oidc::cache::Cache;
+use crate::metrics::Metrics;
+use crate::oidc::cache::{Cache, RefreshReport};
 use crate::oidc::{discovery, jwks};
 
 use dir::DirTarget;
@@ -33,36 +33,6 @@ const DISCOVERY: &str = ".well-known/openid-configuration";
 const OAUTH_KEYS: &str = "oauth/discovery/keys";
 /// Which keys were dropped when: the grace survives between runs.
 const STATE: &str = ".gitlab-oidc-proxy-export.json";
-
-/// Where the copy goes (`--to`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExportTarget {
-    Dir(PathBuf),
-    S3 { bucket: String, prefix: String },
-}
-
-impl ExportTarget {
-    /// `--to`: `s3://BUCKET[/PREFIX]`, or a directory path.
-    pub fn parse(s: &str) -> Result<ExportTarget, String> {
-        if s.is_empty() {
-            return Err("empty".into());
-        }
-        if let Some(rest) = s.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(format!("{s}: no bucket name"));
-            }
-            return Ok(ExportTarget::S3 {
-                bucket: bucket.to_owned(),
-                prefix: prefix.trim_matches('/').to_owned(),
-            });
-        }
-        if s.contains("://") {
-            return Err(format!("{s}: a directory or s3://BUCKET/PREFIX"));
-        }
-        Ok(ExportTarget::Dir(PathBuf::from(s)))
-    }
-}
 
 /// The store behind `--to`.
 enum Target {
@@ -93,14 +63,6 @@ impl Target {
     }
 }
 
-/// What to export, and as whom.
-#[derive(Debug, Clone)]
-pub struct ExportSettings {
-    pub target: ExportTarget,
-    /// The issuer the copy is published under (`--issuer`).
-    pub issuer: Issuer,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ExportError {
     #[error("no valid OIDC documents from GitLab yet")]
@@ -126,25 +88,125 @@ pub(crate) struct Exporter {
     issuer: Issuer,
     jwks_path: String,
     grace: Duration,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+}
+
+/// How the copy fared, for the admin listener's `/status`.
+#[derive(Default)]
+pub(crate) struct Status {
+    to: String,
+    issuer: String,
+    passes: Mutex<Passes>,
+}
+
+/// Unix seconds throughout.
+#[derive(Default, Clone)]
+struct Passes {
+    last_attempt: Option<u64>,
+    last_success: Option<u64>,
+    /// The last pass that wrote anything, and what.
+    last_written: Option<(u64, Vec<String>)>,
+    last_error: Option<String>,
+    consecutive_failures: u32,
+}
+
+impl Status {
+    pub(crate) fn to_json(&self) -> Value {
+        let p = self.passes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        json!({
+            "to": self.to,
+            "issuer": self.issuer,
+            "last_attempt": p.last_attempt,
+            "last_success": p.last_success,
+            "last_written": p.last_written.as_ref().map(|(at, _)| at),
+            "written": p.last_written.map(|(_, names)| names),
+            "consecutive_failures": p.consecutive_failures,
+            "error": p.last_error,
+        })
+    }
+
+    fn record(&self, now: u64, outcome: &Result<Vec<String>, ExportError>) {
+        let mut p = self.passes.lock().unwrap_or_else(|e| e.into_inner());
+        p.last_attempt = Some(now);
+        match outcome {
+            Ok(written) => {
+                p.last_success = Some(now);
+                p.last_error = None;
+                p.consecutive_failures = 0;
+                if !written.is_empty() {
+                    p.last_written = Some((now, written.clone()));
+                }
+            }
+            Err(e) => {
+                p.last_error = Some(e.to_string());
+                p.consecutive_failures = p.consecutive_failures.saturating_add(1);
+            }
+        }
+    }
 }
 
 impl Exporter {
     /// `grace` is `--max-age`: how long dropped keys stay, and the objects' max-age.
-    pub(crate) fn new(settings: &ExportSettings, jwks_path: &str, grace: Duration) -> Result<Self, String> {
+    pub(crate) fn new(
+        settings: &ExportSettings,
+        jwks_path: &str,
+        grace: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let target = match &settings.target {
             ExportTarget::Dir(root) => Target::Dir(DirTarget::new(root.clone())),
             ExportTarget::S3 { bucket, prefix } => Target::S3(S3Target::new(bucket, prefix, grace)?),
         };
+        let status = Arc::new(Status {
+            to: target.describe(),
+            issuer: settings.issuer.url.clone(),
+            passes: Mutex::default(),
+        });
+        metrics.zero_export_series(&status.to);
         Ok(Exporter {
             target,
             issuer: settings.issuer.clone(),
             jwks_path: jwks_path.trim_start_matches('/').to_owned(),
             grace,
+            status,
+            metrics,
         })
     }
 
     pub(crate) fn describe(&self) -> String {
         self.target.describe()
+    }
+
+    pub(crate) fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+
+    /// One pass, logged, counted and recorded; `gitlab` is how the refresh
+    /// before it went, when this pass made one.
+    async fn attempt(&self, cache: &Cache, gitlab: Option<&RefreshReport>) -> Result<Vec<String>, ExportError> {
+        let now = SystemTime::now();
+        let outcome = self.pass(cache, now).await;
+        let to = &self.status.to;
+        match &outcome {
+            Ok(written) if written.is_empty() => tracing::debug!(target: "export", to, "copy unchanged"),
+            Ok(written) => tracing::info!(target: "export", to, written = ?written, "copy written"),
+            Err(e) => tracing::warn!(
+                target: "export",
+                to,
+                error = %e,
+                gitlab_error = gitlab.and_then(|r| r.discovery.as_ref().err().or(r.keys.as_ref().err())).map(ToString::to_string),
+                "export failed; the copy stays as it was"
+            ),
+        }
+        let label = match &outcome {
+            Ok(written) if written.is_empty() => "unchanged",
+            Ok(_) => "written",
+            Err(_) => "failed",
+        };
+        self.metrics.count_export(to, label, secs(now));
+        self.status.record(secs(now), &outcome);
+        outcome
     }
 
     /// Writes what changed since the copy was last written, from the cache's
@@ -287,37 +349,65 @@ fn parse_state(body: &[u8]) -> Option<BTreeMap<String, Remembered>> {
 /// failures are retried with doubling waits up to `refresh`. Returns the exit
 /// status for `--once` (0 written or unchanged, 1 failed).
 pub(crate) async fn run(cache: Arc<Cache>, exporter: Exporter, refresh: Duration, once: bool) -> u8 {
-    let mut backoff = Duration::from_secs(1);
+    let mut retry = Retry::new(refresh);
     loop {
         let report = cache.refresh().await;
-        let outcome = exporter.pass(&cache, SystemTime::now()).await;
-        match &outcome {
-            Ok(written) if written.is_empty() => {
-                tracing::info!(target: "export", to = %exporter.describe(), "copy unchanged")
-            }
-            Ok(written) => {
-                tracing::info!(target: "export", to = %exporter.describe(), written = ?written, "copy written")
-            }
-            Err(e) => tracing::warn!(
-                target: "export",
-                to = %exporter.describe(),
-                error = %e,
-                gitlab_ok = report.ok(),
-                "export failed; the copy stays as it was"
-            ),
+        let outcome = exporter.attempt(&cache, Some(&report)).await;
+        // Each run says what it did (a cron mail, a job log); `serve` says only changes.
+        if outcome.as_ref().is_ok_and(Vec::is_empty) {
+            tracing::info!(target: "export", to = %exporter.describe(), "copy unchanged");
         }
         if once {
             return u8::from(outcome.is_err());
         }
-        let wait = if outcome.is_ok() {
-            backoff = Duration::from_secs(1);
-            refresh
+        tokio::time::sleep(retry.after(outcome.is_ok())).await;
+    }
+}
+
+/// `serve --export-to`: a pass each time the proxy's refresher publishes (and
+/// every `refresh`, so dropped keys leave the copy on time), from the documents
+/// the proxy serves. Never affects serving; runs until aborted.
+pub(crate) async fn follow(cache: Arc<Cache>, exporter: Exporter, refresh: Duration) {
+    let mut published = cache.subscribe();
+    let mut retry = Retry::new(refresh);
+    loop {
+        // Nothing to copy before the first documents: not a failure of the copy.
+        let wait = if cache.warm() {
+            retry.after(exporter.attempt(&cache, None).await.is_ok())
         } else {
-            let wait = backoff.min(refresh);
-            backoff = (backoff * 2).min(refresh);
-            wait
+            refresh
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = published.changed() => {}
+        }
+    }
+}
+
+/// The wait before the next pass: `refresh` after a success, doubling from 1 s
+/// (up to `refresh`) after failures.
+struct Retry {
+    refresh: Duration,
+    backoff: Duration,
+}
+
+impl Retry {
+    fn new(refresh: Duration) -> Self {
+        Retry {
+            refresh,
+            backoff: Duration::from_secs(1),
+        }
+    }
+
+    fn after(&mut self, ok: bool) -> Duration {
+        if ok {
+            self.backoff = Duration::from_secs(1);
+            self.refresh
+        } else {
+            let wait = self.backoff.min(self.refresh);
+            self.backoff = (self.backoff * 2).min(self.refresh);
+            wait
+        }
     }
 }
 
@@ -353,6 +443,35 @@ mod tests {
     }
 
     #[test]
+    fn retries_double_up_to_the_refresh_then_reset() {
+        let mut retry = Retry::new(Duration::from_secs(5));
+        let waits: Vec<u64> = [false, false, false, false, true, false]
+            .into_iter()
+            .map(|ok| retry.after(ok).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 5, 5, 1]);
+    }
+
+    #[test]
+    fn status_keeps_the_last_success_through_failures() {
+        let status = Status::default();
+        status.record(10, &Ok(vec!["oauth/discovery/keys".into()]));
+        status.record(20, &Ok(vec![]));
+        status.record(30, &Err(ExportError::NoDocuments));
+        status.record(40, &Err(ExportError::NoDocuments));
+        let json = status.to_json();
+        assert_eq!(json["last_attempt"], 40);
+        assert_eq!(json["last_success"], 20);
+        assert_eq!(json["last_written"], 10);
+        assert_eq!(json["written"], json!(["oauth/discovery/keys"]));
+        assert_eq!(json["consecutive_failures"], 2);
+        assert_eq!(json["error"], "no valid OIDC documents from GitLab yet");
+        status.record(50, &Ok(vec![]));
+        assert_eq!(status.to_json()["error"], Value::Null);
+        assert_eq!(status.to_json()["consecutive_failures"], 0);
+    }
+
+    #[test]
     fn state_round_trips_and_refuses_private_members() {
         let state = remember(BTreeMap::new(), &[key("a")], 5, 10);
         let state = remember(state, &[key("b")], 6, 10);
@@ -361,27 +480,5 @@ mod tests {
             br#"{"version":1,"keys":[{"kid":"a","dropped_at":null,"jwk":{"kty":"RSA","kid":"a","d":"secret"}}]}"#;
         assert_eq!(parse_state(private), None);
         assert_eq!(parse_state(b"not json"), None);
-    }
-
-    #[test]
-    fn targets() {
-        assert!(matches!(ExportTarget::parse("/srv/www/oidc"), Ok(ExportTarget::Dir(_))));
-        assert!(ExportTarget::parse("").is_err());
-        assert_eq!(
-            ExportTarget::parse("s3://bucket/pre/fix/"),
-            Ok(ExportTarget::S3 {
-                bucket: "bucket".into(),
-                prefix: "pre/fix".into()
-            })
-        );
-        assert_eq!(
-            ExportTarget::parse("s3://bucket"),
-            Ok(ExportTarget::S3 {
-                bucket: "bucket".into(),
-                prefix: String::new()
-            })
-        );
-        assert!(ExportTarget::parse("s3:///x").is_err());
-        assert!(ExportTarget::parse("gs://bucket").is_err());
     }
 }

@@ -127,6 +127,27 @@ pub(crate) struct Cache {
     metrics: Arc<Metrics>,
 }
 
+/// See [`Cache::subscribe`].
+pub(crate) struct Publications {
+    discovery: watch::Receiver<Option<Arc<DiscoveryState>>>,
+    keys: watch::Receiver<Option<Arc<KeysState>>>,
+}
+
+impl Publications {
+    /// Resolves once either document was published since the last call.
+    pub(crate) async fn changed(&mut self) {
+        // The senders live in the cache, which outlives its subscribers: an
+        // error cannot happen, and must not turn into a busy loop if it did.
+        tokio::select! {
+            Ok(()) = self.discovery.changed() => {}
+            Ok(()) = self.keys.changed() => {}
+            else => std::future::pending().await,
+        }
+        self.discovery.mark_unchanged();
+        self.keys.mark_unchanged();
+    }
+}
+
 /// Never refetch more often than this, however often cold clients ask.
 const MIN_GAP: Duration = Duration::from_secs(1);
 
@@ -163,6 +184,14 @@ impl Cache {
 
     pub(crate) fn keys(&self) -> Option<Arc<KeysState>> {
         self.keys.borrow().clone()
+    }
+
+    /// Wakes on each publication of either document (every refresh that validated).
+    pub(crate) fn subscribe(&self) -> Publications {
+        Publications {
+            discovery: self.discovery.subscribe(),
+            keys: self.keys.subscribe(),
+        }
     }
 
     /// Both documents held: the proxy is ready.
