@@ -110,13 +110,20 @@ issuer=http://127.0.0.1:$public
 wait_http "http://127.0.0.1:$gitlab/-/health"
 # The packaged settings, addresses moved to loopback, run as the package's user.
 mapfile -t settings < <(grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$DEFAULTS")
-setpriv --reuid="$PKG" --regid="$PKG" --init-groups --no-new-privs --inh-caps=-all \
+# With the unit's UMask=0077 and a copy kept in a directory the user owns (the
+# unit's StateDirectory= outside systemd), which a web server must be able to read.
+export_dir=$WORK/state/oidc
+chmod 0711 "$WORK" # the user may pass through, not list
+install -d -o "$PKG" -g "$PKG" -m 0755 "$WORK/state"
+(umask 0077 && exec setpriv --reuid="$PKG" --regid="$PKG" --init-groups --no-new-privs --inh-caps=-all \
   env -i PATH=/usr/bin:/bin "${settings[@]}" \
   GITLAB_OIDC_PROXY_UPSTREAM="http://127.0.0.1:$gitlab" \
   GITLAB_OIDC_PROXY_LISTEN="127.0.0.1:$public" \
   GITLAB_OIDC_PROXY_ADMIN_LISTEN="127.0.0.1:$admin" \
   GITLAB_OIDC_PROXY_EXTERNAL_URL="$issuer" \
-  /usr/bin/$PKG serve >"$WORK/proxy.log" 2>&1 &
+  GITLAB_OIDC_PROXY_EXPORT_TO="$export_dir" \
+  GITLAB_OIDC_PROXY_EXPORT_ISSUER=https://oidc.example.com \
+  /usr/bin/$PKG serve) >"$WORK/proxy.log" 2>&1 &
 proxy=$!
 wait_http "http://127.0.0.1:$admin/readyz"
 expect_eq "$(ps -o user= -p "$proxy")" "$PKG" "the proxy's user"
@@ -126,6 +133,14 @@ expect_contains "$headers" "cache-control: public, max-age=3600" "discovery Cach
 expect_eq "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["jwks_uri"])' "$WORK/discovery.json")" \
   "$issuer/-/jwks" "rewritten jwks_uri"
 expect_contains "$(curl -sS --max-time 5 -D - -o /dev/null "$issuer/-/jwks")" "cache-control: public, max-age=3600" "key set Cache-Control"
+copy=$export_dir/.well-known/openid-configuration
+for _ in $(seq 50); do [ -f "$copy" ] && break; sleep 0.2; done
+[ -f "$copy" ] || fail "no copy at $copy within 10 s (GITLAB_OIDC_PROXY_EXPORT_TO)"
+expect_eq "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["jwks_uri"])' "$copy")" \
+  "https://oidc.example.com/-/jwks" "the copy's jwks_uri"
+expect_eq "$(stat -c '%a %U' "$copy" "$export_dir/.well-known" "$export_dir/-/jwks" | tr '\n' ' ')" \
+  "644 $PKG 755 $PKG 644 $PKG " "modes of the copy under UMask=0077"
+note "--export-to: the copy written by $PKG, files 0644 and directories 0755 under umask 0077"
 kill "$proxy"
 wait "$proxy" || fail "the proxy did not exit 0 on SIGTERM"
 note "SIGTERM: exit 0"

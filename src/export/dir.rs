@@ -1,8 +1,14 @@
 //! A directory as the export target (served by any static web server): each
 //! object is written to a temporary file beside it, then renamed over it, so a
 //! reader sees the old body or the new one, never a part.
+//!
+//! The documents are public: files are made 0644 and the directories created
+//! here 0755 whatever the umask (the Debian unit's is 0077), so the web server's
+//! user can read them.
 
+use std::fs::Permissions;
 use std::io::{ErrorKind, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
@@ -29,16 +35,34 @@ impl DirTarget {
     }
 
     pub(crate) async fn put(&self, name: &str, body: Vec<u8>) -> std::io::Result<()> {
-        let path = self.root.join(name);
-        tokio::task::spawn_blocking(move || write_atomically(&path, &body))
-            .await
-            .map_err(std::io::Error::other)?
+        let (root, path) = (self.root.clone(), self.root.join(name));
+        tokio::task::spawn_blocking(move || {
+            make_dirs(&root, path.parent().unwrap_or(&root))?;
+            write_atomically(&path, &body)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
+}
+
+/// `dir` and its missing parents, each new one 0755; `root` and what is already
+/// there keep the modes the admin gave them.
+fn make_dirs(root: &Path, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(root)?;
+    let mut at = root.to_path_buf();
+    for part in dir.strip_prefix(root).unwrap_or(Path::new("")).components() {
+        at.push(part);
+        match std::fs::create_dir(&at) {
+            Ok(()) => std::fs::set_permissions(&at, Permissions::from_mode(0o755))?,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -47,6 +71,7 @@ fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let written = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(body)?;
+        file.set_permissions(Permissions::from_mode(0o644))?;
         // On disk before the rename makes it visible: a crash leaves the old body.
         file.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -83,5 +108,26 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, ["openid-configuration"]);
+    }
+
+    #[tokio::test]
+    async fn files_and_new_directories_are_world_readable_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("oidc");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, Permissions::from_mode(0o750)).unwrap();
+        // A umask like the Debian unit's: new files 0600, new directories 0700.
+        // The process's umask is shared by the test threads: only this test in
+        // this module writes files, and it restores it.
+        let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let target = DirTarget::new(root.clone());
+        let written = target.put("oauth/discovery/keys", b"{}".to_vec()).await;
+        nix::sys::stat::umask(before);
+        written.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root.join("oauth/discovery/keys")), 0o644);
+        assert_eq!(mode(&root.join("oauth/discovery")), 0o755);
+        assert_eq!(mode(&root.join("oauth")), 0o755);
+        assert_eq!(mode(&root), 0o750, "the admin's own directory is left alone");
     }
 }
