@@ -13,6 +13,7 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
+use gitlab_oidc_proxy::check::{self, CheckSettings};
 use gitlab_oidc_proxy::config::{
     AdminRefresh, Config, ExportSettings, ExportTarget, Issuer, LogFormat, OidcSettings, Proto, TlsConfig,
     UpstreamTarget, parse_cidr_list, parse_duration, parse_jwks_path, parse_positive_duration, parse_upstream,
@@ -57,6 +58,74 @@ pub(crate) enum Command {
     /// Exit 0 when the admin listener's /readyz answers 200, 1 otherwise: a container
     /// HEALTHCHECK or exec probe with no shell or curl in the image.
     Healthcheck(HealthcheckArgs),
+    /// Walk the path AWS STS takes to verify a GitLab ID token and say which step fails
+    /// and how to fix it (any GitLab, with or without this proxy in front).
+    #[command(
+        after_help = "Steps: 1 discovery over https within 5 s on a publicly trusted, ordered chain; \
+        2 the document (issuer byte-identical, required members, RS256); 3 the key set at jwks_uri; \
+        4 caching (no-cache, max-age=0, private: the parallel-jobs failure); 5 with --token: kid, RS256 \
+        signature, iss, aud, exp/nbf, sub, and a trust policy; 6 with --burst: N jobs at once.\n\
+        Exit status: 0 nothing failed (warnings allowed), 1 a step failed, 2 bad usage.\n\
+        From a CI job: echo \"$AWS_ID_TOKEN\" | gitlab-oidc-proxy check \"$CI_SERVER_URL\" --token - --audience sts.amazonaws.com"
+    )]
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CheckArgs {
+    /// The issuer, exactly as in the tokens' iss and the IAM provider URL (https://gitlab.example.com).
+    #[arg(value_name = "ISSUER_URL", value_parser = parse_check_issuer)]
+    pub(crate) issuer: String,
+
+    /// A CI ID token to check (a file, or - for stdin). Never printed; only its claims are.
+    #[arg(long, value_name = "FILE|-")]
+    pub(crate) token: Option<PathBuf>,
+
+    /// The audience the IAM provider expects in aud (e.g. sts.amazonaws.com).
+    #[arg(long, value_name = "AUD")]
+    pub(crate) audience: Option<String>,
+
+    /// Also fetch discovery and the key set N times at once, as N parallel jobs make STS do.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) burst: Option<u32>,
+
+    /// Print one JSON object (steps, claims, trust policy) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Extra PEM roots to trust (a private CA); a chain that needs them is a warning,
+    /// since STS trusts only public roots.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) ca: Option<PathBuf>,
+
+    /// Connect to ADDR (ip:port) for the issuer's host instead of resolving it, as curl's
+    /// --connect-to: check a proxy before DNS points at it.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) connect_to: Option<SocketAddr>,
+}
+
+impl CheckArgs {
+    /// The settings, with the token and `--ca` read; why not, in one line (exit 2).
+    pub(crate) fn into_settings(self) -> Result<CheckSettings, String> {
+        Ok(CheckSettings {
+            token: self.token.as_deref().map(check::read_token).transpose()?,
+            ca: self.ca.as_deref().map(check::read_ca).transpose()?.unwrap_or_default(),
+            issuer: self.issuer,
+            audience: self.audience,
+            burst: self.burst,
+            connect_to: self.connect_to,
+        })
+    }
+}
+
+/// An http(s) URL with a host; anything else is bad usage (exit 2). An http
+/// issuer or one with a port is a URL that fails step 1 instead.
+fn parse_check_issuer(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|_| format!("{s:?} is not a URL"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(s.to_owned()),
+        _ => Err(format!("{s:?} is not an http(s) URL with a host")),
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -10,6 +10,7 @@
 //! Public: what the binary and the integration tests use.
 
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod demo;
 pub mod export;

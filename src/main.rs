@@ -17,7 +17,7 @@ use gitlab_oidc_proxy::healthcheck::probe;
 use gitlab_oidc_proxy::shutdown::Signals;
 use gitlab_oidc_proxy::telemetry;
 
-use cli::{Cli, Command, HealthcheckArgs};
+use cli::{CheckArgs, Cli, Command, HealthcheckArgs};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -56,6 +56,10 @@ fn main() -> ExitCode {
             runtime.block_on(demo::run(args.into_settings()))
         }
         Command::Healthcheck(args) => Ok(runtime.block_on(healthcheck(args))),
+        Command::Check(args) => {
+            telemetry::init(LogFormat::Text, "warn");
+            Ok(check(args, &runtime))
+        }
         Command::Export(args) => {
             telemetry::init(args.log_format, "info");
             let print = args.print_jwks;
@@ -96,6 +100,33 @@ async fn serve(config: Config) -> Result<(), StartError> {
     );
     proxy.shutdown(config.shutdown_grace, signals.recv()).await;
     Ok(())
+}
+
+/// The report on stdout (text or JSON); 0 nothing failed, 1 a step failed, 2 bad usage.
+fn check(args: CheckArgs, runtime: &tokio::runtime::Runtime) -> u8 {
+    let json = args.json;
+    let settings = match args.into_settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match runtime.block_on(gitlab_oidc_proxy::check::run(&settings)) {
+        Ok(report) => {
+            let out = if json {
+                format!("{:#}\n", report.to_json())
+            } else {
+                report.to_text()
+            };
+            print!("{out}");
+            report.exit_code()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
 }
 
 /// One line either way; 0 ready, 1 not.

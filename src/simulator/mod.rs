@@ -318,10 +318,17 @@ impl SimulatedGitLab {
     /// that order) with the claims of reference section 4, signed by the current
     /// CI key. `exp = iat + 3600`, `nbf = iat - 5`.
     pub fn mint_ci_token(&self, aud: &str) -> String {
+        self.mint_ci_token_with(aud, |_, _| {})
+    }
+
+    /// As [`mint_ci_token`](Self::mint_ci_token), with the header and the claims
+    /// edited before signing (a missing `aud`, an expired `exp`, another `kid`).
+    pub fn mint_ci_token_with(&self, aud: &str, edit: impl FnOnce(&mut Value, &mut Value)) -> String {
         let key = self.ci_key();
         let iat = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let header = json!({"kid": key.kid(), "typ": "JWT", "alg": "RS256"});
-        let claims = self.ci_claims(aud, iat);
+        let mut header = json!({"kid": key.kid(), "typ": "JWT", "alg": "RS256"});
+        let mut claims = self.ci_claims(aud, iat);
+        edit(&mut header, &mut claims);
         let message = format!(
             "{}.{}",
             b64url(&serde_json::to_vec(&header).unwrap_or_default()),

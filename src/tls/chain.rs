@@ -219,7 +219,8 @@ pub(crate) fn load_pair(
         .map_err(|_| ChainError::KeyUnusable("its public key cannot be encoded".to_owned()))?;
 
     // What was fixed in the chain's layout: warnings normally, errors in strict mode.
-    let (unique, mut fixes) = dedupe(&certs);
+    let (unique, duplicates) = dedupe(&certs);
+    let mut fixes: Vec<String> = duplicates.into_iter().map(|d| d + "; the copy was dropped").collect();
     let holders = key_holders(&unique, &key_spki, now);
     let Some(&leaf) = holders.first() else {
         return Err(ChainError::KeyMatchesNone { count: certs.len() });
@@ -244,6 +245,61 @@ pub(crate) fn load_pair(
         not_after: system_time(earliest.not_after()),
         leaf_subject: leaf_subject(unique[leaf]),
         warnings,
+    })
+}
+
+/// How a server lays out the chain it sends (leaf first), as `check` reports it.
+/// Certificates are named "#N (subject)", N their 1-based position as sent.
+#[derive(Debug, Default)]
+pub(crate) struct Layout {
+    /// The chain as sent.
+    pub sent: Vec<String>,
+    /// The leaf, then each certificate's issuer among those sent.
+    pub path: Vec<String>,
+    /// Problems a strict client (AWS STS) refuses: duplicates, certificates out of
+    /// order, certificates not on the leaf's chain, one outside its validity.
+    pub problems: Vec<String>,
+    /// What is worth knowing but refused by nobody: a self-signed leaf, an expiry close at hand.
+    pub notes: Vec<String>,
+}
+
+/// The layout of `ders` as sent by a server, checked at `now`.
+pub(crate) fn layout(ders: &[CertificateDer<'static>], now: SystemTime) -> Result<Layout, ChainError> {
+    let certs = parse_certificates(ders)?;
+    if certs.is_empty() {
+        return Err(ChainError::NoCertificates);
+    }
+    let (unique, duplicates) = dedupe(&certs);
+    let (path, path_warnings) = issuer_path(&unique, 0, now)?;
+    let served: Vec<&Cert<'_>> = path.iter().map(|&i| unique[i]).collect();
+    let mut problems = duplicates;
+    if served.windows(2).any(|w| w[0].pos > w[1].pos) {
+        let order: Vec<String> = served.iter().map(|c| format!("#{}", c.pos)).collect();
+        problems.push(format!(
+            "the certificates are out of order: each must be followed by its issuer ({})",
+            order.join(", ")
+        ));
+    }
+    for cert in unique.iter().filter(|c| !served.iter().any(|s| s.pos == c.pos)) {
+        problems.push(format!(
+            "certificate {} is not part of the chain of {}",
+            cert.label(),
+            unique[0].label()
+        ));
+    }
+    if let Err(e) = check_validity(&served, now) {
+        problems.push(e.to_string());
+    }
+    let mut notes = path_warnings;
+    if unique[0].self_issued() {
+        notes.push(format!("certificate {} is self-signed", unique[0].label()));
+    }
+    notes.extend(earliest_expiring(&served).and_then(|c| expiry_warning(c, now)));
+    Ok(Layout {
+        sent: certs.iter().map(Cert::label).collect(),
+        path: served.iter().map(|c| c.label()).collect(),
+        problems,
+        notes,
     })
 }
 
@@ -277,15 +333,15 @@ fn read_signing_key(key_pem: &[u8]) -> Result<(Arc<dyn SigningKey>, SubjectPubli
     Ok((signing_key, spki))
 }
 
-/// The certificates with exact duplicates dropped (the first copy is kept), and a fix
-/// reported for each copy.
+/// The certificates with exact duplicates dropped (the first copy is kept), and a line
+/// for each copy.
 fn dedupe<'c, 'a>(certs: &'c [Cert<'a>]) -> (Vec<&'c Cert<'a>>, Vec<String>) {
     let mut unique: Vec<&Cert<'_>> = Vec::new();
     let mut fixes = Vec::new();
     for cert in certs {
         match unique.iter().find(|kept| kept.der == cert.der) {
             Some(first) => fixes.push(format!(
-                "certificate {} is an exact duplicate of #{}; the copy was dropped",
+                "certificate {} is an exact duplicate of #{}",
                 cert.label(),
                 first.pos
             )),
@@ -831,6 +887,48 @@ mod tests {
 
     fn hosts() -> Vec<String> {
         vec![HOST.to_owned(), "127.0.0.1".to_owned()]
+    }
+
+    /// `check`'s view of a chain a server sends in this order.
+    fn sent(pems: &[&str]) -> Layout {
+        layout(&read_certificates(cat(pems).as_bytes()).unwrap(), now()).unwrap()
+    }
+
+    #[test]
+    fn layout_of_a_sent_chain() {
+        let p = pki();
+        let (leaf, inter, root_pem) = (p.leaf.as_str(), p.inter_pem(), p.root_pem());
+        let good = sent(&[leaf, &inter]);
+        assert_eq!(good.problems, Vec::<String>::new());
+        assert_eq!(
+            good.path,
+            ["#1 (CN=gitlab.example.test)", "#2 (CN=Test Intermediate CA)"]
+        );
+        // The root sent too: harmless.
+        assert_eq!(sent(&[leaf, &inter, &root_pem]).problems, Vec::<String>::new());
+        assert_eq!(
+            sent(&[leaf, &root_pem, &inter]).problems,
+            ["the certificates are out of order: each must be followed by its issuer (#1, #3, #2)"]
+        );
+        let other = root("Other Root CA");
+        assert_eq!(
+            sent(&[leaf, &inter, &other.pem()]).problems,
+            ["certificate #3 (CN=Other Root CA) is not part of the chain of #1 (CN=gitlab.example.test)"]
+        );
+        assert_eq!(
+            sent(&[leaf, &inter, &inter]).problems,
+            ["certificate #3 (CN=Test Intermediate CA) is an exact duplicate of #2"]
+        );
+        // The intermediate missing: nothing to say about the layout (trust says the rest).
+        assert_eq!(sent(&[leaf]).path, ["#1 (CN=gitlab.example.test)"]);
+        let expired = pki_with(ec_key(), (-100, -1), (-365, 1825));
+        assert!(
+            sent(&[&expired.leaf, &expired.inter_pem()]).problems[0].contains("expired"),
+            "{:?}",
+            sent(&[&expired.leaf, &expired.inter_pem()]).problems
+        );
+        let soon = pki_with(ec_key(), (-10, 3), (-365, 1825));
+        assert!(sent(&[&soon.leaf, &soon.inter_pem()]).notes[0].contains("in 3 days"));
     }
 
     fn load(cert: &str, key: &str, strict: bool) -> Result<LoadedPair, ChainError> {
