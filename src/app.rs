@@ -210,7 +210,8 @@ pub async fn export(config: &Config, settings: &ExportSettings, once: bool) -> R
     let mut signals = crate::shutdown::Signals::install().map_err(StartError::io("cannot install signal handlers"))?;
     tokio::select! {
         code = export::run(cache, exporter, config.oidc.refresh, once) => Ok(code),
-        _ = signals.recv() => Ok(0),
+        // Keeping the copy in sync ends well on a signal; a single pass cut short did not happen.
+        _ = signals.recv() => Ok(u8::from(once)),
     }
 }
 

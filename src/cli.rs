@@ -51,8 +51,15 @@ pub(crate) enum Command {
     /// Copy the OIDC documents from GitLab under another issuer (GitLab 18.1's custom CI
     /// issuer URL) to a public directory or S3 bucket, and keep the copy in sync.
     #[command(
-        after_help = "Writes {TO}/.well-known/openid-configuration (issuer = --issuer, jwks_uri =         --issuer + --jwks-path) and the key set at {TO}/oauth/discovery/keys and {TO}{--jwks-path},         only what changed, keys before discovery. A key GitLab drops stays in the copy for --max-age         more (tracked in {TO}/.gitlab-oidc-proxy-export.json, so cron runs of --once keep it too).
-        Exit status: --once and --print-jwks: 0 written or unchanged, 1 failed; otherwise 0 after SIGTERM;         2 for a bad option."
+        after_help = "Writes {TO}/.well-known/openid-configuration (issuer = --issuer, jwks_uri = \
+        --issuer + --jwks-path) and the key set at {TO}/oauth/discovery/keys and {TO}{--jwks-path}, \
+        only what changed, keys before discovery. A key GitLab drops stays in the copy for --max-age \
+        more (tracked in {TO}/.gitlab-oidc-proxy-export.json, so cron runs of --once keep it too).\n\
+        S3: credentials and region from the AWS_* variables or the instance role; AWS_REGION is \
+        required (no lookup). The writer needs s3:GetObject and s3:PutObject on the prefix and \
+        s3:ListBucket on the bucket.\n\
+        Exit status: --once and --print-jwks: 0 written or unchanged, 1 failed; otherwise 0 after \
+        SIGTERM; 2 for a bad option or a target that cannot be set up."
     )]
     Export(Box<ExportArgs>),
     /// Exit 0 when the admin listener's /readyz answers 200, 1 otherwise: a container
@@ -153,8 +160,9 @@ pub(crate) struct ExportArgs {
     pub(crate) once: bool,
 
     /// Print the current key set (GitLab's key sets united) on stdout and exit,
-    /// for consumers that take pinned keys.
-    #[arg(long, conflicts_with_all = ["issuer", "to", "once"])]
+    /// for consumers that take pinned keys (--issuer, --to and --once, from the
+    /// environment or not, are ignored).
+    #[arg(long)]
     pub(crate) print_jwks: bool,
 
     /// GitLab's external_url: where discovery is fetched, with its host.
@@ -606,6 +614,28 @@ mod tests {
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(["gitlab-oidc-proxy"].iter().chain(args)).unwrap()
+    }
+
+    /// The export variables a packaged host sets for a kept copy must not stop
+    /// an admin from printing the keys on the same host.
+    #[test]
+    fn print_jwks_ignores_the_copy_options() {
+        let cli = parse(&[
+            "export",
+            "--upstream=http://127.0.0.1:1",
+            "--print-jwks",
+            "--to=/tmp/copy",
+            "--issuer=https://oidc.example.com",
+            "--once",
+        ]);
+        let Command::Export(args) = cli.command else {
+            panic!("not export")
+        };
+        assert!(args.print_jwks);
+        let bare = Cli::try_parse_from(["gitlab-oidc-proxy", "export", "--upstream=http://127.0.0.1:1"]);
+        if std::env::vars().all(|(n, _)| !n.starts_with("GITLAB_OIDC_PROXY_EXPORT")) {
+            assert!(bare.is_err(), "--to and --issuer are required without --print-jwks");
+        }
     }
 
     #[test]

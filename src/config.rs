@@ -34,6 +34,8 @@ pub enum ValueError {
     NotCidr(String),
     #[error("'{0}' is not an absolute path like /-/jwks")]
     NotAbsolutePath(String),
+    #[error("'{0}' has an empty, '.' or '..' segment; name the path as clients will ask for it")]
+    PathSegment(String),
     #[error("'{0}': a unix socket path must be absolute, e.g. unix:/var/opt/gitlab/gitlab-workhorse/sockets/socket")]
     RelativeSocket(String),
     #[error("'{input}' is not a URL ({reason})")]
@@ -447,11 +449,14 @@ pub fn parse_jwks_path(s: &str) -> Result<String, ValueError> {
     let valid = path.starts_with('/')
         && !path.contains(['?', '#'])
         && path.parse::<http::uri::PathAndQuery>().is_ok_and(|p| p.path() == path);
-    if valid {
-        Ok(path.to_owned())
-    } else {
-        Err(ValueError::NotAbsolutePath(s.to_owned()))
+    if !valid {
+        return Err(ValueError::NotAbsolutePath(s.to_owned()));
     }
+    // Clients normalise these away; an export would write outside its target.
+    if path.split('/').skip(1).any(|seg| matches!(seg, "" | "." | "..")) {
+        return Err(ValueError::PathSegment(s.to_owned()));
+    }
+    Ok(path.to_owned())
 }
 
 /// `http://host[:port]`, `https://host[:port]` or `unix:/absolute/path`. No path,
@@ -586,6 +591,9 @@ mod tests {
         assert_eq!(parse_jwks_path("/oauth/ci/keys/"), Ok("/oauth/ci/keys".into()));
         for bad in ["jwks", "/a?b", "/a#b", "/", "", "/a b"] {
             assert!(parse_jwks_path(bad).is_err(), "{bad}");
+        }
+        for bad in ["/../../escaped", "/a/./b", "//a", "/a//b", "/a/.."] {
+            assert_eq!(parse_jwks_path(bad), Err(ValueError::PathSegment(bad.into())), "{bad}");
         }
         assert!(parse_positive_duration("0").is_err());
         assert_eq!(parse_positive_duration("1"), Ok(Duration::from_secs(1)));

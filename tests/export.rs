@@ -125,8 +125,12 @@ async fn export_once_to(
             "--to",
         ])
         .arg(to)
-        .env_remove("RUST_LOG")
-        .envs(env.iter().copied());
+        .env_remove("RUST_LOG");
+    // Only the variables the test names: the machine's own AWS set-up stays out.
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("AWS_")) {
+        cmd.env_remove(name);
+    }
+    cmd.envs(env.iter().copied());
     let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
         .await
         .expect("export --once ends within 20 s")
@@ -167,6 +171,8 @@ async fn a_token_verifies_against_the_exported_copy_across_a_rotation() {
         verify_at(&issuer, &after).await.is_err(),
         "the copy is stale before the next pass"
     );
+    // Even with the state lost: the copy's own key set stands in for it.
+    std::fs::remove_file(dir.path().join(".gitlab-oidc-proxy-export.json")).unwrap();
     let (code, logs) = export_once(gitlab, &issuer, dir.path(), "1h").await;
     assert_eq!(code, Some(0), "{logs}");
     verify_at(&issuer, &after).await.unwrap();
@@ -343,6 +349,65 @@ async fn failures_are_reported_but_serving_goes_on(proxy: &Proxy, to: &str) {
     assert_eq!(served["issuer"], "https://gitlab.example.com");
 }
 
+#[tokio::test]
+async fn plain_http_to_a_remote_s3_endpoint_is_refused_whatever_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for variable in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ENDPOINT_URL_S3"] {
+        let env = [
+            (variable, "http://192.0.2.10:9000"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ];
+        let (code, logs) = export_once_to(
+            closed,
+            "https://oidc.example.net",
+            std::ffi::OsStr::new("s3://bucket/prefix"),
+            "1h",
+            &env,
+        )
+        .await;
+        // A setting that cannot be used: 2, as a bad option.
+        assert_eq!(code, Some(2), "{variable}: {logs}");
+        assert!(
+            logs.contains("plain http is allowed only to a loopback endpoint"),
+            "{variable}: {logs}"
+        );
+    }
+    // AWS S3 without a region: object_store would sign for us-east-1 and every
+    // request to another region would fail; refused at start instead.
+    let keys = [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")];
+    let to = std::ffi::OsStr::new("s3://bucket/prefix");
+    let (code, logs) = export_once_to(closed, "https://oidc.example.net", to, "1h", &keys).await;
+    assert_eq!(code, Some(2), "{logs}");
+    assert!(logs.contains("set AWS_REGION"), "{logs}");
+    // A cut-short --once did not write the copy: exit 1, not 0. GitLab never answers here.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gitlab = silent.local_addr().unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["export", "--once", "--upstream", &format!("http://{gitlab}")])
+        .args(["--issuer", "https://oidc.example.net", "--to"])
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
+
 #[test]
 fn print_jwks_prints_the_united_key_set() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -505,4 +570,16 @@ async fn s3_objects_are_json_cacheable_and_follow_a_rotation() {
     assert_eq!(code, Some(0), "{logs}");
     let (_, _, set) = moto.object("oidc-copy", "ci/-/jwks");
     assert!(kids(&set).contains(&new) && kids(&set).contains(&old), "{set}");
+
+    // A new --max-age reaches every object's Cache-Control, unchanged bodies too.
+    let (code, logs) = export_once_to(gitlab, issuer, "s3://oidc-copy/ci".as_ref(), "10m", &env).await;
+    assert_eq!(code, Some(0), "{logs}");
+    for key in [
+        "ci/-/jwks",
+        "ci/oauth/discovery/keys",
+        "ci/.well-known/openid-configuration",
+    ] {
+        let (_, cache_control, _) = moto.object("oidc-copy", key);
+        assert_eq!(cache_control, "public, max-age=600", "{key}");
+    }
 }

@@ -138,8 +138,8 @@ for _ in $(seq 50); do [ -f "$copy" ] && break; sleep 0.2; done
 [ -f "$copy" ] || fail "no copy at $copy within 10 s (GITLAB_OIDC_PROXY_EXPORT_TO)"
 expect_eq "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["jwks_uri"])' "$copy")" \
   "https://oidc.example.com/-/jwks" "the copy's jwks_uri"
-expect_eq "$(stat -c '%a %U' "$copy" "$export_dir/.well-known" "$export_dir/-/jwks" | tr '\n' ' ')" \
-  "644 $PKG 755 $PKG 644 $PKG " "modes of the copy under UMask=0077"
+expect_eq "$(stat -c '%a %U' "$export_dir" "$copy" "$export_dir/.well-known" "$export_dir/-/jwks" | tr '\n' ' ')" \
+  "755 $PKG 644 $PKG 755 $PKG 644 $PKG " "modes of the copy under UMask=0077"
 note "--export-to: the copy written by $PKG, files 0644 and directories 0755 under umask 0077"
 kill "$proxy"
 wait "$proxy" || fail "the proxy did not exit 0 on SIGTERM"

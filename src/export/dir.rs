@@ -45,19 +45,27 @@ impl DirTarget {
     }
 }
 
-/// `dir` and its missing parents, each new one 0755; `root` and what is already
-/// there keep the modes the admin gave them.
+/// `dir` and its missing parents, the root included, each new one 0755; what is
+/// already there keeps the modes the admin gave it.
 fn make_dirs(root: &Path, dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(root)?;
-    let mut at = root.to_path_buf();
-    for part in dir.strip_prefix(root).unwrap_or(Path::new("")).components() {
-        at.push(part);
-        match std::fs::create_dir(&at) {
-            Ok(()) => std::fs::set_permissions(&at, Permissions::from_mode(0o755))?,
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => break,
+        }
+    }
+    // Outermost first: each one's parent exists when it is made.
+    for new in missing.into_iter().rev() {
+        match std::fs::create_dir(new) {
+            Ok(()) => std::fs::set_permissions(new, Permissions::from_mode(0o755))?,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
+    debug_assert!(dir.starts_with(root));
     Ok(())
 }
 
@@ -113,9 +121,11 @@ mod tests {
     #[tokio::test]
     async fn files_and_new_directories_are_world_readable_whatever_the_umask() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("oidc");
-        std::fs::create_dir(&root).unwrap();
-        std::fs::set_permissions(&root, Permissions::from_mode(0o750)).unwrap();
+        let admins = dir.path().join("admins");
+        std::fs::create_dir(&admins).unwrap();
+        std::fs::set_permissions(&admins, Permissions::from_mode(0o750)).unwrap();
+        // The root itself does not exist yet (--to /var/lib/gitlab-oidc-proxy/oidc).
+        let root = admins.join("oidc");
         // A umask like the Debian unit's: new files 0600, new directories 0700.
         // The process's umask is shared by the test threads: only this test in
         // this module writes files, and it restores it.
@@ -128,6 +138,7 @@ mod tests {
         assert_eq!(mode(&root.join("oauth/discovery/keys")), 0o644);
         assert_eq!(mode(&root.join("oauth/discovery")), 0o755);
         assert_eq!(mode(&root.join("oauth")), 0o755);
-        assert_eq!(mode(&root), 0o750, "the admin's own directory is left alone");
+        assert_eq!(mode(&root), 0o755);
+        assert_eq!(mode(&admins), 0o750, "the admin's own directory is left alone");
     }
 }

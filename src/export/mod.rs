@@ -154,6 +154,12 @@ impl Exporter {
         grace: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
+        let jwks_path = jwks_path.trim_start_matches('/').to_owned();
+        if [STATE, DISCOVERY].contains(&jwks_path.as_str()) {
+            return Err(format!(
+                "--jwks-path /{jwks_path} would overwrite the export's own {jwks_path}"
+            ));
+        }
         let target = match &settings.target {
             ExportTarget::Dir(root) => Target::Dir(DirTarget::new(root.clone())),
             ExportTarget::S3 { bucket, prefix } => Target::S3(S3Target::new(bucket, prefix, grace)?),
@@ -167,7 +173,7 @@ impl Exporter {
         Ok(Exporter {
             target,
             issuer: settings.issuer.clone(),
-            jwks_path: jwks_path.trim_start_matches('/').to_owned(),
+            jwks_path,
             grace,
             status,
             metrics,
@@ -216,11 +222,15 @@ impl Exporter {
             return Err(ExportError::NoDocuments);
         };
         let current = jwks::parse(&keys.doc.body).map_err(|_: DocError| ExportError::NoDocuments)?;
-        let held = self.read_state().await?;
-        let remembered = remember(held.clone(), &current, secs(now), self.grace.as_secs());
+        let (held, from_state) = self.held().await?;
+        let state = State {
+            keys: remember(held.keys.clone(), &current, secs(now), self.grace.as_secs()),
+            max_age: Some(self.grace.as_secs()),
+        };
         let mut merged = current.clone();
         merged.extend(
-            remembered
+            state
+                .keys
                 .values()
                 .filter(|r| r.dropped_at.is_some())
                 .map(|r| r.jwk.clone()),
@@ -228,26 +238,34 @@ impl Exporter {
         let key_set = jwks::publish(&merged);
         let document = discovery::publish(&discovery.source, &self.issuer, &format!("/{}", self.jwks_path));
 
+        // The objects' Cache-Control carries --max-age: a new one rewrites them all.
+        let rewrite = held.max_age != state.max_age;
         let mut written = Vec::new();
         // Keys first: the discovery document may name them only once they are there.
         for name in [OAUTH_KEYS, self.jwks_path.as_str()] {
-            self.put_if_changed(name, &key_set, &mut written).await?;
+            self.put_if_changed(name, &key_set, rewrite, &mut written).await?;
         }
-        self.put_if_changed(DISCOVERY, &document, &mut written).await?;
-        if remembered != held {
-            self.put(STATE, state_json(&remembered)).await?;
+        self.put_if_changed(DISCOVERY, &document, rewrite, &mut written).await?;
+        if state != held || !from_state {
+            self.put(STATE, state_json(&state)).await?;
             written.push(STATE.to_owned());
         }
         Ok(written)
     }
 
-    async fn put_if_changed(&self, name: &str, body: &[u8], written: &mut Vec<String>) -> Result<(), ExportError> {
+    async fn put_if_changed(
+        &self,
+        name: &str,
+        body: &[u8],
+        rewrite: bool,
+        written: &mut Vec<String>,
+    ) -> Result<(), ExportError> {
         let existing = self
             .target
             .get(name)
             .await
             .map_err(|e| self.error("reading", name, e))?;
-        if existing.as_deref() != Some(body) {
+        if rewrite || existing.as_deref() != Some(body) {
             self.put(name, body.to_vec()).await?;
             written.push(name.to_owned());
         }
@@ -270,21 +288,36 @@ impl Exporter {
         }
     }
 
-    /// The remembered keys; a missing or unreadable state starts afresh (with a
-    /// warning for the latter: the grace of keys dropped before is lost).
-    async fn read_state(&self) -> Result<BTreeMap<String, Remembered>, ExportError> {
-        let Some(body) = self
+    /// The state kept beside the copy, and whether there was a usable one. Without
+    /// one (a first run, a copy kept by hand before, a state lost), the keys of the
+    /// copy's key set count as held, so a key GitLab dropped keeps its grace.
+    async fn held(&self) -> Result<(State, bool), ExportError> {
+        let body = self
             .target
             .get(STATE)
             .await
-            .map_err(|e| self.error("reading", STATE, e))?
-        else {
-            return Ok(BTreeMap::new());
-        };
-        parse_state(&body).ok_or(()).or_else(|()| {
-            tracing::warn!(target: "export", target_dir = %self.describe(), "the export's state is unreadable; starting afresh");
-            Ok(BTreeMap::new())
-        })
+            .map_err(|e| self.error("reading", STATE, e))?;
+        if let Some(state) = body.as_deref().and_then(parse_state) {
+            return Ok((state, true));
+        }
+        if body.is_some() {
+            tracing::warn!(target: "export", to = %self.describe(), "the export's state is unreadable; the copy's key set stands in for it");
+        }
+        let copied = self
+            .target
+            .get(OAUTH_KEYS)
+            .await
+            .map_err(|e| self.error("reading", OAUTH_KEYS, e))?;
+        let keys = copied
+            .and_then(|body| jwks::parse(&body).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|jwk| {
+                let kid = jwks::kid(&jwk).to_owned();
+                (kid, Remembered { jwk, dropped_at: None })
+            })
+            .collect();
+        Ok((State { keys, max_age: None }, false))
     }
 }
 
@@ -316,25 +349,35 @@ fn remember(
     held
 }
 
-fn state_json(remembered: &BTreeMap<String, Remembered>) -> Vec<u8> {
-    let keys: Vec<Value> = remembered
+/// What is kept beside the copy.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct State {
+    keys: BTreeMap<String, Remembered>,
+    /// The `--max-age` the objects were written with (their Cache-Control).
+    max_age: Option<u64>,
+}
+
+fn state_json(state: &State) -> Vec<u8> {
+    let keys: Vec<Value> = state
+        .keys
         .iter()
         .map(|(kid, r)| json!({"kid": kid, "dropped_at": r.dropped_at, "jwk": r.jwk}))
         .collect();
-    let mut out = serde_json::to_vec_pretty(&json!({"version": 1, "keys": keys})).expect("JSON serializes");
+    let mut out = serde_json::to_vec_pretty(&json!({"version": 1, "max_age": state.max_age, "keys": keys}))
+        .expect("JSON serializes");
     out.push(b'\n');
     out
 }
 
-fn parse_state(body: &[u8]) -> Option<BTreeMap<String, Remembered>> {
+fn parse_state(body: &[u8]) -> Option<State> {
     let value: Value = serde_json::from_slice(body).ok()?;
-    let mut out = BTreeMap::new();
+    let mut keys = BTreeMap::new();
     for key in value.get("keys")?.as_array()? {
         let jwk: Map<String, Value> = key.get("jwk")?.as_object()?.clone();
         // The state is read back into a published key set: the same checks as GitLab's.
         let checked = jwks::parse(&jwks::publish(std::slice::from_ref(&jwk))).ok()?;
         let dropped_at = key.get("dropped_at").and_then(Value::as_u64);
-        out.insert(
+        keys.insert(
             key.get("kid")?.as_str()?.to_owned(),
             Remembered {
                 jwk: checked.into_iter().next()?,
@@ -342,7 +385,8 @@ fn parse_state(body: &[u8]) -> Option<BTreeMap<String, Remembered>> {
             },
         );
     }
-    Some(out)
+    let max_age = value.get("max_age").and_then(Value::as_u64);
+    Some(State { keys, max_age })
 }
 
 /// `export --once`, or until the process ends: refresh, then write what changed;
@@ -443,6 +487,19 @@ mod tests {
     }
 
     #[test]
+    fn a_jwks_path_naming_the_exports_own_files_is_refused() {
+        let settings = ExportSettings {
+            target: ExportTarget::Dir("/srv/oidc".into()),
+            issuer: Issuer::parse("https://oidc.example.com").unwrap(),
+        };
+        let new = |path: &str| Exporter::new(&settings, path, Duration::from_secs(60), Arc::new(Metrics::new()));
+        for taken in ["/.gitlab-oidc-proxy-export.json", "/.well-known/openid-configuration"] {
+            assert!(new(taken).err().unwrap().contains("would overwrite"), "{taken}");
+        }
+        assert!(new("/-/jwks").is_ok());
+    }
+
+    #[test]
     fn retries_double_up_to_the_refresh_then_reset() {
         let mut retry = Retry::new(Duration::from_secs(5));
         let waits: Vec<u64> = [false, false, false, false, true, false]
@@ -473,9 +530,16 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_refuses_private_members() {
-        let state = remember(BTreeMap::new(), &[key("a")], 5, 10);
-        let state = remember(state, &[key("b")], 6, 10);
+        let keys = remember(BTreeMap::new(), &[key("a")], 5, 10);
+        let keys = remember(keys, &[key("b")], 6, 10);
+        let state = State {
+            keys,
+            max_age: Some(10),
+        };
         assert_eq!(parse_state(&state_json(&state)), Some(state));
+        // A state from before max_age was kept: read, max_age unknown.
+        let old = br#"{"version":1,"keys":[]}"#;
+        assert_eq!(parse_state(old), Some(State::default()));
         let private =
             br#"{"version":1,"keys":[{"kid":"a","dropped_at":null,"jwk":{"kty":"RSA","kid":"a","d":"secret"}}]}"#;
         assert_eq!(parse_state(private), None);
