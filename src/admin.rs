@@ -143,15 +143,7 @@ fn is_json(headers: &http::HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
+use body::text_response as text;
 
 fn not_allowed(allow: &'static str) -> Response<ProxyBody> {
     let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

@@ -17,9 +17,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acme_webroot::Webroot;
 use crate::admin::{self, Admin};
-use crate::config::{Config, ConfigError, ExportSettings, Proto};
+use crate::config::{Config, ConfigError, ExportSettings, HostPattern, Proto, UpstreamTarget};
 use crate::error::StartError;
+use crate::error_pages::ErrorPages;
 use crate::export::{self, Exporter};
 use crate::headers::ViaId;
 use crate::listener::{self, ListenerSettings};
@@ -30,6 +32,7 @@ use crate::oidc::fetch::Fetcher;
 use crate::passthrough::{Passthrough, Timeouts};
 use crate::redirect;
 use crate::router::{ListenerKind, Router, RouterSettings};
+use crate::routes::Routes;
 use crate::tls::{self, CertStore, TlsSettings};
 use crate::upstream::{self, Budget, Upstream, UpstreamSettings};
 
@@ -85,6 +88,13 @@ impl RunningProxy {
             .as_ref()
             .map(|settings| exporter(config, settings, &metrics))
             .transpose()?;
+        let error_pages = config
+            .services
+            .error_pages
+            .as_deref()
+            .map(ErrorPages::load)
+            .transpose()
+            .map_err(|e| StartError::File(format!("--error-pages: {e}").into()))?;
         let sockets = bind_all(config, public, tls_stores.clone()).await?;
         let (listen, tls_listen, admin) = (sockets.listen, sockets.tls_listen, sockets.admin_addr);
         let oidc_listen = sockets.oidc.as_ref().map(|(_, addr, _)| *addr);
@@ -109,7 +119,7 @@ impl RunningProxy {
             &metrics,
             tls_listen,
             (&draining, &tracker),
-            exporter,
+            (exporter, error_pages),
         );
         tracing::info!(
             listen = %listen,
@@ -166,24 +176,49 @@ impl RunningProxy {
 /// The clients to GitLab: the pass-through's, within `--max-upstream-connections`,
 /// and the OIDC refresher's own, outside it, so a GitLab swamped by clients
 /// cannot keep the documents from being refreshed. `--upstream-ca` is read here.
+/// The other services (`--route`, KAS) get a client each, with a budget of
+/// `--max-upstream-connections` of their own: a registry push cannot starve GitLab.
 struct Upstreams {
     passthrough: Arc<Upstream>,
     oidc: Arc<Upstream>,
+    routes: Vec<(HostPattern, Arc<Upstream>)>,
+    kas: Option<Arc<Upstream>>,
+    kas_k8s_proxy: Option<Arc<Upstream>>,
 }
 
 fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId) -> Result<Upstreams, StartError> {
-    let budget = Budget::new(config.max_upstream_connections, config.connect_timeout, metrics.clone());
+    let budget = || {
+        Some(Budget::new(
+            config.max_upstream_connections,
+            config.connect_timeout,
+            metrics.clone(),
+        ))
+    };
+    let client = |target: &UpstreamTarget| upstream_to(target, config, via, budget());
+    let services = &config.services;
     Ok(Upstreams {
-        passthrough: upstream_to_gitlab(config, via, Some(budget))?,
-        oidc: upstream_to_gitlab(config, via, None)?,
+        passthrough: client(&config.upstream)?,
+        oidc: upstream_to(&config.upstream, config, via, None)?,
+        routes: services
+            .routes
+            .iter()
+            .map(|r| Ok((r.host.clone(), client(&r.upstream)?)))
+            .collect::<Result<_, StartError>>()?,
+        kas: services.kas.as_ref().map(client).transpose()?,
+        kas_k8s_proxy: services.kas_k8s_proxy.as_ref().map(client).transpose()?,
     })
 }
 
-/// A client of `--upstream`: the pass-through's (within `budget`) or the OIDC refresher's.
-fn upstream_to_gitlab(config: &Config, via: &ViaId, budget: Option<Arc<Budget>>) -> Result<Arc<Upstream>, StartError> {
+/// A client of `target` (with `--upstream-ca` and the timeouts), within `budget` if any.
+fn upstream_to(
+    target: &UpstreamTarget,
+    config: &Config,
+    via: &ViaId,
+    budget: Option<Arc<Budget>>,
+) -> Result<Arc<Upstream>, StartError> {
     let settings = UpstreamSettings {
         via: via.clone(),
-        target: config.upstream.clone(),
+        target: target.clone(),
         extra_ca: config.upstream_ca.clone(),
         connect_timeout: config.connect_timeout,
         response_timeout: config.idle_timeout,
@@ -246,7 +281,7 @@ fn oidc_cache(config: &Config) -> Result<Arc<Cache>, StartError> {
     let via = process_id()?;
     Ok(new_cache(
         config,
-        upstream_to_gitlab(config, &via, None)?,
+        upstream_to(&config.upstream, config, &via, None)?,
         &Arc::new(Metrics::new()),
     ))
 }
@@ -356,7 +391,7 @@ fn build(
     metrics: &Arc<Metrics>,
     tls_listen: Option<SocketAddr>,
     (draining, tracker): (&CancellationToken, &TaskTracker),
-    exporter: Option<Exporter>,
+    (exporter, error_pages): (Option<Exporter>, Option<ErrorPages>),
 ) -> Parts {
     let o = &config.oidc;
     let cache = new_cache(config, upstreams.oidc, metrics);
@@ -365,7 +400,13 @@ fn build(
         client_body_idle: config.client_body_timeout,
         upgrade_idle: config.upgrade_idle_timeout,
     };
-    let passthrough = Passthrough::new(upstreams.passthrough, timeouts, tracker.clone(), metrics.clone());
+    let to = |upstream| Passthrough::new(upstream, timeouts, tracker.clone(), metrics.clone());
+    let mut routes = Routes::default();
+    for (host, upstream) in upstreams.routes {
+        routes.add(host, to(upstream));
+    }
+    routes.set_kas(upstreams.kas.map(to), upstreams.kas_k8s_proxy.map(to));
+    let passthrough = to(upstreams.passthrough);
     let oidc = Oidc::new(cache.clone(), metrics.clone(), config.compression);
     let redirect = match tls_listen {
         Some(addr) if config.tls.redirect_http => Some(redirect::Target {
@@ -388,8 +429,10 @@ fn build(
             .as_ref()
             .and_then(|u| HeaderValue::from_str(&u.host).ok()),
         via,
+        error_pages,
+        acme_webroot: config.services.acme_webroot.as_deref().map(Webroot::new),
     };
-    let router = Arc::new(Router::new(oidc, passthrough, settings, metrics.clone()));
+    let router = Arc::new(Router::new(oidc, (passthrough, routes), settings, metrics.clone()));
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         cache: cache.clone(),

@@ -33,6 +33,17 @@ pub(crate) fn empty() -> ProxyBody {
     boxed(http_body_util::Empty::new())
 }
 
+/// A short plain-text answer of the proxy's own (admin, ACME webroot).
+pub(crate) fn text_response(status: http::StatusCode, text: &'static str) -> http::Response<ProxyBody> {
+    let mut resp = http::Response::new(full(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("no data for {0:?}")]
 pub(crate) struct IdleTimeout(pub Duration);

@@ -15,8 +15,9 @@ use ipnet::IpNet;
 
 use gitlab_oidc_proxy::check::{self, CheckSettings};
 use gitlab_oidc_proxy::config::{
-    AdminRefresh, Config, ExportSettings, ExportTarget, Issuer, LogFormat, OidcSettings, Proto, TlsConfig,
-    UpstreamTarget, parse_cidr_list, parse_duration, parse_jwks_path, parse_positive_duration, parse_upstream,
+    AdminRefresh, Config, ExportSettings, ExportTarget, Issuer, LogFormat, OidcSettings, Proto, Route, ServicesConfig,
+    TlsConfig, UpstreamTarget, parse_cidr_list, parse_duration, parse_jwks_path, parse_positive_duration, parse_route,
+    parse_upstream,
 };
 use gitlab_oidc_proxy::demo::DemoSettings;
 
@@ -360,6 +361,44 @@ pub(crate) struct ServeArgs {
 
     #[command(flatten)]
     pub(crate) oidc: OidcArgs,
+
+    #[command(flatten)]
+    pub(crate) services: ServicesArgs,
+}
+
+/// What omnibus nginx fronted besides GitLab itself.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Other services (what omnibus nginx also fronted)")]
+pub(crate) struct ServicesArgs {
+    /// Requests whose Host is HOST go to UPSTREAM instead of --upstream, streamed
+    /// and upgraded as GitLab's are, with no OIDC answers and no compression: the
+    /// container registry, Pages (*.pages.example.com names every subdomain),
+    /// Mattermost. Repeatable; the variable takes a comma-separated list.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_ROUTE", value_name = "HOST=UPSTREAM", value_delimiter = ',', value_parser = parse_route)]
+    pub(crate) route: Vec<Route>,
+
+    /// KAS (the GitLab agent server, omnibus 127.0.0.1:8150): the agent's websocket
+    /// path /-/kubernetes-agent/ goes there, as /.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_KAS_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
+    pub(crate) kas_upstream: Option<UpstreamTarget>,
+
+    /// KAS's Kubernetes API proxy (omnibus 127.0.0.1:8154): /-/kubernetes-agent/k8s-proxy/
+    /// and below go there, the prefix taken off.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_KAS_K8S_PROXY_UPSTREAM", value_name = "URL", value_parser = parse_upstream)]
+    pub(crate) kas_k8s_proxy_upstream: Option<UpstreamTarget>,
+
+    /// GitLab's public directory (/opt/gitlab/embedded/service/gitlab-rails/public): its
+    /// 502.html and 503.html answer the proxy's own 502/503/504 to browsers (504 shows
+    /// 502.html); other clients keep plain text, and GitLab's own error answers are
+    /// never replaced. Read at start.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_ERROR_PAGES", value_name = "DIR")]
+    pub(crate) error_pages: Option<PathBuf>,
+
+    /// certbot's --webroot: GET/HEAD /.well-known/acme-challenge/TOKEN on the plain
+    /// listener (even with --redirect-http) answers DIR/.well-known/acme-challenge/TOKEN,
+    /// and 404 for anything else under that path; nothing outside that folder is served.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_ACME_WEBROOT", value_name = "DIR")]
+    pub(crate) acme_webroot: Option<PathBuf>,
 }
 
 /// TLS termination, as the omnibus nginx does it.
@@ -553,6 +592,13 @@ impl ServeArgs {
             tls: self.tls.into_config(),
             export: self.oidc.export(),
             oidc: self.oidc.into_settings(),
+            services: ServicesConfig {
+                routes: self.services.route,
+                kas: self.services.kas_upstream,
+                kas_k8s_proxy: self.services.kas_k8s_proxy_upstream,
+                error_pages: self.services.error_pages,
+                acme_webroot: self.services.acme_webroot,
+            },
         }
     }
 }
@@ -699,6 +745,12 @@ mod tests {
         "--stale-if-error=11s",
         "--export-to=s3://bucket/oidc",
         "--export-issuer=https://bucket.example/oidc",
+        "--route=registry.g.example=http://127.0.0.1:5000",
+        "--route=*.pages.g.example=http://127.0.0.1:8090",
+        "--kas-upstream=http://127.0.0.1:8150",
+        "--kas-k8s-proxy-upstream=http://127.0.0.1:8154",
+        "--error-pages=/public",
+        "--acme-webroot=/acme",
     ];
 
     #[test]
@@ -758,6 +810,15 @@ mod tests {
             [o.max_age, o.refresh, o.upstream_timeout, o.stale_if_error],
             [s(8), s(9), s(10), s(11)]
         );
+        let v = &c.services;
+        assert_eq!(
+            v.routes.iter().map(|r| r.host.to_string()).collect::<Vec<_>>(),
+            ["registry.g.example", "*.pages.g.example"]
+        );
+        assert_eq!(v.kas, Some(parse_upstream("http://127.0.0.1:8150").unwrap()));
+        assert_eq!(v.kas_k8s_proxy, Some(parse_upstream("http://127.0.0.1:8154").unwrap()));
+        assert_eq!(v.error_pages, Some(PathBuf::from("/public")));
+        assert_eq!(v.acme_webroot, Some(PathBuf::from("/acme")));
         let export = c.export.expect("--export-to and --export-issuer");
         assert_eq!(
             (export.target, export.issuer.url.as_str()),

@@ -58,6 +58,12 @@ pub enum ValueError {
     IssuerCredentials(String),
     #[error("'{0}': an issuer has no query or fragment")]
     IssuerQuery(String),
+    #[error("'{0}' is not HOST=UPSTREAM, e.g. registry.example.com=http://127.0.0.1:5000")]
+    NotRoute(String),
+    #[error("'{0}' is not a host name (letters, digits, '-' and '.', no port; '*.' first for every subdomain)")]
+    RouteHost(String),
+    #[error("route {host}: {source}")]
+    RouteUpstream { host: String, source: Box<ValueError> },
 }
 
 /// Settings that are each valid alone but not together: exit 2 at start.
@@ -77,6 +83,10 @@ pub enum ConfigError {
     ProxyProtocolWithoutTrust,
     #[error("--upstream {upstream} is this proxy's own listener {listener}: it would forward every request to itself")]
     UpstreamIsSelf { upstream: String, listener: SocketAddr },
+    #[error("--route {0} is named twice")]
+    RouteTwice(String),
+    #[error("--route {0} is GitLab's own host (--external-url); GitLab's requests go to --upstream")]
+    RouteIsGitlab(String),
     #[error("the demo listens on loopback addresses only, not {0}: its signing keys are public")]
     DemoNotLoopback(SocketAddr),
 }
@@ -150,6 +160,75 @@ pub struct Config {
     pub oidc: OidcSettings,
     /// `--export-to` and `--export-issuer`: a copy of the documents kept in sync.
     pub export: Option<ExportSettings>,
+    /// What omnibus nginx also did: other services, KAS, error pages, ACME files.
+    pub services: ServicesConfig,
+}
+
+/// The rest of what omnibus nginx fronted besides GitLab itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServicesConfig {
+    /// `--route`: requests for these hosts go to their own upstream.
+    pub routes: Vec<Route>,
+    /// `--kas-upstream`: the agent's websocket path `/-/kubernetes-agent/`.
+    pub kas: Option<UpstreamTarget>,
+    /// `--kas-k8s-proxy-upstream`: `/-/kubernetes-agent/k8s-proxy/`.
+    pub kas_k8s_proxy: Option<UpstreamTarget>,
+    /// `--error-pages`: GitLab's 502.html and 503.html.
+    pub error_pages: Option<PathBuf>,
+    /// `--acme-webroot`: certbot's `--webroot` directory.
+    pub acme_webroot: Option<PathBuf>,
+}
+
+/// `--route HOST=UPSTREAM`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub host: HostPattern,
+    pub upstream: UpstreamTarget,
+}
+
+/// A route's host: one name, or (`*.pages.example.com`) every name below one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix with its leading dot: `.pages.example.com`.
+    Below(String),
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Below(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
+/// `HOST=UPSTREAM`; the host is kept lowercase, as requests' hosts are compared.
+pub fn parse_route(s: &str) -> Result<Route, ValueError> {
+    let (host, upstream) = s.split_once('=').ok_or_else(|| ValueError::NotRoute(s.to_owned()))?;
+    let host = host.trim().to_ascii_lowercase();
+    let (below, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host.as_str()),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !valid {
+        return Err(ValueError::RouteHost(host));
+    }
+    let upstream = parse_upstream(upstream.trim()).map_err(|e| ValueError::RouteUpstream {
+        host: host.clone(),
+        source: Box::new(e),
+    })?;
+    let host = if below {
+        HostPattern::Below(format!(".{name}"))
+    } else {
+        HostPattern::Exact(name.to_owned())
+    };
+    Ok(Route { host, upstream })
 }
 
 /// `--admin-refresh`: which peers the admin listener's `POST /refresh` answers.
@@ -249,6 +328,7 @@ impl Config {
                 stale_if_error: secs(24 * 3600),
             },
             export: None,
+            services: ServicesConfig::default(),
         }
     }
 
@@ -260,6 +340,27 @@ impl Config {
         }
         if self.proxy_protocol && self.trusted_proxies.is_empty() {
             return Err(ConfigError::ProxyProtocolWithoutTrust);
+        }
+        self.check_routes()
+    }
+
+    /// One upstream per host, and never GitLab's own: its requests (and the
+    /// OIDC answers) would silently go elsewhere.
+    fn check_routes(&self) -> Result<(), ConfigError> {
+        let gitlab = self.oidc.external_url.as_ref().and_then(|u| {
+            let authority = u.host.parse::<http::uri::Authority>().ok()?;
+            Some(authority.host().to_ascii_lowercase())
+        });
+        let mut seen = std::collections::HashSet::new();
+        for route in &self.services.routes {
+            if !seen.insert(&route.host) {
+                return Err(ConfigError::RouteTwice(route.host.to_string()));
+            }
+            if let (HostPattern::Exact(host), Some(gitlab)) = (&route.host, &gitlab)
+                && host == gitlab
+            {
+                return Err(ConfigError::RouteIsGitlab(host.clone()));
+            }
         }
         Ok(())
     }
@@ -513,6 +614,47 @@ pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, ValueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_name_a_host_or_every_host_below_one() {
+        let route = parse_route("Registry.Example.com=http://127.0.0.1:5000").unwrap();
+        assert_eq!(route.host, HostPattern::Exact("registry.example.com".into()));
+        assert_eq!(route.upstream, parse_upstream("http://127.0.0.1:5000").unwrap());
+        let pages = parse_route("*.pages.example.com=unix:/var/opt/gitlab/pages.sock").unwrap();
+        assert_eq!(pages.host, HostPattern::Below(".pages.example.com".into()));
+        assert_eq!(pages.host.to_string(), "*.pages.example.com");
+        for bad in [
+            "registry.example.com",
+            "=http://127.0.0.1:1",
+            "a..b=http://127.0.0.1:1",
+            "host:5050=http://127.0.0.1:1",
+            "*=http://127.0.0.1:1",
+            "a.*.b=http://127.0.0.1:1",
+            "a_b=http://127.0.0.1:1",
+        ] {
+            assert!(parse_route(bad).is_err(), "{bad}");
+        }
+        let err = parse_route("r.example.com=ftp://x").unwrap_err().to_string();
+        assert!(err.starts_with("route r.example.com: "), "{err}");
+    }
+
+    #[test]
+    fn a_route_for_gitlabs_own_host_or_a_host_twice_is_refused() {
+        let mut config = Config::new(parse_upstream("http://127.0.0.1:8181").unwrap());
+        config.oidc.external_url = Some(Issuer::parse("https://GitLab.example.com").unwrap());
+        config.services.routes = vec![parse_route("gitlab.example.com=http://127.0.0.1:5000").unwrap()];
+        assert_eq!(
+            config.check(),
+            Err(ConfigError::RouteIsGitlab("gitlab.example.com".into()))
+        );
+        config.services.routes = vec![
+            parse_route("r.example.com=http://127.0.0.1:5000").unwrap(),
+            parse_route("R.example.com=http://127.0.0.1:5001").unwrap(),
+        ];
+        assert_eq!(config.check(), Err(ConfigError::RouteTwice("r.example.com".into())));
+        config.services.routes.pop();
+        assert_eq!(config.check(), Ok(()));
+    }
 
     #[test]
     fn admin_refresh_loopback_means_the_host_itself() {

@@ -25,10 +25,12 @@ pub mod simulator;
 pub mod telemetry;
 
 mod access_log;
+mod acme_webroot;
 mod admin;
 mod body;
 mod compress;
 mod error;
+mod error_pages;
 mod headers;
 mod listener;
 mod metrics;
@@ -37,6 +39,7 @@ mod passthrough;
 mod proxy_protocol;
 mod redirect;
 mod router;
+mod routes;
 mod tls;
 mod upstream;
 

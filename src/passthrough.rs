@@ -22,6 +22,7 @@ use crate::upstream::Upstream;
 
 /// The silences the pass-through allows (`--idle-timeout`, `--client-body-timeout`,
 /// `--upgrade-idle-timeout`).
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
     pub body_idle: Duration,
     pub client_body_idle: Duration,

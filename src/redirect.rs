@@ -15,6 +15,15 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// The same redirect, to the request's own host: for a `--route` host,
+    /// which `--external-url` does not name.
+    pub(crate) fn for_any_host(&self) -> Target {
+        Target {
+            authority: None,
+            tls_port: self.tls_port,
+        }
+    }
+
     /// 301 to the https URL, or 400 when the request names no usable host.
     pub(crate) fn respond<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
         let host = req

@@ -10,15 +10,18 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
+use crate::acme_webroot::Webroot;
 use crate::body::{self, ProxyBody};
 use crate::compress;
 use crate::config::Proto;
 use crate::error::{Answer, DownstreamError, ProxyError};
+use crate::error_pages::{self, ErrorPages};
 use crate::headers::{self, HostProblem, ViaId};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::oidc::Oidc;
 use crate::passthrough::Passthrough;
 use crate::redirect;
+use crate::routes::{Destination, Routes};
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -65,20 +68,32 @@ pub(crate) struct RouterSettings {
     pub default_host: Option<HeaderValue>,
     /// This process's name in `Via`: a request that carries it has looped.
     pub via: ViaId,
+    /// `--error-pages`: HTML for the proxy's own 502/503/504, to browsers.
+    pub error_pages: Option<ErrorPages>,
+    /// `--acme-webroot`: challenge files on the plain listener.
+    pub acme_webroot: Option<Webroot>,
 }
 
 pub(crate) struct Router {
     oidc: Oidc,
     passthrough: Passthrough,
+    /// `--route` hosts and KAS: the services besides GitLab.
+    routes: Routes,
     settings: RouterSettings,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub(crate) fn new(oidc: Oidc, passthrough: Passthrough, settings: RouterSettings, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        oidc: Oidc,
+        (passthrough, routes): (Passthrough, Routes),
+        settings: RouterSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Router {
             oidc,
             passthrough,
+            routes,
             settings,
             metrics,
         }
@@ -97,22 +112,80 @@ impl Router {
         );
         let pending = PendingLog::new(record, self.metrics.clone());
 
+        // Read before the request is handed on: a browser may get GitLab's page.
+        let reads_html = s.error_pages.is_some() && error_pages::accepts_html(req.headers());
         let result = if headers::via_names(req.headers(), &s.via) {
             Err(ProxyError::Downstream(DownstreamError::Loop))
         } else if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
             Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
         } else if let Err(problem) = self.settle_host(&mut req, &conn) {
             Err(ProxyError::Downstream(problem))
-        } else if let Some(target) = &s.redirect
-            && conn.kind == ListenerKind::Plain
-            && forwarded.proto == Proto::Http
+        } else {
+            self.route(req, &conn, forwarded.proto).await
+        };
+        let mut resp = result.unwrap_or_else(|err| self.error_response(err, pending.record(), reads_html));
+        if let Some(hsts) = &s.hsts
+            && forwarded.proto == Proto::Https
         {
-            Ok(target.respond(&req))
-        } else if let Some(answer) = self.oidc.handle(&req).await {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        let status = resp.status();
+        resp.map(|body: ProxyBody| pending.into_body(body, status))
+    }
+
+    /// A request with a settled `Host`, to its answer: an ACME challenge file,
+    /// the https redirect, another service, the OIDC documents, or GitLab.
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        proto: Proto,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let s = &self.settings;
+        if conn.kind == ListenerKind::Plain
+            && let Some(webroot) = &s.acme_webroot
+            && let Some(answer) = webroot.respond(&req).await
+        {
+            return Ok(answer);
+        }
+        // The OIDC listener serves the documents alone, whatever the host.
+        let destination = match conn.kind {
+            ListenerKind::Oidc => Destination::Gitlab,
+            _ => {
+                let host = req.headers().get(header::HOST).map_or(&[][..], HeaderValue::as_bytes);
+                self.routes.pick(host, req.uri())
+            }
+        };
+        if let Some(target) = &s.redirect
+            && conn.kind == ListenerKind::Plain
+            && proto == Proto::Http
+        {
+            // Another service keeps its own host: --external-url names GitLab's.
+            return Ok(match destination {
+                Destination::Gitlab => target.respond(&req),
+                _ => target.for_any_host().respond(&req),
+            });
+        }
+        match destination {
+            Destination::Service(to) => to.forward(req).await,
+            Destination::Kas { to, uri } => {
+                let mut req = req;
+                *req.uri_mut() = uri;
+                to.forward(req).await
+            }
+            Destination::Gitlab => self.to_gitlab(req, conn.kind).await,
+        }
+    }
+
+    /// GitLab's own requests: the OIDC documents from the cache, the rest
+    /// passed through (compressed like omnibus nginx does).
+    async fn to_gitlab(&self, req: Request<Incoming>, kind: ListenerKind) -> Result<Response<ProxyBody>, ProxyError> {
+        if let Some(answer) = self.oidc.handle(&req).await {
             Ok(answer)
-        } else if conn.kind == ListenerKind::Oidc {
+        } else if kind == ListenerKind::Oidc {
             Err(ProxyError::Downstream(DownstreamError::NotOidc))
-        } else if s.compression {
+        } else if self.settings.compression {
             // nginx's gzip_http_version 1.1: an HTTP/1.0 client gets identity.
             let choice = (req.version() != Version::HTTP_10)
                 .then(|| compress::negotiate(req.headers()))
@@ -122,16 +195,7 @@ impl Router {
             forwarded.map(|resp| compress::apply(&method, choice, resp))
         } else {
             self.passthrough.forward(req).await
-        };
-        let mut resp = result.unwrap_or_else(|err| self.error_response(err, pending.record()));
-        if let Some(hsts) = &s.hsts
-            && forwarded.proto == Proto::Https
-        {
-            resp.headers_mut()
-                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
-        let status = resp.status();
-        resp.map(|body: ProxyBody| pending.into_body(body, status))
     }
 
     fn settle_host(&self, req: &mut Request<Incoming>, conn: &ConnInfo) -> Result<(), DownstreamError> {
@@ -151,7 +215,7 @@ impl Router {
         })
     }
 
-    fn error_response(&self, err: ProxyError, record: &RequestRecord) -> Response<ProxyBody> {
+    fn error_response(&self, err: ProxyError, record: &RequestRecord, reads_html: bool) -> Response<ProxyBody> {
         let answer = err.answer();
         match &err {
             ProxyError::Upstream(_) => {
@@ -176,7 +240,20 @@ impl Router {
                 tracing::debug!(method = %record.method, path = %record.path, error = %err, "request refused");
             }
         }
+        let page = self
+            .settings
+            .error_pages
+            .as_ref()
+            .filter(|_| reads_html)
+            .and_then(|pages| pages.page(answer.status));
         let mut resp = error_response(answer);
+        if let Some(page) = page {
+            *resp.body_mut() = body::full(page);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+        }
         if let ProxyError::Downstream(_) = err {
             // What is left of a refused request (an unread body) is not read as
             // the next one: the connection ends with this answer, as nginx's does.

@@ -16,7 +16,16 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 30] = [
+const OPTIONS: [(&str, &str, Option<&str>); 35] = [
+    ("--route", "GITLAB_OIDC_PROXY_ROUTE", None),
+    ("--kas-upstream", "GITLAB_OIDC_PROXY_KAS_UPSTREAM", None),
+    (
+        "--kas-k8s-proxy-upstream",
+        "GITLAB_OIDC_PROXY_KAS_K8S_PROXY_UPSTREAM",
+        None,
+    ),
+    ("--error-pages", "GITLAB_OIDC_PROXY_ERROR_PAGES", None),
+    ("--acme-webroot", "GITLAB_OIDC_PROXY_ACME_WEBROOT", None),
     ("--export-to", "GITLAB_OIDC_PROXY_EXPORT_TO", None),
     ("--export-issuer", "GITLAB_OIDC_PROXY_EXPORT_ISSUER", None),
     ("--oidc-tls-cert", "GITLAB_OIDC_PROXY_OIDC_TLS_CERT", None),

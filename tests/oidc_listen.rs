@@ -38,18 +38,7 @@ async fn start_proxy(upstream: String, args: Vec<String>) -> Proxy {
     .unwrap()
 }
 
-async fn get(url: &str, method: Method, headers: &[(&str, &str)]) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req.body(empty()).unwrap()))
-        .await
-        .expect("answer within 10 s")
-        .unwrap();
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    (status, headers, body_bytes(resp).await)
-}
+use support::fetch as get;
 
 #[tokio::test]
 async fn every_other_path_is_404_and_never_reaches_gitlab() {

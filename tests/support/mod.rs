@@ -442,6 +442,24 @@ pub(crate) fn h2c_client() -> Client<HttpConnector, TestBody> {
         .build(HttpConnector::new())
 }
 
+/// One request with `headers`, answered within 10 s: status, headers, whole body.
+pub(crate) async fn fetch(
+    url: &str,
+    method: http::Method,
+    headers: &[(&str, &str)],
+) -> (http::StatusCode, http::HeaderMap, Bytes) {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(10), client().request(req.body(empty()).unwrap()))
+        .await
+        .expect("answer within 10 s")
+        .unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    (status, headers, body_bytes(resp).await)
+}
+
 pub(crate) async fn body_bytes(resp: Response<Incoming>) -> Bytes {
     resp.into_body().collect().await.unwrap().to_bytes()
 }
