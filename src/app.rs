@@ -33,6 +33,7 @@ use crate::passthrough::{Passthrough, Timeouts};
 use crate::redirect;
 use crate::router::{ListenerKind, Router, RouterSettings};
 use crate::routes::Routes;
+use crate::tls::sni::{CertDir, SniResolver};
 use crate::tls::{self, CertStore, TlsSettings};
 use crate::upstream::{self, Budget, Upstream, UpstreamSettings};
 
@@ -301,8 +302,19 @@ fn process_id() -> Result<ViaId, StartError> {
 /// socket is bound.
 fn load_certificates(config: &Config, metrics: &Arc<Metrics>) -> Result<TlsStores, StartError> {
     let t = &config.tls;
+    let main = load_certificate(config, (&t.cert, &t.key), "main", metrics)?;
+    let dir = match (&t.cert_dir, &main) {
+        (Some(dir), Some(default)) => {
+            let loaded = CertDir::load(dir, default.settings().clone(), metrics.clone())
+                .map_err(|e| StartError::File(format!("--tls-cert-dir {e}").into()))?;
+            tracing::info!(dir = %dir.display(), names = ?loaded.names(), "TLS pairs by SNI");
+            Some(loaded)
+        }
+        _ => None,
+    };
     Ok(TlsStores {
-        main: load_certificate(config, (&t.cert, &t.key), "main", metrics)?,
+        main,
+        dir,
         oidc: load_certificate(config, (&t.oidc_cert, &t.oidc_key), "oidc", metrics)?,
     })
 }
@@ -311,6 +323,8 @@ fn load_certificates(config: &Config, metrics: &Arc<Metrics>) -> Result<TlsStore
 #[derive(Clone)]
 struct TlsStores {
     main: Option<Arc<CertStore>>,
+    /// `--tls-cert-dir`: more pairs for the main TLS listener, by SNI.
+    dir: Option<Arc<CertDir>>,
     oidc: Option<Arc<CertStore>>,
 }
 
@@ -331,6 +345,7 @@ fn load_certificate(
         strict: t.strict_chain,
         watch_interval: t.watch_interval,
         listener,
+        sni: None,
     };
     CertStore::load(settings, metrics.clone())
         .map(Some)
@@ -352,20 +367,29 @@ pub(crate) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartErro
 }
 
 async fn bind_all(config: &Config, public: Option<TcpListener>, stores: TlsStores) -> Result<Sockets, StartError> {
-    let server_config = |store| tls::server_config(store).map_err(|e| StartError::Tls(e.into()));
+    let server_config = |store: Arc<dyn rustls::server::ResolvesServerCert>| {
+        tls::server_config(store).map_err(|e| StartError::Tls(e.into()))
+    };
     let public = match public {
         Some(listener) => listener,
         None => bind(config.listen).await?,
     };
     let tls = match (config.tls.listen, stores.main) {
-        (Some(addr), Some(store)) => Some((bind(addr).await?, server_config(store)?)),
+        (Some(addr), Some(default)) => {
+            let resolver = SniResolver {
+                default,
+                dir: stores.dir,
+            };
+            Some((bind(addr).await?, server_config(Arc::new(resolver))?))
+        }
         _ => None,
     };
     let oidc = match config.oidc_listen {
         Some(addr) => {
             let listener = bind(addr).await?;
             let local = local_addr(&listener)?;
-            Some((listener, local, stores.oidc.map(server_config).transpose()?))
+            let tls = stores.oidc.map(|store| server_config(store)).transpose()?;
+            Some((listener, local, tls))
         }
         None => None,
     };
@@ -475,6 +499,11 @@ fn spawn(
         let (hup_tx, hup_rx) = mpsc::channel(1);
         reloads.push(hup_tx);
         background.push(tokio::spawn(store.watch(hup_rx)));
+    }
+    if let Some(dir) = tls_stores.dir {
+        let (hup_tx, hup_rx) = mpsc::channel(1);
+        reloads.push(hup_tx);
+        background.push(tokio::spawn(dir.watch(hup_rx)));
     }
     background.push(tokio::spawn(forward_sighup(sockets.hup, reloads)));
     let proxy_protocol = config.proxy_protocol.then(|| config.trusted_proxies.clone());

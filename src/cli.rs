@@ -422,6 +422,19 @@ pub(crate) struct TlsArgs {
     #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_KEY", value_name = "PEM", requires = "tls_listen")]
     pub(crate) tls_key: Option<PathBuf>,
 
+    /// A directory of <host>.crt/<host>.key pairs (omnibus's /etc/gitlab/ssl), each served
+    /// to clients asking for that host by SNI (a wildcard pair to the names below its
+    /// host); --tls-cert/--tls-key serve any other name. Each pair gets the same checks
+    /// and reloads; a bad one is left out alone. New and removed pairs are noticed within
+    /// --tls-watch-interval.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_TLS_CERT_DIR",
+        value_name = "DIR",
+        requires = "tls_listen"
+    )]
+    pub(crate) tls_cert_dir: Option<PathBuf>,
+
     /// PEM certificate chain for --oidc-listen, which then speaks TLS (same checks,
     /// file watch and SIGHUP reload as --tls-cert).
     #[arg(long, env = "GITLAB_OIDC_PROXY_OIDC_TLS_CERT", value_name = "PEM", requires_all = ["oidc_listen", "oidc_tls_key"])]
@@ -609,6 +622,7 @@ impl TlsArgs {
             listen: self.tls_listen,
             cert: self.tls_cert,
             key: self.tls_key,
+            cert_dir: self.tls_cert_dir,
             oidc_cert: self.oidc_tls_cert,
             oidc_key: self.oidc_tls_key,
             strict_chain: self.strict_chain,
@@ -732,6 +746,7 @@ mod tests {
         "--tls-listen=127.0.0.1:3",
         "--tls-cert=/c.pem",
         "--tls-key=/k.pem",
+        "--tls-cert-dir=/etc/gitlab/ssl",
         "--strict-chain",
         "--tls-watch-interval=6s",
         "--tls-handshake-timeout=7s",
@@ -795,6 +810,7 @@ mod tests {
             (Some("/c.pem".into()), Some("/k.pem".into()))
         );
         assert!(t.strict_chain && !t.redirect_http);
+        assert_eq!(t.cert_dir, Some(PathBuf::from("/etc/gitlab/ssl")));
         assert_eq!((t.watch_interval, t.handshake_timeout, t.hsts), (s(6), s(7), Some(60)));
         let o = &c.oidc;
         assert_eq!(o.jwks_path, "/oauth/ci/keys");

@@ -256,6 +256,8 @@ pub struct TlsConfig {
     pub listen: Option<SocketAddr>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// `--tls-cert-dir`: `<host>.crt`/`<host>.key` pairs picked by SNI.
+    pub cert_dir: Option<PathBuf>,
     /// `--oidc-tls-cert`/`--oidc-tls-key`: TLS on `--oidc-listen`, with the same
     /// checks and reloads as the main pair.
     pub oidc_cert: Option<PathBuf>,
@@ -310,6 +312,7 @@ impl Config {
                 listen: None,
                 cert: None,
                 key: None,
+                cert_dir: None,
                 oidc_cert: None,
                 oidc_key: None,
                 strict_chain: false,

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicU64;
 
 use http::Method;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -39,10 +39,23 @@ pub(crate) struct ServedLabels {
     pub state: &'static str,
 }
 
-/// Which listener a certificate serves: `main` (`--tls-listen`) or `oidc`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ListenerLabel {
+/// A served certificate: its listener (`main` for `--tls-listen`, or `oidc`),
+/// and for a `--tls-cert-dir` pair the name its files carry (empty for the
+/// others, which then have no `name` label, as before the directory existed).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct CertLabel {
     pub listener: &'static str,
+    pub name: String,
+}
+
+impl EncodeLabelSet for CertLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("listener", self.listener).encode(encoder.encode_label())?;
+        if !self.name.is_empty() {
+            ("name", self.name.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,7 +94,7 @@ pub(crate) struct Metrics {
     /// Certificate reloads: `ok` or `refused` (the last good pair stays).
     pub tls_reloads: Family<OutcomeOnly, Counter>,
     /// Unix time of the earliest notAfter on each served chain.
-    pub tls_expiry: Family<ListenerLabel, Gauge>,
+    pub tls_expiry: Family<CertLabel, Gauge>,
     pub tls_handshake_failures: Family<ErrorLabels, Counter>,
     pub proxy_protocol_rejected: Family<ErrorLabels, Counter>,
     /// Series only where a copy is kept (`--export-to`): none to alert on otherwise.
@@ -139,7 +152,7 @@ const TLS_RELOADS: Described = (
 );
 const TLS_EXPIRY: Described = (
     "tls_certificate_expiry_timestamp_seconds",
-    "Unix time at which the first certificate of the served chain expires, by listener",
+    "Unix time at which the first certificate of the served chain expires, by listener (and name, for a --tls-cert-dir pair)",
 );
 const TLS_HANDSHAKE_FAILURES: Described = (
     "tls_handshake_failures",
@@ -379,7 +392,7 @@ gitlab_oidc_proxy_oidc_keys 0
 # HELP gitlab_oidc_proxy_tls_reloads Certificate reloads (SIGHUP or changed files), by outcome.
 # TYPE gitlab_oidc_proxy_tls_reloads counter
 gitlab_oidc_proxy_tls_reloads_total{outcome="o"} 1
-# HELP gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds Unix time at which the first certificate of the served chain expires, by listener.
+# HELP gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds Unix time at which the first certificate of the served chain expires, by listener (and name, for a --tls-cert-dir pair).
 # TYPE gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds gauge
 gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds{listener="l"} 7
 # HELP gitlab_oidc_proxy_tls_handshake_failures TLS handshakes that failed, by reason (timeout or error).
@@ -422,7 +435,12 @@ gitlab_oidc_proxy_export_last_success_timestamp_seconds{to="t"} 9
         m.oidc_refreshes.get_or_create(&outcome).inc();
         m.oidc_age.get_or_create(&DocumentLabel { document: "d" }).set(1.5);
         m.tls_reloads.get_or_create(&OutcomeOnly { outcome: "o" }).inc();
-        m.tls_expiry.get_or_create(&ListenerLabel { listener: "l" }).set(7);
+        m.tls_expiry
+            .get_or_create(&CertLabel {
+                listener: "l",
+                name: String::new(),
+            })
+            .set(7);
         m.tls_handshake_failures.get_or_create(&error).inc();
         m.proxy_protocol_rejected.get_or_create(&error).inc();
         m.count_export("t", "written", 9);

@@ -16,7 +16,8 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 35] = [
+const OPTIONS: [(&str, &str, Option<&str>); 36] = [
+    ("--tls-cert-dir", "GITLAB_OIDC_PROXY_TLS_CERT_DIR", None),
     ("--route", "GITLAB_OIDC_PROXY_ROUTE", None),
     ("--kas-upstream", "GITLAB_OIDC_PROXY_KAS_UPSTREAM", None),
     (

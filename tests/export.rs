@@ -291,17 +291,16 @@ async fn serve_keeps_a_copy_in_sync_and_its_failures_never_touch_readiness() {
     verify_at(&issuer, &before)
         .await
         .expect("the dropped key stays for --max-age");
+    // The pass is counted once its files are written: a verifier may see them first.
+    let written = format!(r#"gitlab_oidc_proxy_export_passes_total{{to="{to}",outcome="written"}}"#);
+    let counted = wait_until(ten, || async { metric(&proxy, &written).await >= Some(2.0) }).await;
+    assert!(counted, "the first copy and the rotation");
     let status = export_status(&proxy).await;
     assert_eq!(
         (status["to"].as_str(), status["issuer"].as_str()),
         (Some(to.as_str()), Some(issuer.as_str()))
     );
     assert!(status["last_success"].is_u64() && status["error"].is_null(), "{status}");
-    let written = format!(r#"gitlab_oidc_proxy_export_passes_total{{to="{to}",outcome="written"}}"#);
-    assert!(
-        metric(&proxy, &written).await >= Some(2.0),
-        "the first copy and the rotation"
-    );
 
     // The target breaks (a file where the copy's directory must be), then is mended.
     std::fs::remove_dir_all(dir.path().join(".well-known")).unwrap();

@@ -210,8 +210,9 @@ impl Exporter {
             Ok(_) => "written",
             Err(_) => "failed",
         };
-        self.metrics.count_export(to, label, secs(now));
+        // /status first: whoever sees the count sees the status too.
         self.status.record(secs(now), &outcome);
+        self.metrics.count_export(to, label, secs(now));
         outcome
     }
 

@@ -576,6 +576,15 @@ fn key_matches(cert: &Cert<'_>, key: &SubjectPublicKeyInfo<'_>) -> bool {
             && *raw == *public_key_to_spki(&RSA_ENCRYPTION_WITHOUT_NULL, bits))
 }
 
+/// Whether a client asking for `host` accepts `leaf` (its SANs, wildcards for
+/// one label), as webpki decides it.
+pub(crate) fn covers(leaf: &CertificateDer<'_>, host: &str) -> bool {
+    let (Ok(parsed), Ok(name)) = (ParsedCertificate::try_from(leaf), ServerName::try_from(host)) else {
+        return false;
+    };
+    verify_server_name(&parsed, &name).is_ok()
+}
+
 fn check_hosts(leaf: &Cert<'_>, hosts: &[String]) -> Result<(), ChainError> {
     let mut wanted: Vec<&str> = Vec::new();
     for host in hosts {

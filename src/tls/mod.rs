@@ -2,12 +2,13 @@
 //! serves, which can be replaced while connections are open.
 
 pub(crate) mod chain;
+pub(crate) mod sni;
 pub(crate) mod store;
 
 use std::sync::Arc;
 
 use rustls::ServerConfig;
-use rustls::server::ServerSessionMemoryCache;
+use rustls::server::{ResolvesServerCert, ServerSessionMemoryCache};
 
 pub(crate) use store::{CertStore, TlsSettings};
 
@@ -23,7 +24,7 @@ pub(crate) enum SetupError {
 /// TLS 1.2 and 1.3 with the ring provider's safe defaults; ALPN offers h2 first,
 /// as nginx with `http2 on` does. The certificate comes from `store` on every
 /// handshake, so a reload reaches new connections only.
-pub(crate) fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, SetupError> {
+pub(crate) fn server_config(store: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, SetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

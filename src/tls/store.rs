@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::chain::{self, EXPIRY_WARNING, LoadedPair};
-use crate::metrics::{ListenerLabel, Metrics, OutcomeOnly};
+use crate::metrics::{CertLabel, Metrics, OutcomeOnly};
 
 #[derive(Debug, Clone)]
 pub(crate) struct TlsSettings {
@@ -28,14 +28,37 @@ pub(crate) struct TlsSettings {
     pub watch_interval: Duration,
     /// The listener it serves (`main` or `oidc`): the expiry metric's label.
     pub listener: &'static str,
+    /// A `--tls-cert-dir` pair: the name its files carry, which the leaf must
+    /// cover (itself or, as a wildcard, the names below it). `None` for the
+    /// pair of `--tls-cert`/`--tls-key`.
+    pub sni: Option<String>,
+}
+
+impl TlsSettings {
+    /// The options that name the files, for messages.
+    fn options(&self) -> (&'static str, &'static str) {
+        match (&self.sni, self.listener) {
+            (Some(_), _) => ("--tls-cert-dir", "--tls-cert-dir"),
+            (None, "oidc") => ("--oidc-tls-cert", "--oidc-tls-key"),
+            (None, _) => ("--tls-cert", "--tls-key"),
+        }
+    }
+
+    /// The expiry metric's labels: the listener, and the name of a directory pair.
+    fn label(&self) -> CertLabel {
+        CertLabel {
+            listener: self.listener,
+            name: self.sni.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// What identifies a version of both files: a renewal changes at least one of
 /// these, including an atomic symlink swap (Kubernetes secret volumes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Vec<(u64, u64, i64, i64, u64)>);
+pub(super) struct Stamp(Vec<(u64, u64, i64, i64, u64)>);
 
-fn stamp(settings: &TlsSettings) -> Option<Stamp> {
+pub(super) fn stamp(settings: &TlsSettings) -> Option<Stamp> {
     let one = |m: Metadata| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len());
     let cert = std::fs::metadata(&settings.cert).ok()?;
     let key = std::fs::metadata(&settings.key).ok()?;
@@ -58,7 +81,7 @@ impl fmt::Debug for CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).certified.clone())
+        Some(self.current())
     }
 }
 
@@ -75,6 +98,15 @@ impl CertStore {
         };
         store.announce(&store.current.read().unwrap_or_else(|p| p.into_inner()), "start");
         Ok(Arc::new(store))
+    }
+
+    pub(crate) fn settings(&self) -> &TlsSettings {
+        &self.settings
+    }
+
+    /// The pair served now.
+    pub(crate) fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).certified.clone()
     }
 
     /// Loads the files again; on any problem the served pair stays. Returns
@@ -121,9 +153,7 @@ impl CertStore {
         let expires = unix_secs(pair.not_after);
         self.metrics
             .tls_expiry
-            .get_or_create(&ListenerLabel {
-                listener: self.settings.listener,
-            })
+            .get_or_create(&self.settings.label())
             .set(expires);
         tracing::info!(
             trigger,
@@ -214,11 +244,14 @@ pub(crate) enum PairError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("--tls-cert {} with --tls-key {}: {source}", cert.display(), key.display())]
-    Refused {
+    /// `files`: the options and files, e.g. "--tls-cert a.pem with --tls-key b.pem".
+    #[error("{files}: {source}")]
+    Refused { files: String, source: chain::ChainError },
+    #[error("{option} {}: its certificate is valid neither for {name} nor for names below it", cert.display())]
+    NotForName {
+        option: &'static str,
         cert: PathBuf,
-        key: PathBuf,
-        source: chain::ChainError,
+        name: String,
     },
 }
 
@@ -230,15 +263,29 @@ fn read_pair(settings: &TlsSettings) -> Result<LoadedPair, PairError> {
             source,
         })
     };
-    let cert = read("--tls-cert", &settings.cert)?;
-    let key = read("--tls-key", &settings.key)?;
-    chain::load_pair(&cert, &key, &settings.hosts, settings.strict, SystemTime::now()).map_err(|source| {
-        PairError::Refused {
-            cert: settings.cert.clone(),
-            key: settings.key.clone(),
-            source,
+    let (cert_option, key_option) = settings.options();
+    let cert = read(cert_option, &settings.cert)?;
+    let key = read(key_option, &settings.key)?;
+    let pair =
+        chain::load_pair(&cert, &key, &settings.hosts, settings.strict, SystemTime::now()).map_err(|source| {
+            let (cert, key) = (settings.cert.display(), settings.key.display());
+            let files = match settings.sni {
+                Some(_) => format!("{cert_option} {cert} with {key}"),
+                None => format!("{cert_option} {cert} with {key_option} {key}"),
+            };
+            PairError::Refused { files, source }
+        })?;
+    if let Some(name) = &settings.sni {
+        let leaf = &pair.certified.cert[0];
+        if !chain::covers(leaf, name) && !chain::covers(leaf, &format!("sni-probe.{name}")) {
+            return Err(PairError::NotForName {
+                option: cert_option,
+                cert: settings.cert.clone(),
+                name: name.clone(),
+            });
         }
-    })
+    }
+    Ok(pair)
 }
 
 fn unix_secs(t: SystemTime) -> i64 {
