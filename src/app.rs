@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
+use crate::assets_cache::AssetsCache;
 use crate::config::{Config, ConfigError, ExportSettings, Proto};
 use crate::error::StartError;
 use crate::export::{self, Exporter};
@@ -389,7 +390,8 @@ fn build(
             .and_then(|u| HeaderValue::from_str(&u.host).ok()),
         via,
     };
-    let router = Arc::new(Router::new(oidc, passthrough, settings, metrics.clone()));
+    let assets = AssetsCache::new(config.assets_cache, metrics.clone());
+    let router = Arc::new(Router::new(oidc, passthrough, settings, metrics.clone()).with_assets_cache(assets));
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         cache: cache.clone(),

@@ -26,6 +26,7 @@ pub mod telemetry;
 
 mod access_log;
 mod admin;
+mod assets_cache;
 mod body;
 mod compress;
 mod error;

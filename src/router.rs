@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
+use crate::assets_cache::AssetsCache;
 use crate::body::{self, ProxyBody};
 use crate::compress;
 use crate::config::Proto;
@@ -72,6 +73,8 @@ pub(crate) struct Router {
     passthrough: Passthrough,
     settings: RouterSettings,
     metrics: Arc<Metrics>,
+    /// `--assets-cache-size`: GitLab's `/assets/` answers kept in memory.
+    assets: Option<AssetsCache>,
 }
 
 impl Router {
@@ -81,6 +84,21 @@ impl Router {
             passthrough,
             settings,
             metrics,
+            assets: None,
+        }
+    }
+
+    /// Puts `cache` between the compression and the pass-through.
+    pub(crate) fn with_assets_cache(mut self, cache: Option<AssetsCache>) -> Self {
+        self.assets = cache;
+        self
+    }
+
+    /// To GitLab, through the `/assets/` cache when it is on.
+    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        match &self.assets {
+            Some(cache) => cache.handle(req, &self.passthrough).await,
+            None => self.passthrough.forward(req).await,
         }
     }
 
@@ -118,10 +136,10 @@ impl Router {
                 .then(|| compress::negotiate(req.headers()))
                 .flatten();
             let method = req.method().clone();
-            let forwarded = self.passthrough.forward(req).await;
+            let forwarded = self.forward(req).await;
             forwarded.map(|resp| compress::apply(&method, choice, resp))
         } else {
-            self.passthrough.forward(req).await
+            self.forward(req).await
         };
         let mut resp = result.unwrap_or_else(|err| self.error_response(err, pending.record()));
         if let Some(hsts) = &s.hsts

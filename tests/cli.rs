@@ -16,7 +16,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 30] = [
+const OPTIONS: [(&str, &str, Option<&str>); 32] = [
     ("--export-to", "GITLAB_OIDC_PROXY_EXPORT_TO", None),
     ("--export-issuer", "GITLAB_OIDC_PROXY_EXPORT_ISSUER", None),
     ("--oidc-tls-cert", "GITLAB_OIDC_PROXY_OIDC_TLS_CERT", None),
@@ -54,6 +54,16 @@ const OPTIONS: [(&str, &str, Option<&str>); 30] = [
     ),
     ("--shutdown-grace", "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", Some("30s")),
     ("--compression", "GITLAB_OIDC_PROXY_COMPRESSION", Some("on")),
+    (
+        "--assets-cache-size",
+        "GITLAB_OIDC_PROXY_ASSETS_CACHE_SIZE",
+        Some("256MiB"),
+    ),
+    (
+        "--assets-cache-max-entry",
+        "GITLAB_OIDC_PROXY_ASSETS_CACHE_MAX_ENTRY",
+        Some("8MiB"),
+    ),
     ("--proxy-protocol", "GITLAB_OIDC_PROXY_PROXY_PROTOCOL", None),
     ("--tls-listen", "GITLAB_OIDC_PROXY_TLS_LISTEN", None),
     ("--tls-cert", "GITLAB_OIDC_PROXY_TLS_CERT", None),
