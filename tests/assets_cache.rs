@@ -468,3 +468,30 @@ async fn the_size_bounds_what_is_held() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn http2_clients_get_hits_in_their_protocol() {
+    bounded(async {
+        let (gitlab, _up, proxy) = start(&[]).await;
+        let h2 = h2c_client();
+        let fetch = |method: Method| {
+            let req = Request::builder()
+                .method(method)
+                .uri(proxy.url("/assets/app-7.js"))
+                .body(empty())
+                .unwrap();
+            h2.request(req)
+        };
+        let miss = fetch(Method::GET).await.unwrap();
+        assert_eq!(body_bytes(miss).await.len(), 300_000);
+        let hit = fetch(Method::GET).await.unwrap();
+        assert_eq!(hit.version(), http::Version::HTTP_2);
+        assert!(hit.headers().contains_key("age"));
+        assert_eq!(body_bytes(hit).await.as_ref(), script(300_000).as_slice());
+        let head = fetch(Method::HEAD).await.unwrap();
+        assert_eq!(head.headers()["content-length"], "300000");
+        assert!(body_bytes(head).await.is_empty());
+        assert_eq!(gitlab.count("/assets/app-7.js"), 1);
+    })
+    .await;
+}
