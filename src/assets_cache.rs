@@ -331,14 +331,7 @@ impl Entry {
     fn respond<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
         let age = HeaderValue::from(self.age.saturating_add(self.stored.elapsed().as_secs()));
         let mut resp = if not_modified(req.headers(), &self.headers) {
-            let mut resp = Response::new(body::empty());
-            *resp.status_mut() = StatusCode::NOT_MODIFIED;
-            for name in NOT_MODIFIED_HEADERS {
-                for value in self.headers.get_all(&name) {
-                    resp.headers_mut().append(name.clone(), value.clone());
-                }
-            }
-            resp
+            not_modified_response(&self.headers)
         } else {
             let body = if req.method() == Method::HEAD {
                 body::empty()
@@ -353,6 +346,18 @@ impl Entry {
         *resp.version_mut() = req.version();
         resp
     }
+}
+
+/// A `304` for a response with these headers.
+fn not_modified_response(stored: &HeaderMap) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in NOT_MODIFIED_HEADERS {
+        for value in stored.get_all(&name) {
+            resp.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    resp
 }
 
 /// Each entry expires after its own max-age.
@@ -395,6 +400,8 @@ enum Found {
 
 enum Join {
     Lead(FillGuard),
+    /// Nothing under way, and not to lead.
+    Alone,
     Wait(watch::Receiver<()>),
 }
 
@@ -427,7 +434,8 @@ impl AssetsCache {
             entries,
             vary: Cache::builder().max_capacity(VARY_URIS).build(),
             fills: Arc::default(),
-            max_entry: settings.max_entry,
+            // moka weighs entries in u32: a bigger one would be undercounted.
+            max_entry: settings.max_entry.min(u64::from(u32::MAX) / 2),
             metrics,
         })
     }
@@ -461,16 +469,17 @@ impl AssetsCache {
                 }
                 Found::Nothing => {}
             }
-            // HEAD has no body to store; only one fetch per key at a time, and a
-            // request that waited once goes to GitLab itself.
-            if req.method() == Method::HEAD || !first {
+            // One fetch per key at a time (HEAD, with no body to store, never
+            // leads one); a request that waited once goes to GitLab itself.
+            if !first {
                 break;
             }
-            match self.join(&key) {
+            match self.join(&key, req.method() == Method::GET) {
                 Join::Lead(guard) => {
                     lead = Some(guard);
                     break;
                 }
+                Join::Alone => break,
                 Join::Wait(mut done) => {
                     let _ = tokio::time::timeout(JOIN_WAIT, done.changed()).await;
                 }
@@ -492,11 +501,14 @@ impl AssetsCache {
         (key, found)
     }
 
-    /// Leads the fetch for `key`, or waits for the one under way.
-    fn join(&self, key: &str) -> Join {
+    /// Waits for the fetch of `key` under way, or leads one when `may_lead`.
+    fn join(&self, key: &str, may_lead: bool) -> Join {
         let mut fills = self.fills.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(done) = fills.get(key) {
             return Join::Wait(done.clone());
+        }
+        if !may_lead {
+            return Join::Alone;
         }
         let (tx, rx) = watch::channel(());
         fills.insert(key.to_owned(), rx);
@@ -508,15 +520,22 @@ impl AssetsCache {
     }
 
     /// GitLab's answer, streamed; a storable one through a [`TeeBody`] that keeps
-    /// a copy. `lead` (the waiters' signal) ends with the fill.
+    /// a copy. `lead` (the waiters' signal) ends with the fill. As with nginx's
+    /// `proxy_cache`, GitLab is asked for the whole response (a browser
+    /// revalidating its copy can fill the cache too) and the client's conditions
+    /// are answered here.
     async fn fetch(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         passthrough: &Passthrough,
         uri: String,
         lead: Option<FillGuard>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let request_headers = req.headers().clone();
+        if req.method() == Method::GET {
+            req.headers_mut().remove(header::IF_NONE_MATCH);
+            req.headers_mut().remove(header::IF_MODIFIED_SINCE);
+        }
         let resp = passthrough.forward(req).await?;
         let Some(plan) = storable(resp.status(), resp.headers(), self.max_entry) else {
             return Ok(resp);
@@ -539,6 +558,13 @@ impl AssetsCache {
             inner,
             fill: Some(fill),
         };
+        if not_modified(&request_headers, &parts.headers) {
+            // The client has it: the body fills the cache without it.
+            tokio::spawn(tee.drain());
+            let mut resp = not_modified_response(&parts.headers);
+            *resp.version_mut() = parts.version;
+            return Ok(resp);
+        }
         Ok(Response::from_parts(parts, body::boxed(tee)))
     }
 
@@ -637,6 +663,18 @@ impl Fill {
 struct TeeBody {
     inner: ProxyBody,
     fill: Option<Fill>,
+}
+
+impl TeeBody {
+    /// Reads the body to its end for the copy alone, no further than the copy goes.
+    async fn drain(mut self) {
+        while self.fill.is_some() {
+            match std::future::poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await {
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    }
 }
 
 impl Body for TeeBody {

@@ -265,6 +265,31 @@ async fn head_and_conditional_requests_are_answered_from_memory() {
 }
 
 #[tokio::test]
+async fn a_revalidating_first_request_gets_304_and_fills_the_cache() {
+    bounded(async {
+        let (gitlab, mut up, proxy) = start(&[]).await;
+        let first = send(&proxy, Method::GET, "/assets/app-8.js", &[("if-none-match", ETAG)]).await;
+        assert_eq!(first.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(first.header("etag"), Some(ETAG));
+        // GitLab was asked for the whole response, as nginx's proxy_cache does.
+        assert!(!up.next_seen().await.headers.contains_key("if-none-match"));
+        let changed = send(&proxy, Method::GET, "/assets/app-9.js", &[("if-none-match", "\"old\"")]).await;
+        assert_eq!(changed.status, StatusCode::OK);
+        assert_eq!(changed.body.len(), 300_000);
+        assert!(
+            wait_until(Duration::from_secs(5), || async {
+                get(&proxy, "/assets/app-8.js").await.header("age").is_some()
+            })
+            .await
+        );
+        let hit = get(&proxy, "/assets/app-8.js").await;
+        assert_eq!(hit.body.as_ref(), script(300_000).as_slice());
+        assert_eq!(gitlab.count("/assets/app-8.js"), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn each_content_encoding_is_its_own_entry() {
     bounded(async {
         let (gitlab, _up, proxy) = start(&[]).await;
