@@ -351,8 +351,9 @@ pub(crate) struct ServeArgs {
     pub(crate) compression: Switch,
 
     /// Memory for GitLab's /assets/ responses (omnibus nginx's proxy_cache): 200s to
-    /// GET marked Cache-Control: public with a max-age, kept until it runs out, per
-    /// Vary variant. Sizes like 256MiB or 1GB; 0 turns the cache off.
+    /// GET marked Cache-Control: public with a max-age, one entry per Vary variant,
+    /// each until its max-age ends or the least used make room. Sizes like 256MiB
+    /// or 1GB; 0 turns the cache off.
     #[arg(long, env = "GITLAB_OIDC_PROXY_ASSETS_CACHE_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_byte_size)]
     pub(crate) assets_cache_size: u64,
 

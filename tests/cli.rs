@@ -117,7 +117,7 @@ type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
 #[test]
 fn bad_values_exit_2_with_one_line() {
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         (&["serve"], &[], "--upstream"),
         (&["serve", "--upstream", "ftp://gitlab"], &[], "scheme"),
         (&["serve", "--upstream", "unix:relative.sock"], &[], "absolute"),
@@ -152,6 +152,11 @@ fn bad_values_exit_2_with_one_line() {
             &["serve", "--upstream", "http://gitlab:80"],
             &[("GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", "-5")],
             "--shutdown-grace",
+        ),
+        (
+            &["serve", "--upstream", "http://gitlab:80", "--assets-cache-size", "lots"],
+            &[],
+            "--assets-cache-size",
         ),
         // The demo's signing keys are public: it never listens beyond loopback.
         (&["demo", "--once", "--listen", "0.0.0.0:0"], &[], "loopback"),
