@@ -531,11 +531,13 @@ impl AssetsCache {
         uri: String,
         lead: Option<FillGuard>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let request_headers = req.headers().clone();
-        if req.method() == Method::GET {
-            req.headers_mut().remove(header::IF_NONE_MATCH);
-            req.headers_mut().remove(header::IF_MODIFIED_SINCE);
+        // Only a GET's answer has the body to store (a HEAD's never does).
+        if req.method() != Method::GET {
+            return passthrough.forward(req).await;
         }
+        let request_headers = req.headers().clone();
+        req.headers_mut().remove(header::IF_NONE_MATCH);
+        req.headers_mut().remove(header::IF_MODIFIED_SINCE);
         let resp = passthrough.forward(req).await?;
         let Some(plan) = storable(resp.status(), resp.headers(), self.max_entry) else {
             return Ok(resp);
