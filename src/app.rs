@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::acme_webroot::Webroot;
 use crate::admin::{self, Admin};
+use crate::assets_cache::AssetsCache;
 use crate::config::{Config, ConfigError, ExportSettings, HostPattern, Proto, UpstreamTarget};
 use crate::error::StartError;
 use crate::error_pages::ErrorPages;
@@ -456,7 +457,9 @@ fn build(
         error_pages,
         acme_webroot: config.services.acme_webroot.as_deref().map(Webroot::new),
     };
-    let router = Arc::new(Router::new(oidc, (passthrough, routes), settings, metrics.clone()));
+    let assets = AssetsCache::new(config.assets_cache, metrics.clone());
+    let router =
+        Arc::new(Router::new(oidc, (passthrough, routes), settings, metrics.clone()).with_assets_cache(assets));
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         cache: cache.clone(),

@@ -15,9 +15,9 @@ use ipnet::IpNet;
 
 use gitlab_oidc_proxy::check::{self, CheckSettings};
 use gitlab_oidc_proxy::config::{
-    AdminRefresh, Config, ExportSettings, ExportTarget, Issuer, LogFormat, OidcSettings, Proto, Route, ServicesConfig,
-    TlsConfig, UpstreamTarget, parse_cidr_list, parse_duration, parse_jwks_path, parse_positive_duration, parse_route,
-    parse_upstream,
+    AdminRefresh, AssetsCacheSettings, Config, ExportSettings, ExportTarget, Issuer, LogFormat, OidcSettings, Proto,
+    Route, ServicesConfig, TlsConfig, UpstreamTarget, parse_byte_size, parse_cidr_list, parse_duration,
+    parse_jwks_path, parse_positive_duration, parse_route, parse_upstream,
 };
 use gitlab_oidc_proxy::demo::DemoSettings;
 
@@ -350,6 +350,17 @@ pub(crate) struct ServeArgs {
     )]
     pub(crate) compression: Switch,
 
+    /// Memory for GitLab's /assets/ responses (omnibus nginx's proxy_cache): 200s to
+    /// GET marked Cache-Control: public with a max-age, one entry per Vary variant,
+    /// each until its max-age ends or the least used make room. Sizes like 256MiB
+    /// or 1GB; 0 turns the cache off.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_ASSETS_CACHE_SIZE", value_name = "BYTES", default_value = "256MiB", value_parser = parse_byte_size)]
+    pub(crate) assets_cache_size: u64,
+
+    /// Largest /assets/ response kept in the cache; larger ones pass through uncached.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_ASSETS_CACHE_MAX_ENTRY", value_name = "BYTES", default_value = "8MiB", value_parser = parse_byte_size)]
+    pub(crate) assets_cache_max_entry: u64,
+
     /// Expect a PROXY protocol (v1 or v2) header on every connection to --listen and
     /// --tls-listen, and take the client address from it. Connections from peers outside
     /// --trusted-proxies, or without a valid header, are closed.
@@ -612,6 +623,10 @@ impl ServeArgs {
                 error_pages: self.services.error_pages,
                 acme_webroot: self.services.acme_webroot,
             },
+            assets_cache: AssetsCacheSettings {
+                size: self.assets_cache_size,
+                max_entry: self.assets_cache_max_entry,
+            },
         }
     }
 }
@@ -742,6 +757,8 @@ mod tests {
         "--client-body-timeout=12s",
         "--max-upstream-connections=13",
         "--compression=off",
+        "--assets-cache-size=1GB",
+        "--assets-cache-max-entry=1MiB",
         "--proxy-protocol",
         "--tls-listen=127.0.0.1:3",
         "--tls-cert=/c.pem",
@@ -803,6 +820,10 @@ mod tests {
             [s(1), s(2), s(3), s(4), s(5), s(12)]
         );
         assert!(!c.compression && c.proxy_protocol && c.max_upstream_connections == 13);
+        assert_eq!(
+            (c.assets_cache.size, c.assets_cache.max_entry),
+            (1_000_000_000, 1 << 20)
+        );
         let t = &c.tls;
         assert_eq!(t.listen.map(|a| a.port()), Some(3));
         assert_eq!(

@@ -122,7 +122,33 @@ impl Encoding {
 /// than once gets its highest q. An invalid q counts as 0, as in nginx. Elements that
 /// do not parse are skipped. `None`: send identity (we never answer 406).
 pub(crate) fn negotiate(request_headers: &HeaderMap) -> Option<Encoding> {
-    // q in thousandths; None = not listed.
+    let accepted = accepted_q(request_headers);
+    let mut best: Option<(Encoding, u16)> = None;
+    for encoding in Encoding::ALL {
+        let q = accepted[encoding.index()];
+        // Strictly greater: on a tie the earlier one in ALL stays.
+        if q > 0 && best.is_none_or(|(_, best_q)| q > best_q) {
+            best = Some((encoding, q));
+        }
+    }
+    best.map(|(encoding, _)| encoding)
+}
+
+/// Whether a response in `coding` (a `Content-Encoding` value; empty or `identity`
+/// for none) may go to a client that sent `request_headers`: identity always, gzip,
+/// br and zstd when the client gives them a q above 0, anything else never.
+pub(crate) fn accepts(request_headers: &HeaderMap, coding: &[u8]) -> bool {
+    let coding = coding.trim_ascii();
+    if coding.is_empty() || coding.eq_ignore_ascii_case(b"identity") {
+        return true;
+    }
+    Encoding::from_coding(coding).is_some_and(|e| accepted_q(request_headers)[e.index()] > 0)
+}
+
+/// The q (thousandths) the request's `Accept-Encoding` gives gzip, br and zstd, in
+/// [`Encoding::ALL`]'s order, `*` applied; 0 when not acceptable.
+fn accepted_q(request_headers: &HeaderMap) -> [u16; 3] {
+    // None = not listed.
     let mut listed: [Option<u16>; 3] = [None; 3];
     let mut star: Option<u16> = None;
     for value in request_headers.get_all(header::ACCEPT_ENCODING) {
@@ -151,15 +177,7 @@ pub(crate) fn negotiate(request_headers: &HeaderMap) -> Option<Encoding> {
             *slot = Some(slot.map_or(q, |old| old.max(q)));
         }
     }
-    let mut best: Option<(Encoding, u16)> = None;
-    for encoding in Encoding::ALL {
-        let q = listed[encoding.index()].or(star).unwrap_or(0);
-        // Strictly greater: on a tie the earlier one in ALL stays.
-        if q > 0 && best.is_none_or(|(_, best_q)| q > best_q) {
-            best = Some((encoding, q));
-        }
-    }
-    best.map(|(encoding, _)| encoding)
+    Encoding::ALL.map(|encoding| listed[encoding.index()].or(star).unwrap_or(0))
 }
 
 /// RFC 9110 qvalue: `0[.ddd]` or `1[.000]`, in thousandths. Anything else is None.

@@ -64,6 +64,8 @@ pub enum ValueError {
     RouteHost(String),
     #[error("route {host}: {source}")]
     RouteUpstream { host: String, source: Box<ValueError> },
+    #[error("'{input}' is not a size ({reason}); use e.g. 0, 8MiB, 256MiB, 1GB")]
+    NotByteSize { input: String, reason: String },
 }
 
 /// Settings that are each valid alone but not together: exit 2 at start.
@@ -162,6 +164,8 @@ pub struct Config {
     pub export: Option<ExportSettings>,
     /// What omnibus nginx also did: other services, KAS, error pages, ACME files.
     pub services: ServicesConfig,
+    /// `--assets-cache-size` and `--assets-cache-max-entry`.
+    pub assets_cache: AssetsCacheSettings,
 }
 
 /// The rest of what omnibus nginx fronted besides GitLab itself.
@@ -229,6 +233,16 @@ pub fn parse_route(s: &str) -> Result<Route, ValueError> {
         HostPattern::Exact(name.to_owned())
     };
     Ok(Route { host, upstream })
+}
+
+/// The in-memory cache of GitLab's `/assets/` responses (omnibus nginx's
+/// `proxy_cache gitlab`), in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssetsCacheSettings {
+    /// Bytes held at most, bodies and headers; 0 turns the cache off.
+    pub size: u64,
+    /// Larger responses pass through uncached.
+    pub max_entry: u64,
 }
 
 /// `--admin-refresh`: which peers the admin listener's `POST /refresh` answers.
@@ -332,6 +346,10 @@ impl Config {
             },
             export: None,
             services: ServicesConfig::default(),
+            assets_cache: AssetsCacheSettings {
+                size: 256 * 1024 * 1024,
+                max_entry: 8 * 1024 * 1024,
+            },
         }
     }
 
@@ -528,6 +546,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     }
 }
 
+/// A number of bytes: `0`, `8388608`, `8MiB`, `256 MiB`, `1GB` (SI units are powers
+/// of 1000, `KiB`/`MiB`/`GiB` of 1024).
+pub fn parse_byte_size(s: &str) -> Result<u64, ValueError> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|reason| ValueError::NotByteSize {
+            input: s.to_owned(),
+            reason,
+        })
+}
+
 /// Far beyond any useful timeout, and far from overflowing a clock.
 const MAX_DURATION: Duration = Duration::from_secs(1_000_000_000);
 
@@ -684,6 +714,18 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("1.2.3").is_err());
         assert!(parse_duration("99999999999").is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("0"), Ok(0));
+        assert_eq!(parse_byte_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_byte_size("256 MiB"), Ok(256 << 20));
+        assert_eq!(parse_byte_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_byte_size("1GiB"), Ok(1 << 30));
+        for bad in ["", "-1", "lots", "5 parsecs"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

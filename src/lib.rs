@@ -27,6 +27,7 @@ pub mod telemetry;
 mod access_log;
 mod acme_webroot;
 mod admin;
+mod assets_cache;
 mod body;
 mod compress;
 mod error;

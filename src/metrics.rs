@@ -100,6 +100,16 @@ pub(crate) struct Metrics {
     /// Series only where a copy is kept (`--export-to`): none to alert on otherwise.
     pub export_passes: Family<ExportLabels, Counter>,
     pub export_last_success: Family<TargetLabel, Gauge>,
+    /// `/assets/` requests by what the cache did: `hit`, `miss` or `bypass`.
+    pub assets_cache_requests: Family<OutcomeOnly, Counter>,
+    pub assets_cache_bytes: Gauge,
+    /// Entries the cache let go of itself: `size` or `expired`.
+    pub assets_cache_evictions: Family<CauseLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CauseLabel {
+    pub cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,6 +176,18 @@ const EXPORT_LAST_SUCCESS: Described = (
     "export_last_success_timestamp_seconds",
     "Unix time of the last pass that left the copy in sync with the served documents (0: none yet)",
 );
+const ASSETS_CACHE_REQUESTS: Described = (
+    "assets_cache_requests",
+    "Requests for /assets/ by what the in-memory cache did: hit (answered from memory), miss (sent to GitLab), bypass (not for the cache: Authorization, Range, ...)",
+);
+const ASSETS_CACHE_BYTES: Described = (
+    "assets_cache_bytes",
+    "Bytes held by the /assets/ cache (bodies and headers)",
+);
+const ASSETS_CACHE_EVICTIONS: Described = (
+    "assets_cache_evictions",
+    "Entries the /assets/ cache dropped, by cause (size: room for newer ones; expired: past max-age)",
+);
 const PROXY_PROTOCOL_REJECTED: Described = (
     "proxy_protocol_rejected",
     "Connections closed for want of a valid PROXY header from a trusted peer, by reason",
@@ -223,6 +245,16 @@ impl Metrics {
             .get_or_create(&TargetLabel { to: to.to_owned() });
     }
 
+    /// The `/assets/` cache is on: its series exist from the start.
+    pub(crate) fn zero_assets_cache_series(&self) {
+        for outcome in ["hit", "miss", "bypass"] {
+            let _ = self.assets_cache_requests.get_or_create(&OutcomeOnly { outcome });
+        }
+        for cause in ["size", "expired"] {
+            let _ = self.assets_cache_evictions.get_or_create(&CauseLabel { cause });
+        }
+    }
+
     /// One pass over the copy at `to`, at unix time `now`.
     pub(crate) fn count_export(&self, to: &str, outcome: &'static str, now: u64) {
         self.export_passes
@@ -263,6 +295,9 @@ impl Metrics {
             proxy_protocol_rejected: register(&mut r, PROXY_PROTOCOL_REJECTED, Family::default()),
             export_passes: register(&mut r, EXPORT_PASSES, Family::default()),
             export_last_success: register(&mut r, EXPORT_LAST_SUCCESS, Family::default()),
+            assets_cache_requests: register(&mut r, ASSETS_CACHE_REQUESTS, Family::default()),
+            assets_cache_bytes: register(&mut r, ASSETS_CACHE_BYTES, Gauge::default()),
+            assets_cache_evictions: register(&mut r, ASSETS_CACHE_EVICTIONS, Family::default()),
             registry: r,
         }
     }
@@ -407,6 +442,15 @@ gitlab_oidc_proxy_export_passes_total{to="t",outcome="written"} 1
 # HELP gitlab_oidc_proxy_export_last_success_timestamp_seconds Unix time of the last pass that left the copy in sync with the served documents (0: none yet).
 # TYPE gitlab_oidc_proxy_export_last_success_timestamp_seconds gauge
 gitlab_oidc_proxy_export_last_success_timestamp_seconds{to="t"} 9
+# HELP gitlab_oidc_proxy_assets_cache_requests Requests for /assets/ by what the in-memory cache did: hit (answered from memory), miss (sent to GitLab), bypass (not for the cache: Authorization, Range, ...).
+# TYPE gitlab_oidc_proxy_assets_cache_requests counter
+gitlab_oidc_proxy_assets_cache_requests_total{outcome="hit"} 1
+# HELP gitlab_oidc_proxy_assets_cache_bytes Bytes held by the /assets/ cache (bodies and headers).
+# TYPE gitlab_oidc_proxy_assets_cache_bytes gauge
+gitlab_oidc_proxy_assets_cache_bytes 0
+# HELP gitlab_oidc_proxy_assets_cache_evictions Entries the /assets/ cache dropped, by cause (size: room for newer ones; expired: past max-age).
+# TYPE gitlab_oidc_proxy_assets_cache_evictions counter
+gitlab_oidc_proxy_assets_cache_evictions_total{cause="size"} 1
 # EOF"#;
 
     /// Every metric as a scraper sees it, each family with one series so its labels show.
@@ -444,6 +488,12 @@ gitlab_oidc_proxy_export_last_success_timestamp_seconds{to="t"} 9
         m.tls_handshake_failures.get_or_create(&error).inc();
         m.proxy_protocol_rejected.get_or_create(&error).inc();
         m.count_export("t", "written", 9);
+        m.assets_cache_requests
+            .get_or_create(&OutcomeOnly { outcome: "hit" })
+            .inc();
+        m.assets_cache_evictions
+            .get_or_create(&CauseLabel { cause: "size" })
+            .inc();
         m.encode().lines().map(str::to_owned).collect()
     }
 
@@ -476,6 +526,16 @@ gitlab_oidc_proxy_export_last_success_timestamp_seconds{to="t"} 9
         assert_eq!(count("gitlab_oidc_proxy_http_requests_total{"), 0);
         // No copy kept, no export series: an alert on them cannot fire.
         assert_eq!(count("gitlab_oidc_proxy_export_"), 0);
+        assert_eq!(count("gitlab_oidc_proxy_assets_cache_requests_total{"), 0);
+        let m = Metrics::new();
+        m.zero_assets_cache_series();
+        let text = m.encode();
+        for series in [
+            r#"gitlab_oidc_proxy_assets_cache_requests_total{outcome="miss"} 0"#,
+            r#"gitlab_oidc_proxy_assets_cache_evictions_total{cause="expired"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == series), "{series} missing:\n{text}");
+        }
     }
 
     #[test]

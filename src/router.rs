@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
 use crate::acme_webroot::Webroot;
+use crate::assets_cache::AssetsCache;
 use crate::body::{self, ProxyBody};
 use crate::compress;
 use crate::config::Proto;
@@ -81,6 +82,8 @@ pub(crate) struct Router {
     routes: Routes,
     settings: RouterSettings,
     metrics: Arc<Metrics>,
+    /// `--assets-cache-size`: GitLab's `/assets/` answers kept in memory.
+    assets: Option<AssetsCache>,
 }
 
 impl Router {
@@ -96,6 +99,21 @@ impl Router {
             routes,
             settings,
             metrics,
+            assets: None,
+        }
+    }
+
+    /// Puts `cache` between the compression and the pass-through.
+    pub(crate) fn with_assets_cache(mut self, cache: Option<AssetsCache>) -> Self {
+        self.assets = cache;
+        self
+    }
+
+    /// To GitLab, through the `/assets/` cache when it is on.
+    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        match &self.assets {
+            Some(cache) => cache.handle(req, &self.passthrough).await,
+            None => self.passthrough.forward(req).await,
         }
     }
 
@@ -191,10 +209,10 @@ impl Router {
                 .then(|| compress::negotiate(req.headers()))
                 .flatten();
             let method = req.method().clone();
-            let forwarded = self.passthrough.forward(req).await;
+            let forwarded = self.forward(req).await;
             forwarded.map(|resp| compress::apply(&method, choice, resp))
         } else {
-            self.passthrough.forward(req).await
+            self.forward(req).await
         }
     }
 

@@ -16,7 +16,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 36] = [
+const OPTIONS: [(&str, &str, Option<&str>); 38] = [
     ("--tls-cert-dir", "GITLAB_OIDC_PROXY_TLS_CERT_DIR", None),
     ("--route", "GITLAB_OIDC_PROXY_ROUTE", None),
     ("--kas-upstream", "GITLAB_OIDC_PROXY_KAS_UPSTREAM", None),
@@ -64,6 +64,16 @@ const OPTIONS: [(&str, &str, Option<&str>); 36] = [
     ),
     ("--shutdown-grace", "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", Some("30s")),
     ("--compression", "GITLAB_OIDC_PROXY_COMPRESSION", Some("on")),
+    (
+        "--assets-cache-size",
+        "GITLAB_OIDC_PROXY_ASSETS_CACHE_SIZE",
+        Some("256MiB"),
+    ),
+    (
+        "--assets-cache-max-entry",
+        "GITLAB_OIDC_PROXY_ASSETS_CACHE_MAX_ENTRY",
+        Some("8MiB"),
+    ),
     ("--proxy-protocol", "GITLAB_OIDC_PROXY_PROXY_PROTOCOL", None),
     ("--tls-listen", "GITLAB_OIDC_PROXY_TLS_LISTEN", None),
     ("--tls-cert", "GITLAB_OIDC_PROXY_TLS_CERT", None),
@@ -117,7 +127,7 @@ type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
 #[test]
 fn bad_values_exit_2_with_one_line() {
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         (&["serve"], &[], "--upstream"),
         (&["serve", "--upstream", "ftp://gitlab"], &[], "scheme"),
         (&["serve", "--upstream", "unix:relative.sock"], &[], "absolute"),
@@ -152,6 +162,11 @@ fn bad_values_exit_2_with_one_line() {
             &["serve", "--upstream", "http://gitlab:80"],
             &[("GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", "-5")],
             "--shutdown-grace",
+        ),
+        (
+            &["serve", "--upstream", "http://gitlab:80", "--assets-cache-size", "lots"],
+            &[],
+            "--assets-cache-size",
         ),
         // The demo's signing keys are public: it never listens beyond loopback.
         (&["demo", "--once", "--listen", "0.0.0.0:0"], &[], "loopback"),
