@@ -10,6 +10,9 @@ need=()
 # podman's recommends, named: the pause image of a pod is built from catatonit;
 # netavark and aardvark-dns are the network stack the containers reference measured.
 command -v podman >/dev/null 2>&1 || need+=(podman catatonit netavark aardvark-dns)
+# netavark sets up bridge networks with iptables, only a recommendation of the
+# podman packages (not installed with --no-install-recommends).
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
