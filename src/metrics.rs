@@ -100,6 +100,8 @@ pub(crate) struct Metrics {
     /// Series only where a copy is kept (`--export-to`): none to alert on otherwise.
     pub export_passes: Family<ExportLabels, Counter>,
     pub export_last_success: Family<TargetLabel, Gauge>,
+    /// `--acme-domain`: orders, `ok` or `failed` (the held pair keeps serving).
+    pub acme_orders: Family<OutcomeOnly, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,6 +155,10 @@ const TLS_RELOADS: Described = (
 const TLS_EXPIRY: Described = (
     "tls_certificate_expiry_timestamp_seconds",
     "Unix time at which the first certificate of the served chain expires, by listener (and name, for a --tls-cert-dir pair)",
+);
+const ACME_ORDERS: Described = (
+    "acme_orders",
+    "ACME certificate orders (--acme-domain), by outcome (ok or failed)",
 );
 const TLS_HANDSHAKE_FAILURES: Described = (
     "tls_handshake_failures",
@@ -263,6 +269,7 @@ impl Metrics {
             proxy_protocol_rejected: register(&mut r, PROXY_PROTOCOL_REJECTED, Family::default()),
             export_passes: register(&mut r, EXPORT_PASSES, Family::default()),
             export_last_success: register(&mut r, EXPORT_LAST_SUCCESS, Family::default()),
+            acme_orders: register(&mut r, ACME_ORDERS, Family::default()),
             registry: r,
         }
     }
