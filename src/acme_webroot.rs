@@ -29,29 +29,11 @@ impl Webroot {
     /// The answer to a request under `/.well-known/acme-challenge/`, or `None`
     /// for any other path (which goes on as usual).
     pub(crate) async fn respond<B>(&self, req: &Request<B>) -> Option<Response<ProxyBody>> {
-        let token = req.uri().path().strip_prefix(PREFIX)?;
-        if !matches!(*req.method(), Method::GET | Method::HEAD) {
-            let mut resp = body::text_response(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD here\n");
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return Some(resp);
-        }
-        let found = match is_token(token) {
-            true => self.read(token).await,
-            false => None,
+        let token = match token_of(req)? {
+            Ok(token) => token,
+            Err(refused) => return Some(refused),
         };
-        let Some(content) = found else {
-            return Some(body::text_response(StatusCode::NOT_FOUND, "no such challenge\n"));
-        };
-        let mut resp = Response::new(match *req.method() {
-            Method::HEAD => body::empty(),
-            _ => body::full(content.clone()),
-        });
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(content.len()));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        Some(resp)
+        Some(answer(req, self.read(token).await))
     }
 
     /// The file's content, if it is a regular file inside the challenge folder
@@ -68,6 +50,48 @@ impl Webroot {
         }
         tokio::fs::read(&file).await.ok()
     }
+}
+
+/// The challenge token a request asks for; `None` for any other path, an
+/// answer for a method other than GET/HEAD or a malformed token.
+fn token_of<B>(req: &Request<B>) -> Option<Result<&str, Response<ProxyBody>>> {
+    let token = req.uri().path().strip_prefix(PREFIX)?;
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut resp = body::text_response(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD here\n");
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Some(Err(resp));
+    }
+    if !is_token(token) {
+        return Some(Err(answer(req, None)));
+    }
+    Some(Ok(token))
+}
+
+/// The challenge's content as plain text, or 404.
+fn answer<B>(req: &Request<B>, found: Option<Vec<u8>>) -> Response<ProxyBody> {
+    let Some(content) = found else {
+        return body::text_response(StatusCode::NOT_FOUND, "no such challenge\n");
+    };
+    let mut resp = Response::new(match *req.method() {
+        Method::HEAD => body::empty(),
+        _ => body::full(content.clone()),
+    });
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(content.len()));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `--acme-domain` with HTTP-01: the key authorization `lookup` holds for the
+/// token, if it holds one (else `None`: `--acme-webroot` may have it).
+pub(crate) fn respond_with<B>(
+    req: &Request<B>,
+    lookup: impl FnOnce(&str) -> Option<String>,
+) -> Option<Response<ProxyBody>> {
+    let found = lookup(token_of(req)?.ok()?)?;
+    Some(answer(req, Some(found.into_bytes())))
 }
 
 /// RFC 8555 §8.3: a token is base64url. Nothing else is looked up, so no `..`,

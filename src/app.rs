@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acme::Acme;
 use crate::acme_webroot::Webroot;
 use crate::admin::{self, Admin};
 use crate::assets_cache::AssetsCache;
@@ -121,7 +122,7 @@ impl RunningProxy {
             &metrics,
             tls_listen,
             (&draining, &tracker),
-            (exporter, error_pages),
+            (exporter, error_pages, tls_stores.acme.clone()),
         );
         tracing::info!(
             listen = %listen,
@@ -313,10 +314,17 @@ fn load_certificates(config: &Config, metrics: &Arc<Metrics>) -> Result<TlsStore
         }
         _ => None,
     };
+    let acme = t
+        .acme
+        .clone()
+        .map(|settings| Acme::new(settings, metrics.clone()))
+        .transpose()
+        .map_err(|e| StartError::File(e.into()))?;
     Ok(TlsStores {
         main,
         dir,
         oidc: load_certificate(config, (&t.oidc_cert, &t.oidc_key), "oidc", metrics)?,
+        acme,
     })
 }
 
@@ -327,6 +335,8 @@ struct TlsStores {
     /// `--tls-cert-dir`: more pairs for the main TLS listener, by SNI.
     dir: Option<Arc<CertDir>>,
     oidc: Option<Arc<CertStore>>,
+    /// `--acme-domain`: the ACME pair and challenges, for the main TLS listener.
+    acme: Option<Arc<Acme>>,
 }
 
 fn load_certificate(
@@ -368,20 +378,22 @@ pub(crate) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, StartErro
 }
 
 async fn bind_all(config: &Config, public: Option<TcpListener>, stores: TlsStores) -> Result<Sockets, StartError> {
-    let server_config = |store: Arc<dyn rustls::server::ResolvesServerCert>| {
-        tls::server_config(store).map_err(|e| StartError::Tls(e.into()))
+    let server_config = |store: Arc<dyn rustls::server::ResolvesServerCert>, acme_alpn| {
+        tls::server_config(store, acme_alpn).map_err(|e| StartError::Tls(e.into()))
     };
     let public = match public {
         Some(listener) => listener,
         None => bind(config.listen).await?,
     };
-    let tls = match (config.tls.listen, stores.main) {
-        (Some(addr), Some(default)) => {
+    let tls = match config.tls.listen {
+        Some(addr) if stores.main.is_some() || stores.acme.is_some() => {
+            let acme_alpn = stores.acme.as_ref().is_some_and(|a| a.wants_alpn());
             let resolver = SniResolver {
-                default,
+                default: stores.main,
                 dir: stores.dir,
+                acme: stores.acme,
             };
-            Some((bind(addr).await?, server_config(Arc::new(resolver))?))
+            Some((bind(addr).await?, server_config(Arc::new(resolver), acme_alpn)?))
         }
         _ => None,
     };
@@ -389,7 +401,7 @@ async fn bind_all(config: &Config, public: Option<TcpListener>, stores: TlsStore
         Some(addr) => {
             let listener = bind(addr).await?;
             let local = local_addr(&listener)?;
-            let tls = stores.oidc.map(|store| server_config(store)).transpose()?;
+            let tls = stores.oidc.map(|store| server_config(store, false)).transpose()?;
             Some((listener, local, tls))
         }
         None => None,
@@ -416,7 +428,7 @@ fn build(
     metrics: &Arc<Metrics>,
     tls_listen: Option<SocketAddr>,
     (draining, tracker): (&CancellationToken, &TaskTracker),
-    (exporter, error_pages): (Option<Exporter>, Option<ErrorPages>),
+    (exporter, error_pages, acme): (Option<Exporter>, Option<ErrorPages>, Option<Arc<Acme>>),
 ) -> Parts {
     let o = &config.oidc;
     let cache = new_cache(config, upstreams.oidc, metrics);
@@ -456,6 +468,7 @@ fn build(
         via,
         error_pages,
         acme_webroot: config.services.acme_webroot.as_deref().map(Webroot::new),
+        acme,
     };
     let assets = AssetsCache::new(config.assets_cache, metrics.clone());
     let router =
@@ -502,6 +515,9 @@ fn spawn(
         let (hup_tx, hup_rx) = mpsc::channel(1);
         reloads.push(hup_tx);
         background.push(tokio::spawn(store.watch(hup_rx)));
+    }
+    if let Some(acme) = tls_stores.acme {
+        background.push(tokio::spawn(acme.run()));
     }
     if let Some(dir) = tls_stores.dir {
         let (hup_tx, hup_rx) = mpsc::channel(1);

@@ -15,9 +15,9 @@ use ipnet::IpNet;
 
 use gitlab_oidc_proxy::check::{self, CheckSettings};
 use gitlab_oidc_proxy::config::{
-    AdminRefresh, AssetsCacheSettings, Config, ExportSettings, ExportTarget, Issuer, LogFormat, OidcSettings, Proto,
-    Route, ServicesConfig, TlsConfig, UpstreamTarget, parse_byte_size, parse_cidr_list, parse_duration,
-    parse_jwks_path, parse_positive_duration, parse_route, parse_upstream,
+    AcmeChallenge, AcmeSettings, AdminRefresh, AssetsCacheSettings, Config, ExportSettings, ExportTarget, Issuer,
+    LogFormat, OidcSettings, Proto, Route, ServicesConfig, TlsConfig, UpstreamTarget, parse_byte_size, parse_cidr_list,
+    parse_duration, parse_jwks_path, parse_positive_duration, parse_route, parse_upstream,
 };
 use gitlab_oidc_proxy::demo::DemoSettings;
 
@@ -415,9 +415,16 @@ pub(crate) struct ServicesArgs {
 /// TLS termination, as the omnibus nginx does it.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "TLS")]
+#[command(group(clap::ArgGroup::new("tls_source").multiple(true).args(["tls_cert", "acme_domain"])))]
 pub(crate) struct TlsArgs {
-    /// HTTPS listener (TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1). Needs --tls-cert and --tls-key.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_LISTEN", value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    /// HTTPS listener (TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1). Needs --tls-cert and
+    /// --tls-key, or --acme-domain.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_TLS_LISTEN",
+        value_name = "ADDR",
+        requires = "tls_source"
+    )]
     pub(crate) tls_listen: Option<SocketAddr>,
 
     /// PEM certificate chain (leaf first; a misordered chain is put in order with a warning).
@@ -425,12 +432,12 @@ pub(crate) struct TlsArgs {
         long,
         env = "GITLAB_OIDC_PROXY_TLS_CERT",
         value_name = "PEM",
-        requires = "tls_listen"
+        requires_all = ["tls_listen", "tls_key"]
     )]
     pub(crate) tls_cert: Option<PathBuf>,
 
     /// PEM private key: PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_KEY", value_name = "PEM", requires = "tls_listen")]
+    #[arg(long, env = "GITLAB_OIDC_PROXY_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
 
     /// A directory of <host>.crt/<host>.key pairs (omnibus's /etc/gitlab/ssl), each served
@@ -442,9 +449,61 @@ pub(crate) struct TlsArgs {
         long,
         env = "GITLAB_OIDC_PROXY_TLS_CERT_DIR",
         value_name = "DIR",
-        requires = "tls_listen"
+        requires = "tls_cert"
     )]
     pub(crate) tls_cert_dir: Option<PathBuf>,
+
+    /// Obtain and renew a certificate for HOST over ACME (RFC 8555), served on
+    /// --tls-listen to clients asking for HOST. Repeatable (comma-separated in the
+    /// variable): one certificate names them all. Needs --acme-cache.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_ACME_DOMAIN", value_name = "HOST", value_delimiter = ',',
+          value_parser = parse_acme_domain, requires_all = ["tls_listen", "acme_cache"])]
+    pub(crate) acme_domain: Vec<String>,
+
+    /// The ACME server's directory URL.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_ACME_DIRECTORY",
+        value_name = "URL",
+        default_value = "https://acme-v02.api.letsencrypt.org/directory",
+        requires = "acme_domain"
+    )]
+    pub(crate) acme_directory: String,
+
+    /// Contact address given to the ACME server for the account (expiry notices).
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_ACME_CONTACT",
+        value_name = "EMAIL",
+        requires = "acme_domain"
+    )]
+    pub(crate) acme_contact: Option<String>,
+
+    /// Directory for the ACME account key and the obtained certificate and key
+    /// (created 0700, files 0600); a valid certificate there is served at start.
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_ACME_CACHE",
+        value_name = "DIR",
+        requires = "acme_domain"
+    )]
+    pub(crate) acme_cache: Option<PathBuf>,
+
+    /// PEM CA certificates trusted for the ACME server's own TLS, besides the
+    /// system's (a private ACME server).
+    #[arg(
+        long,
+        env = "GITLAB_OIDC_PROXY_ACME_CA",
+        value_name = "PEM",
+        requires = "acme_domain"
+    )]
+    pub(crate) acme_ca: Option<PathBuf>,
+
+    /// The challenge answered: tls-alpn-01 on --tls-listen, or http-01 on --listen
+    /// (the CA connects to port 443 or 80 of each --acme-domain).
+    #[arg(long, env = "GITLAB_OIDC_PROXY_ACME_CHALLENGE", value_name = "TYPE", default_value = "tls-alpn-01",
+          value_parser = ["tls-alpn-01", "http-01"], requires = "acme_domain")]
+    pub(crate) acme_challenge: String,
 
     /// PEM certificate chain for --oidc-listen, which then speaks TLS (same checks,
     /// file watch and SIGHUP reload as --tls-cert).
@@ -645,7 +704,38 @@ impl TlsArgs {
             handshake_timeout: self.tls_handshake_timeout,
             redirect_http: self.redirect_http,
             hsts: self.hsts,
+            acme: self
+                .acme_cache
+                .filter(|_| !self.acme_domain.is_empty())
+                .map(|cache| AcmeSettings {
+                    domains: self.acme_domain,
+                    directory: self.acme_directory,
+                    contact: self.acme_contact.map(|c| match c.strip_prefix("mailto:") {
+                        Some(_) => c,
+                        None => format!("mailto:{c}"),
+                    }),
+                    cache,
+                    ca: self.acme_ca,
+                    challenge: match self.acme_challenge.as_str() {
+                        "http-01" => AcmeChallenge::Http01,
+                        _ => AcmeChallenge::TlsAlpn01,
+                    },
+                }),
         }
+    }
+}
+
+/// A DNS name a public CA can issue for: letters, digits, '-', dots between labels.
+fn parse_acme_domain(s: &str) -> Result<String, String> {
+    let name = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let ok = name.contains('.')
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(format!("{s}: not a DNS name (no wildcards, no IP addresses)"))
     }
 }
 
@@ -783,7 +873,29 @@ mod tests {
         "--kas-k8s-proxy-upstream=http://127.0.0.1:8154",
         "--error-pages=/public",
         "--acme-webroot=/acme",
+        "--acme-domain=GitLab.g.example,registry.g.example",
+        "--acme-directory=https://ca.internal/directory",
+        "--acme-contact=ops@g.example",
+        "--acme-cache=/var/lib/acme",
+        "--acme-ca=/acme-ca.pem",
+        "--acme-challenge=http-01",
     ];
+
+    #[test]
+    fn every_acme_option_reaches_the_config() {
+        let Command::Serve(args) = parse(EVERY_OPTION).command else {
+            panic!("not serve");
+        };
+        let acme = AcmeSettings {
+            domains: vec!["gitlab.g.example".into(), "registry.g.example".into()],
+            directory: "https://ca.internal/directory".into(),
+            contact: Some("mailto:ops@g.example".into()),
+            cache: "/var/lib/acme".into(),
+            ca: Some("/acme-ca.pem".into()),
+            challenge: AcmeChallenge::Http01,
+        };
+        assert_eq!(args.into_config().tls.acme, Some(acme));
+    }
 
     #[test]
     fn every_option_reaches_the_config() {

@@ -283,6 +283,32 @@ pub struct TlsConfig {
     pub redirect_http: bool,
     /// Strict-Transport-Security max-age in seconds.
     pub hsts: Option<u64>,
+    /// `--acme-*`: certificates obtained and renewed over ACME.
+    pub acme: Option<AcmeSettings>,
+}
+
+/// `--acme-domain` and the options that go with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    /// The names of the one certificate ordered (its SANs), lower case.
+    pub domains: Vec<String>,
+    pub directory: String,
+    /// `mailto:` URI, if any.
+    pub contact: Option<String>,
+    /// Account key and certificates.
+    pub cache: PathBuf,
+    /// Extra roots to trust for the ACME server's own TLS.
+    pub ca: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+}
+
+/// Which challenge the proxy answers (RFC 8555 §8.3, RFC 8737).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// On the TLS listener (port 443 for a public CA).
+    TlsAlpn01,
+    /// On the plain listener (port 80 for a public CA).
+    Http01,
 }
 
 /// The OIDC documents the proxy answers itself.
@@ -334,6 +360,7 @@ impl Config {
                 handshake_timeout: secs(10),
                 redirect_http: false,
                 hsts: None,
+                acme: None,
             },
             oidc: OidcSettings {
                 jwks_path: "/-/jwks".to_owned(),

@@ -25,6 +25,7 @@ pub mod simulator;
 pub mod telemetry;
 
 mod access_log;
+mod acme;
 mod acme_webroot;
 mod admin;
 mod assets_cache;

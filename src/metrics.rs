@@ -105,6 +105,8 @@ pub(crate) struct Metrics {
     pub assets_cache_bytes: Gauge,
     /// Entries the cache let go of itself: `size` or `expired`.
     pub assets_cache_evictions: Family<CauseLabel, Counter>,
+    /// `--acme-domain`: orders, `ok` or `failed` (the held pair keeps serving).
+    pub acme_orders: Family<OutcomeOnly, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,6 +165,10 @@ const TLS_RELOADS: Described = (
 const TLS_EXPIRY: Described = (
     "tls_certificate_expiry_timestamp_seconds",
     "Unix time at which the first certificate of the served chain expires, by listener (and name, for a --tls-cert-dir pair)",
+);
+const ACME_ORDERS: Described = (
+    "acme_orders",
+    "ACME certificate orders (--acme-domain), by outcome (ok or failed)",
 );
 const TLS_HANDSHAKE_FAILURES: Described = (
     "tls_handshake_failures",
@@ -298,6 +304,7 @@ impl Metrics {
             assets_cache_requests: register(&mut r, ASSETS_CACHE_REQUESTS, Family::default()),
             assets_cache_bytes: register(&mut r, ASSETS_CACHE_BYTES, Gauge::default()),
             assets_cache_evictions: register(&mut r, ASSETS_CACHE_EVICTIONS, Family::default()),
+            acme_orders: register(&mut r, ACME_ORDERS, Family::default()),
             registry: r,
         }
     }

@@ -10,7 +10,8 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
-use crate::acme_webroot::Webroot;
+use crate::acme::Acme;
+use crate::acme_webroot::{self, Webroot};
 use crate::assets_cache::AssetsCache;
 use crate::body::{self, ProxyBody};
 use crate::compress;
@@ -73,6 +74,8 @@ pub(crate) struct RouterSettings {
     pub error_pages: Option<ErrorPages>,
     /// `--acme-webroot`: challenge files on the plain listener.
     pub acme_webroot: Option<Webroot>,
+    /// `--acme-domain`: HTTP-01 answers on the plain listener.
+    pub acme: Option<Arc<Acme>>,
 }
 
 pub(crate) struct Router {
@@ -161,6 +164,12 @@ impl Router {
         proto: Proto,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let s = &self.settings;
+        if conn.kind == ListenerKind::Plain
+            && let Some(acme) = &s.acme
+            && let Some(answer) = acme_webroot::respond_with(&req, |token| acme.key_authorization(token))
+        {
+            return Ok(answer);
+        }
         if conn.kind == ListenerKind::Plain
             && let Some(webroot) = &s.acme_webroot
             && let Some(answer) = webroot.respond(&req).await

@@ -77,7 +77,7 @@ impl Upstream {
                 (pool, Scheme::HTTP, authority.clone())
             }
             UpstreamTarget::Https { authority } => {
-                let tls = tls_client_config(settings.extra_ca.as_deref())?;
+                let tls = tls_client_config("--upstream-ca", settings.extra_ca.as_deref())?;
                 let https = HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
                     .https_only()
@@ -238,22 +238,32 @@ fn reaches(addr: IpAddr, bound: IpAddr) -> bool {
 /// Why the client to an https upstream cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SetupError {
-    #[error("--upstream-ca {}: {source}", path.display())]
+    #[error("{option} {}: {source}", path.display())]
     CaFile {
+        option: &'static str,
         path: PathBuf,
         source: rustls_pki_types::pem::Error,
     },
-    #[error("--upstream-ca {}: no certificate in the file", path.display())]
-    CaEmpty { path: PathBuf },
-    #[error("--upstream-ca {}: {source}", path.display())]
-    CaRefused { path: PathBuf, source: rustls::Error },
-    #[error("no system CA certificates found for the https upstream; pass --upstream-ca")]
-    NoSystemRoots,
+    #[error("{option} {}: no certificate in the file", path.display())]
+    CaEmpty { option: &'static str, path: PathBuf },
+    #[error("{option} {}: {source}", path.display())]
+    CaRefused {
+        option: &'static str,
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("no system CA certificates found for the https connection; pass {0}")]
+    NoSystemRoots(&'static str),
     #[error("TLS client configuration: {0}")]
     Config(rustls::Error),
 }
 
-fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, SetupError> {
+/// System roots and those of `extra_ca` (named `option` in errors); without
+/// `extra_ca`, at least one system root.
+pub(crate) fn tls_client_config(
+    option: &'static str,
+    extra_ca: Option<&Path>,
+) -> Result<rustls::ClientConfig, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
@@ -261,20 +271,25 @@ fn tls_client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, Se
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<Result<_, _>>())
             .map_err(|source| SetupError::CaFile {
+                option,
                 path: path.to_owned(),
                 source,
             })?;
         if certs.is_empty() {
-            return Err(SetupError::CaEmpty { path: path.to_owned() });
+            return Err(SetupError::CaEmpty {
+                option,
+                path: path.to_owned(),
+            });
         }
         for cert in certs {
             roots.add(cert).map_err(|source| SetupError::CaRefused {
+                option,
                 path: path.to_owned(),
                 source,
             })?;
         }
     } else if added == 0 {
-        return Err(SetupError::NoSystemRoots);
+        return Err(SetupError::NoSystemRoots(option));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)

@@ -16,7 +16,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 38] = [
+const OPTIONS: [(&str, &str, Option<&str>); 44] = [
     ("--tls-cert-dir", "GITLAB_OIDC_PROXY_TLS_CERT_DIR", None),
     ("--route", "GITLAB_OIDC_PROXY_ROUTE", None),
     ("--kas-upstream", "GITLAB_OIDC_PROXY_KAS_UPSTREAM", None),
@@ -78,6 +78,20 @@ const OPTIONS: [(&str, &str, Option<&str>); 38] = [
     ("--tls-listen", "GITLAB_OIDC_PROXY_TLS_LISTEN", None),
     ("--tls-cert", "GITLAB_OIDC_PROXY_TLS_CERT", None),
     ("--tls-key", "GITLAB_OIDC_PROXY_TLS_KEY", None),
+    ("--acme-domain", "GITLAB_OIDC_PROXY_ACME_DOMAIN", None),
+    (
+        "--acme-directory",
+        "GITLAB_OIDC_PROXY_ACME_DIRECTORY",
+        Some("https://acme-v02.api.letsencrypt.org/directory"),
+    ),
+    ("--acme-contact", "GITLAB_OIDC_PROXY_ACME_CONTACT", None),
+    ("--acme-cache", "GITLAB_OIDC_PROXY_ACME_CACHE", None),
+    ("--acme-ca", "GITLAB_OIDC_PROXY_ACME_CA", None),
+    (
+        "--acme-challenge",
+        "GITLAB_OIDC_PROXY_ACME_CHALLENGE",
+        Some("tls-alpn-01"),
+    ),
     ("--strict-chain", "GITLAB_OIDC_PROXY_STRICT_CHAIN", None),
     (
         "--tls-watch-interval",

@@ -24,7 +24,11 @@ pub(crate) enum SetupError {
 /// TLS 1.2 and 1.3 with the ring provider's safe defaults; ALPN offers h2 first,
 /// as nginx with `http2 on` does. The certificate comes from `store` on every
 /// handshake, so a reload reaches new connections only.
-pub(crate) fn server_config(store: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, SetupError> {
+/// `acme_alpn`: also offer `acme-tls/1`, for TLS-ALPN-01 validation handshakes.
+pub(crate) fn server_config(
+    store: Arc<dyn ResolvesServerCert>,
+    acme_alpn: bool,
+) -> Result<Arc<ServerConfig>, SetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -32,6 +36,9 @@ pub(crate) fn server_config(store: Arc<dyn ResolvesServerCert>) -> Result<Arc<Se
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme_alpn {
+        config.alpn_protocols.push(crate::acme::ACME_TLS_ALPN.to_vec());
+    }
     // Resumption spares repeat clients (STS, runners) a full handshake.
     config.session_storage = ServerSessionMemoryCache::new(8192);
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(SetupError::Tickets)?;

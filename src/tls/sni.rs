@@ -17,12 +17,15 @@ use tokio::task::JoinHandle;
 
 use super::chain;
 use super::store::{CertStore, Stamp, TlsSettings, stamp};
+use crate::acme::{ACME_TLS_ALPN, Acme};
 use crate::metrics::{CertLabel, Metrics, OutcomeOnly};
 
-/// The main TLS listener's certificates: by SNI from the directory, else the default.
+/// The main TLS listener's certificates: an ACME challenge's or pair, else by
+/// SNI from the directory, else the default (`--tls-cert`, else ACME's).
 pub(crate) struct SniResolver {
-    pub default: Arc<CertStore>,
+    pub default: Option<Arc<CertStore>>,
     pub dir: Option<Arc<CertDir>>,
+    pub acme: Option<Arc<Acme>>,
 }
 
 impl fmt::Debug for SniResolver {
@@ -33,12 +36,22 @@ impl fmt::Debug for SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let picked = self
-            .dir
-            .as_ref()
-            .zip(hello.server_name())
-            .and_then(|(dir, name)| dir.pick(name));
-        Some(picked.unwrap_or_else(|| self.default.current()))
+        let name = hello.server_name();
+        if let Some(acme) = &self.acme {
+            // RFC 8737 §3: a validation handshake offers acme-tls/1 alone, and
+            // gets the challenge certificate or nothing.
+            let mut alpn = hello.alpn().into_iter().flatten();
+            if alpn.next() == Some(ACME_TLS_ALPN) && alpn.next().is_none() {
+                return name.and_then(|n| acme.challenge_certificate(n));
+            }
+            if let Some(key) = name.and_then(|n| acme.for_name(n)) {
+                return Some(key);
+            }
+        }
+        let picked = self.dir.as_ref().zip(name).and_then(|(dir, name)| dir.pick(name));
+        picked
+            .or_else(|| self.default.as_ref().map(|d| d.current()))
+            .or_else(|| self.acme.as_ref().map(|a| a.fallback()))
     }
 }
 

@@ -288,7 +288,8 @@ fn read_pair(settings: &TlsSettings) -> Result<LoadedPair, PairError> {
     Ok(pair)
 }
 
-fn unix_secs(t: SystemTime) -> i64 {
+/// Seconds since the epoch (0 before it), for the expiry gauge.
+pub(crate) fn unix_secs(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
