@@ -18,7 +18,8 @@ BIN="$BIN" deploy/container/build.sh
 
 step "the image's shape"
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
-[ "$size" -le $((20 * 1024 * 1024)) ] || fail "image is $size bytes, over 20 MiB"
+# 24 MiB: ACME (instant-acme and its HTTP client) took the binary past 20 MiB.
+[ "$size" -le $((24 * 1024 * 1024)) ] || fail "image is $size bytes, over 24 MiB"
 note "image size: $((size / 1024)) KiB"
 inspect() { podman image inspect --format "$1" "$IMAGE"; }
 expect_eq "$(inspect '{{.Config.User}}')" "65532:65532" "image user"
