@@ -302,6 +302,40 @@ fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// Who sent the request, read without changing anything (the OIDC answers and
+/// the access log need no more; [`apply_forwarding`] rewrites the headers).
+pub(crate) fn forwarded(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet], listener_proto: Proto) -> Forwarded {
+    resolve(headers, canonical(peer), trusted, listener_proto).1
+}
+
+/// The `X-Forwarded-For` chain a trusted proxy's request continues (None for
+/// any other peer: its chain is its own address), and who sent the request.
+fn resolve(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet], listener_proto: Proto) -> (Option<String>, Forwarded) {
+    if !is_trusted(peer, trusted) {
+        let forwarded = Forwarded {
+            client: peer,
+            proto: listener_proto,
+        };
+        return (None, forwarded);
+    }
+    let prior = joined(headers, "x-forwarded-for");
+    let chain = match prior {
+        Some(prior) if !prior.trim().is_empty() => format!("{}, {peer}", prior.trim()),
+        _ => peer.to_string(),
+    };
+    let client = client_from_chain(&chain, trusted).unwrap_or(peer);
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| match v.split(',').next().map(str::trim) {
+            Some(p) if p.eq_ignore_ascii_case("https") => Some(Proto::Https),
+            Some(p) if p.eq_ignore_ascii_case("http") => Some(Proto::Http),
+            _ => None,
+        })
+        .unwrap_or(listener_proto);
+    (Some(chain), Forwarded { client, proto })
+}
+
 /// Rewrites the forwarding headers for the request going to GitLab: every
 /// client-supplied one is dropped and replaced, except that from a trusted
 /// proxy `X-Forwarded-For` is appended to and `X-Forwarded-Proto` believed.
@@ -312,53 +346,42 @@ pub(crate) fn apply_forwarding(
     listener_proto: Proto,
 ) -> Forwarded {
     let peer = canonical(peer);
-    let (chain, forwarded) = if is_trusted(peer, trusted) {
-        let prior = joined(headers, "x-forwarded-for");
-        let chain = match prior {
-            Some(prior) if !prior.trim().is_empty() => format!("{}, {peer}", prior.trim()),
-            _ => peer.to_string(),
-        };
-        let client = client_from_chain(&chain, trusted).unwrap_or(peer);
-        let proto = headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| match v.split(',').next().map(str::trim) {
-                Some(p) if p.eq_ignore_ascii_case("https") => Some(Proto::Https),
-                Some(p) if p.eq_ignore_ascii_case("http") => Some(Proto::Http),
-                _ => None,
-            })
-            .unwrap_or(listener_proto);
-        (chain, Forwarded { client, proto })
-    } else {
-        (
-            peer.to_string(),
-            Forwarded {
-                client: peer,
-                proto: listener_proto,
-            },
-        )
-    };
+    let (chain, forwarded) = resolve(headers, peer, trusted, listener_proto);
+    let chain = chain.unwrap_or_else(|| peer.to_string());
     // Load balancers append to X-Forwarded-For and set X-Forwarded-Proto but pass
-    // the rest through from the client: nothing else is ever believed.
-    for name in FORWARDING {
-        headers.remove(*name);
+    // the rest through from the client: nothing else is ever believed. (Looked
+    // for first: most requests carry none, and a removal by name costs a parse.)
+    if headers.keys().any(|name| FORWARDING.contains(&name.as_str())) {
+        for name in FORWARDING {
+            headers.remove(*name);
+        }
     }
-    insert(headers, "x-forwarded-for", &chain);
-    insert(headers, "x-real-ip", &forwarded.client.to_string());
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(forwarded.proto.as_str()));
+    headers.reserve(4);
+    // Without a proxy's list, the chain is the client's address: made once.
+    let client = if forwarded.client == peer && !chain.contains(',') {
+        HeaderValue::from_str(&chain).ok()
+    } else {
+        HeaderValue::from_str(&forwarded.client.to_string()).ok()
+    };
+    // Addresses and comma lists of visible ASCII always make valid values; a chain
+    // from a trusted proxy that somehow does not is dropped rather than forwarded.
+    if let Ok(chain) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, chain);
+    }
+    if let Some(client) = client {
+        headers.insert(X_REAL_IP, client);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarded.proto.as_str()));
     if forwarded.proto == Proto::Https {
-        headers.insert("x-forwarded-ssl", HeaderValue::from_static("on"));
+        headers.insert(X_FORWARDED_SSL, HeaderValue::from_static("on"));
     }
     forwarded
 }
 
-fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    // Addresses and comma lists of visible ASCII always make valid values; a chain
-    // from a trusted proxy that somehow does not is dropped rather than forwarded.
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
-    }
-}
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_SSL: HeaderName = HeaderName::from_static("x-forwarded-ssl");
 
 /// All lines of a header joined with ", " (a list may be split across lines).
 fn joined(headers: &HeaderMap, name: &str) -> Option<String> {

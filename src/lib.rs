@@ -35,6 +35,7 @@ mod error;
 mod error_pages;
 mod headers;
 mod listener;
+mod log_writer;
 mod metrics;
 mod oidc;
 mod passthrough;

@@ -19,6 +19,12 @@ use gitlab_oidc_proxy::telemetry;
 
 use cli::{CheckArgs, Cli, Command, HealthcheckArgs};
 
+/// mimalloc: after a burst of connections closes, glibc's malloc kept the memory
+/// (RSS grew burst after burst); mimalloc returns freed pages to the system, and
+/// costs fewer instructions per allocation (README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -72,6 +78,8 @@ fn main() -> ExitCode {
             }
         }
     };
+    // The access lines of the last requests are still in memory.
+    telemetry::flush();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

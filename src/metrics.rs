@@ -77,7 +77,8 @@ pub(crate) struct TargetLabel {
 
 pub(crate) struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
+    /// `http_requests_total`, each series looked up once and then held.
+    pub request_counters: RequestCounters,
     pub request_duration: Histogram,
     pub response_bytes: Counter,
     pub upstream_errors: Family<ErrorLabels, Counter>,
@@ -109,6 +110,54 @@ pub(crate) struct Metrics {
     pub acme_orders: Family<OutcomeOnly, Counter>,
 }
 
+/// Methods with a label of their own ([`method_label`]), then `other`.
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "other",
+];
+const LISTENER_LABELS: [&str; 2] = ["main", "oidc"];
+/// Statuses 100..=599 get a held counter; others (rare) are looked up each time.
+const STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
+
+/// `http_requests_total`'s counters, each resolved from the family on first use
+/// and then held: a request costs an index, not a hash and a lock. A series
+/// still appears only once a request has been counted in it.
+pub(crate) struct RequestCounters {
+    family: Family<RequestLabels, Counter>,
+    held: Box<[std::sync::OnceLock<Counter>]>,
+}
+
+impl RequestCounters {
+    fn new(family: Family<RequestLabels, Counter>) -> Self {
+        let slots = METHOD_LABELS.len() * LISTENER_LABELS.len() * STATUSES.len();
+        RequestCounters {
+            family,
+            held: (0..slots).map(|_| std::sync::OnceLock::new()).collect(),
+        }
+    }
+
+    /// The counter of (method, status, listener); `listener` is `main` or `oidc`.
+    pub(crate) fn get(&self, method: &Method, status: u16, listener: &'static str) -> Counter {
+        let method = method_label(method);
+        let labels = || RequestLabels {
+            method,
+            status,
+            listener,
+        };
+        let m = METHOD_LABELS.iter().position(|l| *l == method);
+        let l = LISTENER_LABELS.iter().position(|l| *l == listener);
+        match (m, l, STATUSES.contains(&status)) {
+            (Some(m), Some(l), true) => {
+                let s = usize::from(status - STATUSES.start());
+                let slot = (m * LISTENER_LABELS.len() + l) * STATUSES.len() + s;
+                self.held[slot]
+                    .get_or_init(|| self.family.get_or_create(&labels()).clone())
+                    .clone()
+            }
+            _ => self.family.get_or_create(&labels()).clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CauseLabel {
     pub cause: &'static str,
@@ -124,6 +173,10 @@ pub(crate) struct OutcomeOnly {
 type Described = (&'static str, &'static str);
 
 const REQUESTS: Described = ("http_requests", "Requests answered, by method and status");
+const LOG_LINES_DROPPED: Described = (
+    "log_lines_dropped",
+    "Log lines (access lines included) dropped because stderr did not take them",
+);
 const REQUEST_DURATION: Described = (
     "http_request_duration_seconds",
     "Time from request to the end of the response body",
@@ -281,7 +334,7 @@ impl Metrics {
         let buckets = [0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
         // Field order is registration order, which is the order /metrics lists them in.
         Metrics {
-            requests: register(&mut r, REQUESTS, Family::default()),
+            request_counters: RequestCounters::new(register(&mut r, REQUESTS, Family::default())),
             request_duration: register(&mut r, REQUEST_DURATION, Histogram::new(buckets)),
             response_bytes: register(&mut r, RESPONSE_BYTES, Counter::default()),
             upstream_errors: register(&mut r, UPSTREAM_ERRORS, Family::default()),
@@ -305,7 +358,11 @@ impl Metrics {
             assets_cache_bytes: register(&mut r, ASSETS_CACHE_BYTES, Gauge::default()),
             assets_cache_evictions: register(&mut r, ASSETS_CACHE_EVICTIONS, Family::default()),
             acme_orders: register(&mut r, ACME_ORDERS, Family::default()),
-            registry: r,
+            registry: {
+                // Shared with the log's writer, which counts into it.
+                register(&mut r, LOG_LINES_DROPPED, crate::log_writer::dropped_lines());
+                r
+            },
         }
     }
 
@@ -353,13 +410,7 @@ mod tests {
     #[test]
     fn encodes_counters() {
         let m = Metrics::new();
-        m.requests
-            .get_or_create(&RequestLabels {
-                method: "GET",
-                status: 502,
-                listener: "main",
-            })
-            .inc();
+        m.request_counters.get(&Method::GET, 502, "main").inc();
         m.upstream_errors
             .get_or_create(&ErrorLabels {
                 reason: "connect_failed",
@@ -468,13 +519,7 @@ gitlab_oidc_proxy_assets_cache_evictions_total{cause="size"} 1
             document: "d",
             outcome: "o",
         };
-        m.requests
-            .get_or_create(&RequestLabels {
-                method: "GET",
-                status: 200,
-                listener: "main",
-            })
-            .inc();
+        m.request_counters.get(&Method::GET, 200, "main").inc();
         m.upstream_errors.get_or_create(&error).inc();
         m.oidc_served
             .get_or_create(&ServedLabels {
@@ -566,6 +611,46 @@ gitlab_oidc_proxy_assets_cache_evictions_total{cause="size"} 1
         ] {
             assert!(text.lines().any(|l| l == series), "{series} missing:\n{text}");
         }
+    }
+
+    #[test]
+    fn held_request_counters_are_the_family_series() {
+        let m = Metrics::new();
+        let series = |text: &str, line: &str| text.lines().find(|l| l.starts_with(line)).map(str::to_owned);
+        assert_eq!(
+            series(&m.encode(), "gitlab_oidc_proxy_http_requests_total{"),
+            None,
+            "none before a request"
+        );
+        let ext = Method::from_bytes(b"PROPFIND").unwrap();
+        for (method, status, listener) in [
+            (&Method::GET, 200, "main"),
+            (&Method::GET, 200, "main"),
+            (&Method::GET, 200, "oidc"),
+            (&Method::HEAD, 599, "main"),
+            (&ext, 100, "main"),
+            // Outside the held range: looked up each time, counted all the same.
+            (&Method::GET, 999, "main"),
+            (&Method::GET, 999, "main"),
+        ] {
+            m.request_counters.get(method, status, listener).inc();
+        }
+        let text = m.encode();
+        for (labels, value) in [
+            (r#"method="GET",status="200",listener="main""#, 2),
+            (r#"method="GET",status="200",listener="oidc""#, 1),
+            (r#"method="HEAD",status="599",listener="main""#, 1),
+            (r#"method="other",status="100",listener="main""#, 1),
+            (r#"method="GET",status="999",listener="main""#, 2),
+        ] {
+            let line = format!("gitlab_oidc_proxy_http_requests_total{{{labels}}} {value}");
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("gitlab_oidc_proxy_http_requests_total{").count(),
+            5,
+            "{text}"
+        );
     }
 
     #[test]

@@ -123,7 +123,8 @@ impl Router {
     pub(crate) async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
         let s = &self.settings;
         let trusted: &[IpNet] = if conn.proxied { &[] } else { &s.trusted_proxies };
-        let forwarded = headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), trusted, conn.proto);
+        // Read only: the forwarding headers are rewritten for what goes on (`forward_as`).
+        let forwarded = headers::forwarded(req.headers(), conn.peer.ip(), trusted, conn.proto);
         let record = RequestRecord::new(
             req.method(),
             req.uri(),
@@ -172,7 +173,7 @@ impl Router {
         }
         if conn.kind == ListenerKind::Plain
             && let Some(webroot) = &s.acme_webroot
-            && let Some(answer) = webroot.respond(&req).await
+            && let Some(answer) = Box::pin(webroot.respond(&req)).await
         {
             return Ok(answer);
         }
@@ -194,25 +195,46 @@ impl Router {
                 _ => target.for_any_host().respond(&req),
             });
         }
+        // The pass-through's futures are boxed: held inline, their kilobytes
+        // would be set up and moved for every request, the cached answers too.
         match destination {
-            Destination::Service(to) => to.forward(req).await,
+            Destination::Service(to) => Box::pin(to.forward(self.forward_as(req, conn))).await,
             Destination::Kas { to, uri } => {
-                let mut req = req;
+                let mut req = self.forward_as(req, conn);
                 *req.uri_mut() = uri;
-                to.forward(req).await
+                Box::pin(to.forward(req)).await
             }
-            Destination::Gitlab => self.to_gitlab(req, conn.kind).await,
+            Destination::Gitlab => self.to_gitlab(req, conn).await,
         }
+    }
+
+    /// The request with the forwarding headers GitLab and the other services
+    /// are to see (`X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto`).
+    fn forward_as(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Request<Incoming> {
+        let trusted: &[IpNet] = if conn.proxied {
+            &[]
+        } else {
+            &self.settings.trusted_proxies
+        };
+        headers::apply_forwarding(req.headers_mut(), conn.peer.ip(), trusted, conn.proto);
+        req
     }
 
     /// GitLab's own requests: the OIDC documents from the cache, the rest
     /// passed through (compressed like omnibus nginx does).
-    async fn to_gitlab(&self, req: Request<Incoming>, kind: ListenerKind) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn to_gitlab(&self, req: Request<Incoming>, conn: &ConnInfo) -> Result<Response<ProxyBody>, ProxyError> {
         if let Some(answer) = self.oidc.handle(&req).await {
-            Ok(answer)
-        } else if kind == ListenerKind::Oidc {
-            Err(ProxyError::Downstream(DownstreamError::NotOidc))
-        } else if self.settings.compression {
+            return Ok(answer);
+        }
+        if conn.kind == ListenerKind::Oidc {
+            return Err(ProxyError::Downstream(DownstreamError::NotOidc));
+        }
+        Box::pin(self.pass_to_gitlab(self.forward_as(req, conn))).await
+    }
+
+    /// Everything of GitLab's but the OIDC documents: compressed like omnibus nginx does.
+    async fn pass_to_gitlab(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        if self.settings.compression {
             // nginx's gzip_http_version 1.1: an HTTP/1.0 client gets identity.
             let choice = (req.version() != Version::HTTP_10)
                 .then(|| compress::negotiate(req.headers()))
@@ -254,17 +276,17 @@ impl Router {
                     target: "upstream",
                     reason = answer.label,
                     method = %record.method,
-                    path = %record.path,
+                    path = record.path(),
                     error = %err,
                     "request to GitLab failed"
                 );
             }
             ProxyError::Downstream(DownstreamError::Loop) => {
                 // A misconfiguration, not a client's mistake: the operator must see it.
-                tracing::warn!(method = %record.method, path = %record.path, "request came back to this proxy: --upstream leads to itself");
+                tracing::warn!(method = %record.method, path = record.path(), "request came back to this proxy: --upstream leads to itself");
             }
             ProxyError::Downstream(_) => {
-                tracing::debug!(method = %record.method, path = %record.path, error = %err, "request refused");
+                tracing::debug!(method = %record.method, path = record.path(), error = %err, "request refused");
             }
         }
         let page = self

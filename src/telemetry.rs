@@ -3,9 +3,11 @@
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::log_writer;
 
 /// `default` applies when `RUST_LOG` is unset.
 pub fn init(format: LogFormat, default: &str) {
+    crate::access_log::set_format(format);
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // rustls warns once per handshake about client quirks (an IP address sent as
@@ -16,9 +18,15 @@ pub fn init(format: LogFormat, default: &str) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Buffered, written by a thread of its own: no runtime thread waits on stderr.
+        .with_writer(log_writer::Stderr);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
     }
+}
+
+/// Writes out the log lines still held in memory: call before exiting.
+pub fn flush() {
+    log_writer::flush();
 }

@@ -216,6 +216,16 @@ impl Cache {
     }
 
     async fn wait<T>(&self, slot: &watch::Sender<Option<Arc<T>>>) -> Option<Arc<T>> {
+        // Nearly always held: answered without a receiver of its own, and the
+        // waiting (a timer, a receiver) boxed so that it costs nothing then.
+        if let Some(held) = slot.borrow().clone() {
+            return Some(held);
+        }
+        Box::pin(self.wait_first(slot)).await
+    }
+
+    /// Until the first copy is held: asks the refresher for it, waits a fetch's time.
+    async fn wait_first<T>(&self, slot: &watch::Sender<Option<Arc<T>>>) -> Option<Arc<T>> {
         let mut rx = slot.subscribe();
         if let Some(held) = rx.borrow_and_update().clone() {
             return Some(held);

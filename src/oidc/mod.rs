@@ -17,6 +17,7 @@ use crate::body::ProxyBody;
 use crate::config::DISCOVERY_SUFFIX;
 use crate::metrics::{Metrics, ServedLabels};
 use cache::{Cache, Published};
+use prometheus_client::metrics::counter::Counter;
 
 /// Key-set paths GitLab has had; all are answered with the united set.
 const KEY_PATHS: [&str; 2] = ["/oauth/discovery/keys", "/-/jwks"];
@@ -36,18 +37,36 @@ impl Document {
     }
 }
 
+/// The states a document is served in, as `oidc_responses_total` labels them.
+const STATES: [&str; 3] = ["fresh", "stale", "unavailable"];
+
 pub(crate) struct Oidc {
     cache: Arc<Cache>,
-    metrics: Arc<Metrics>,
+    /// `oidc_responses_total` per document (discovery, keys) and state: held, not looked up.
+    served: [[Counter; 3]; 2],
+    /// `public, max-age=<--max-age>`.
+    cache_control: http::HeaderValue,
     /// Serve the precompressed copies to clients that accept them.
     compression: bool,
 }
 
 impl Oidc {
     pub(crate) fn new(cache: Arc<Cache>, metrics: Arc<Metrics>, compression: bool) -> Self {
+        let served = [Document::Discovery, Document::Keys].map(|document| {
+            STATES.map(|state| {
+                metrics
+                    .oidc_served
+                    .get_or_create(&ServedLabels {
+                        document: document.label(),
+                        state,
+                    })
+                    .clone()
+            })
+        });
         Oidc {
+            cache_control: respond::cache_control(cache.settings().max_age),
             cache,
-            metrics,
+            served,
             compression,
         }
     }
@@ -95,18 +114,15 @@ impl Oidc {
                     let state = if fresh { "fresh" } else { "stale" };
                     (
                         state,
-                        respond::document(req.method(), req.headers(), &doc, settings.max_age, self.compression),
+                        respond::document(req.method(), req.headers(), &doc, &self.cache_control, self.compression),
                     )
                 }
             }
         };
-        self.metrics
-            .oidc_served
-            .get_or_create(&ServedLabels {
-                document: document.label(),
-                state,
-            })
-            .inc();
+        let row = usize::from(document == Document::Keys);
+        if let Some(counter) = STATES.iter().position(|s| *s == state) {
+            self.served[row][counter].inc();
+        }
         Some(resp)
     }
 

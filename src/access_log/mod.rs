@@ -4,6 +4,12 @@
 //! Only method, path (never the query string), status, bytes, duration, client
 //! address and protocol are logged: no header, so no `Authorization`, `Cookie`,
 //! `PRIVATE-TOKEN` or `JOB-TOKEN` can reach the log.
+//!
+//! The line is made here (`line`), not by `tracing`'s formatter (per request
+//! that cost more than the cached answer itself), and goes to the log's
+//! buffer (`log_writer`). `RUST_LOG`'s filter on the `access` target still decides.
+
+mod line;
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -16,14 +22,25 @@ use http::{Method, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::ProxyBody;
+use crate::config::LogFormat;
 use crate::error::BoxError;
-use crate::metrics::{Metrics, RequestLabels, method_label};
+use crate::log_writer;
+use crate::metrics::Metrics;
+
+pub(crate) use line::Line;
+
+/// The access lines' format: `--log-format`, set once at start (text until then).
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+pub(crate) fn set_format(format: LogFormat) {
+    let _ = FORMAT.set(format);
+}
 
 /// What is known about a request when it arrives.
 pub(crate) struct RequestRecord {
     pub method: Method,
-    /// Path only: the query string may carry `private_token=`.
-    pub path: String,
+    /// Path only is ever shown: the query string may carry `private_token=`.
+    target: Option<http::uri::PathAndQuery>,
     pub version: Version,
     pub client: IpAddr,
     /// Which listener answered: `main` or `oidc`.
@@ -41,7 +58,8 @@ impl RequestRecord {
     ) -> Self {
         RequestRecord {
             method: method.clone(),
-            path: uri.path().to_owned(),
+            // A reference count, not a copy.
+            target: uri.path_and_query().cloned(),
             version,
             client,
             listener,
@@ -113,34 +131,33 @@ impl Drop for LoggedBody {
 }
 
 impl RequestRecord {
+    /// The request's path, without its query string.
+    pub(crate) fn path(&self) -> &str {
+        self.target.as_ref().map_or("/", |t| t.path())
+    }
+
     /// The access line and the request metrics: once per request, from here only.
     fn emit(&self, status: u16, bytes: u64, outcome: &'static str, metrics: &Metrics) {
         let elapsed = self.start.elapsed();
-        let method = method_label(&self.method);
-        let listener = self.listener;
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                method,
-                status,
-                listener,
-            })
-            .inc();
+        metrics.request_counters.get(&self.method, status, self.listener).inc();
         metrics.request_duration.observe(elapsed.as_secs_f64());
         metrics.response_bytes.inc_by(bytes);
-        tracing::info!(
-            target: "access",
-            client = %self.client,
-            method = %self.method,
-            path = %self.path,
-            version = ?self.version,
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
+        let line = Line {
+            client: self.client,
+            method: &self.method,
+            path: self.path(),
+            version: self.version,
             status,
             bytes,
-            listener,
-            duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            listener: self.listener,
+            duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             outcome,
-            "request"
-        );
+        };
+        let format = FORMAT.get().copied().unwrap_or(LogFormat::Text);
+        log_writer::stderr().append(|buf| line.write(format, std::time::SystemTime::now(), buf));
     }
 }
 
