@@ -48,6 +48,15 @@ pub(crate) enum Command {
     )]
     Serve(Box<ServeArgs>),
     /// Simulated GitLab + the proxy + parallel STS-like verifications, before/after.
+    #[command(
+        after_help = "The default scenario is a busy GitLab: 8 Rails workers, 6 of them kept busy by users, \
+        300 ms per request, first come first served. STS gives up on a fetch after 5 s and keeps a \
+        document only as its Cache-Control allows. The table states these numbers, and from how many \
+        parallel jobs the path straight to GitLab fails under them.\n\
+        DURATION values: 300ms, 1s, 1.5s.\n\
+        Exit status with --once: 0 when every verification through the proxy passed, 1 otherwise, \
+        2 for a bad option."
+    )]
     Demo(DemoArgs),
     /// Copy the OIDC documents from GitLab under another issuer (GitLab 18.1's custom CI
     /// issuer URL) to a public directory or S3 bucket, and keep the copy in sync.
@@ -599,15 +608,17 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "VERSION", default_value = "14.4")]
     pub(crate) profile: Profile,
 
-    /// Verifications run in parallel, like CI jobs assuming a role at once.
+    /// Verifications run in parallel, like CI jobs assuming a role at once (1 to 10000).
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) jobs: u32,
 
-    /// The jobs call STS evenly spread over this time (0: all at the same instant).
+    /// The jobs call STS evenly spread over this time (0: all at the same instant; at
+    /// most 60s).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_jobs_spread)]
     pub(crate) jobs_spread: Duration,
 
-    /// Requests the simulated GitLab's Rails (Puma) serves at once; more wait in line.
+    /// Requests the simulated GitLab's Rails (Puma) serves at once; more wait in line
+    /// (1 to 1000).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(crate) gitlab_workers: u32,
 
