@@ -4,6 +4,7 @@
 //! keeps each document only as its `Cache-Control` allows, and gives up on a
 //! fetch after 5 s.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -92,7 +93,7 @@ struct Sts {
 /// with a fresh STS (empty cache); the jobs start evenly spread over `spread`,
 /// as a pipeline's jobs reach their `assume-role` step.
 pub(super) async fn run_jobs(base: &str, issuer: &str, tokens: &[String], spread: Duration) -> Vec<Verification> {
-    let sts = std::sync::Arc::new(Sts {
+    let sts = Arc::new(Sts {
         client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
         cache: StsCache::default(),
     });
