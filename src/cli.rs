@@ -21,7 +21,7 @@ use gitlab_oidc_proxy::config::{
 };
 use gitlab_oidc_proxy::demo::DemoSettings;
 
-use gitlab_oidc_proxy::simulator::Profile;
+use gitlab_oidc_proxy::simulator::{Profile, RailsSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +48,15 @@ pub(crate) enum Command {
     )]
     Serve(Box<ServeArgs>),
     /// Simulated GitLab + the proxy + parallel STS-like verifications, before/after.
+    #[command(
+        after_help = "The default scenario is a busy GitLab: 8 Rails workers, 6 of them kept busy by users, \
+        300 ms per request, first come first served. STS gives up on a fetch after 5 s and keeps a \
+        document only as its Cache-Control allows. The table states these numbers, and from how many \
+        parallel jobs the path straight to GitLab fails under them.\n\
+        DURATION values: 300ms, 1s, 1.5s.\n\
+        Exit status with --once: 0 when every verification through the proxy passed, 1 otherwise, \
+        2 for a bad option."
+    )]
     Demo(DemoArgs),
     /// Copy the OIDC documents from GitLab under another issuer (GitLab 18.1's custom CI
     /// issuer URL) to a public directory or S3 bucket, and keep the copy in sync.
@@ -599,9 +608,29 @@ pub(crate) struct DemoArgs {
     #[arg(long, value_name = "VERSION", default_value = "14.4")]
     pub(crate) profile: Profile,
 
-    /// Verifications run in parallel, like CI jobs assuming a role at once.
+    /// Verifications run in parallel, like CI jobs assuming a role at once (1 to 10000).
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) jobs: u32,
+
+    /// The jobs call STS evenly spread over this time (0: all at the same instant; at
+    /// most 60s).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_jobs_spread)]
+    pub(crate) jobs_spread: Duration,
+
+    /// Requests the simulated GitLab's Rails (Puma) serves at once; more wait in line
+    /// (1 to 1000).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) gitlab_workers: u32,
+
+    /// Of --gitlab-workers, those kept busy by users' requests throughout (the load
+    /// CI comes on top of; 0: an idle GitLab). Must leave one free.
+    #[arg(long, value_name = "N", default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=999))]
+    pub(crate) gitlab_busy: u32,
+
+    /// Time a Rails worker spends on each request (1ms to 1s; the proxy's own fetches
+    /// must fit its 3 s upstream timeout).
+    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_service_time)]
+    pub(crate) gitlab_service_time: Duration,
 
     /// Exit after the table: 0 only if every verification through the proxy passed.
     #[arg(long)]
@@ -621,7 +650,10 @@ pub(crate) struct DemoArgs {
 
     /// Serve only the simulated GitLab on --gitlab-listen until SIGTERM or Ctrl-C,
     /// for a proxy started on its own (a container, a package). Any address is allowed.
-    #[arg(long, conflicts_with_all = ["jobs", "once", "listen", "admin_listen"])]
+    #[arg(long, conflicts_with_all = [
+        "jobs", "jobs_spread", "once", "listen", "admin_listen",
+        "gitlab_workers", "gitlab_busy", "gitlab_service_time",
+    ])]
     pub(crate) gitlab_only: bool,
 
     /// With --gitlab-only: GitLab's external URL, i.e. the proxy's public URL, which
@@ -633,6 +665,26 @@ pub(crate) struct DemoArgs {
         requires = "gitlab_only"
     )]
     pub(crate) external_url: String,
+}
+
+/// `--gitlab-service-time`: 1 ms to 1 s.
+fn parse_service_time(s: &str) -> Result<Duration, String> {
+    let d = parse_positive_duration(s).map_err(|e| e.to_string())?;
+    if (Duration::from_millis(1)..=Duration::from_secs(1)).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!("{s}: must be from 1ms to 1s"))
+    }
+}
+
+/// `--jobs-spread`: up to a minute.
+fn parse_jobs_spread(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
+    if d <= Duration::from_secs(60) {
+        Ok(d)
+    } else {
+        Err(format!("{s}: at most 60s"))
+    }
 }
 
 /// `on` / `off`, as nginx spells its switches.
@@ -764,6 +816,12 @@ impl DemoArgs {
         DemoSettings {
             profile: self.profile,
             jobs: self.jobs,
+            jobs_spread: self.jobs_spread,
+            rails: RailsSettings {
+                workers: self.gitlab_workers,
+                busy: self.gitlab_busy,
+                service_time: self.gitlab_service_time,
+            },
             once: self.once,
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -979,6 +1037,64 @@ mod tests {
                 "https://bucket.example/oidc"
             )
         );
+    }
+
+    /// `demo` with every option set to a value other than its default.
+    const EVERY_DEMO_OPTION: &[&str] = &[
+        "demo",
+        "--profile=17.0",
+        "--jobs=7",
+        "--jobs-spread=2s",
+        "--gitlab-workers=5",
+        "--gitlab-busy=1",
+        "--gitlab-service-time=40ms",
+        "--once",
+        "--listen=127.0.0.1:1",
+        "--admin-listen=127.0.0.1:2",
+        "--gitlab-listen=127.0.0.1:3",
+    ];
+
+    #[test]
+    fn every_demo_option_reaches_the_settings() {
+        let Command::Demo(args) = parse(EVERY_DEMO_OPTION).command else {
+            panic!("not demo");
+        };
+        let d = args.into_settings();
+        assert_eq!(
+            (d.profile, d.jobs, d.jobs_spread),
+            (Profile::V17_0, 7, Duration::from_secs(2))
+        );
+        let rails = RailsSettings {
+            workers: 5,
+            busy: 1,
+            service_time: Duration::from_millis(40),
+        };
+        assert_eq!(d.rails, rails);
+        assert!(d.once && d.gitlab_only.is_none());
+        assert_eq!(
+            (d.listen.port(), d.admin_listen.port(), d.gitlab_listen.port()),
+            (1, 2, 3)
+        );
+    }
+
+    #[test]
+    fn demo_workers_settings_are_bounded() {
+        for bad in [
+            "--gitlab-service-time=0",
+            "--gitlab-service-time=2s",
+            "--gitlab-service-time=soon",
+            "--gitlab-workers=0",
+            "--gitlab-busy=-1",
+            "--jobs-spread=2m",
+            "--jobs=0",
+        ] {
+            let err = Cli::try_parse_from(["gitlab-oidc-proxy", "demo", bad]).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        }
+        // The standalone GitLab answers at once: a proxy's tests are not a load test.
+        let err = Cli::try_parse_from(["gitlab-oidc-proxy", "demo", "--gitlab-only", "--gitlab-workers=2"])
+            .expect_err("--gitlab-only with --gitlab-workers");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub enum ConfigError {
     RouteIsGitlab(String),
     #[error("the demo listens on loopback addresses only, not {0}: its signing keys are public")]
     DemoNotLoopback(SocketAddr),
+    #[error("--gitlab-busy {busy} leaves none of --gitlab-workers {workers} for CI: give fewer busy workers")]
+    DemoNoFreeWorker { busy: u32, workers: u32 },
 }
 
 /// Where the copy goes (`--to`).

@@ -1,6 +1,10 @@
 //! `gitlab-oidc-proxy demo`: a simulated GitLab, the proxy in front of it, and
 //! an STS-like verifier run in parallel, first straight against GitLab, then
 //! through the proxy. Prints what changes, then serves for curl.
+//!
+//! GitLab answers from a bounded pool of Rails workers, part of them busy with
+//! users; STS caches as `Cache-Control` allows and waits 5 s per fetch. So the
+//! direct column fails where those numbers say it must, on every version.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,11 +13,19 @@ use std::time::Duration;
 use crate::app::{RunningProxy, bind, local_addr};
 use crate::config::{Config, ConfigError, parse_upstream};
 use crate::error::StartError;
-use crate::simulator::{Profile, SimConfig, SimDoc, SimulatedGitLab};
+use crate::simulator::{Profile, RailsSettings, SimConfig, SimDoc, SimulatedGitLab};
 
+mod queueing;
 mod sts;
+mod sts_cache;
+mod table;
 
-use sts::{AUDIENCE, Verification, run_jobs};
+use queueing::Model;
+use sts::{AUDIENCE, FETCH_LIMIT, run_jobs};
+use table::{Assumptions, Column};
+
+/// The most jobs the threshold line looks at (`--jobs`' own limit).
+const THRESHOLD_CAP: usize = 10_000;
 
 /// What to simulate and where to listen (the `demo` subcommand's options).
 #[derive(Debug, Clone)]
@@ -22,6 +34,10 @@ pub struct DemoSettings {
     pub profile: Profile,
     /// Verifications run in parallel, like CI jobs assuming a role at once.
     pub jobs: u32,
+    /// The jobs call STS evenly spread over this time.
+    pub jobs_spread: Duration,
+    /// The simulated GitLab's Rails workers, their users' load and service time.
+    pub rails: RailsSettings,
     /// Exit after the table: 0 only if every verification through the proxy passed.
     pub once: bool,
     /// The proxy's public listener (its URL is the issuer).
@@ -35,16 +51,6 @@ pub struct DemoSettings {
     pub gitlab_only: Option<String>,
 }
 
-struct RunSummary {
-    passed: usize,
-    gitlab_requests: usize,
-    p50: Duration,
-    p99: Duration,
-    discovery_cache_control: String,
-    keys_cache_control: String,
-    first_failure: Option<String>,
-}
-
 /// Runs the demo; returns the process exit code.
 pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
     if let Some(external_url) = &args.gitlab_only {
@@ -55,6 +61,10 @@ pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
         if !addr.ip().is_loopback() {
             return Err(ConfigError::DemoNotLoopback(addr).into());
         }
+    }
+    let RailsSettings { workers, busy, .. } = args.rails;
+    if busy >= workers {
+        return Err(ConfigError::DemoNoFreeWorker { busy, workers }.into());
     }
     let gitlab_listener = bind(args.gitlab_listen).await?;
     let gitlab_addr = local_addr(&gitlab_listener)?;
@@ -69,6 +79,8 @@ pub async fn run(args: DemoSettings) -> Result<u8, StartError> {
         token_issuer: None,
     };
     let gitlab = SimulatedGitLab::new(config).map_err(|e| StartError::Demo(e.into()))?;
+    // Before the proxy starts: its own fetches from GitLab wait for workers too.
+    gitlab.set_rails(Some(args.rails));
     let gitlab_task = gitlab.serve(gitlab_listener);
     let proxy = RunningProxy::start_on(&proxy_config(gitlab_addr, listen, args.admin_listen)?, Some(public)).await?;
     wait_warm(&proxy).await?;
@@ -131,14 +143,54 @@ async fn compare(args: &DemoSettings, gitlab: &SimulatedGitLab, gitlab_addr: Soc
     let priming = total_hits(gitlab);
     let tokens: Vec<String> = (0..args.jobs).map(|_| gitlab.mint_ci_token(AUDIENCE)).collect();
     let direct_base = format!("http://{gitlab_addr}");
+    println!(
+        "Running {} STS-like verifications straight to GitLab, then through the proxy ...",
+        args.jobs
+    );
     gitlab.reset_hits();
-    let direct = run_jobs(&direct_base, issuer, &tokens).await;
-    let direct = summarize(direct, total_hits(gitlab));
+    let direct = run_jobs(&direct_base, issuer, &tokens, args.jobs_spread).await;
+    let direct = Column::new(direct, total_hits(gitlab));
     gitlab.reset_hits();
-    let proxied = run_jobs(issuer, issuer, &tokens).await;
-    let proxied = summarize(proxied, total_hits(gitlab));
-    print_table(args, issuer, &direct, &proxied, priming);
-    proxied.passed == tokens.len()
+    let proxied = run_jobs(issuer, issuer, &tokens, args.jobs_spread).await;
+    let proxied = Column::new(proxied, total_hits(gitlab));
+    println!();
+    println!("Simulated GitLab {}, issuer {issuer}", args.profile);
+    table::print_assumptions(&Assumptions {
+        workers: args.rails.workers,
+        busy: args.rails.busy,
+        service_time: args.rails.service_time,
+        limit: FETCH_LIMIT,
+        jobs: args.jobs,
+        spread: args.jobs_spread,
+    });
+    table::print(&direct, &proxied, priming);
+    let model = direct_model(args);
+    table::print_threshold(
+        model.first_failing(THRESHOLD_CAP),
+        THRESHOLD_CAP,
+        model.workers,
+        model.service_time,
+    );
+    if !args.profile.oauth_keys_include_ci() {
+        println!(
+            "On {} every direct verification fails anyway: discovery's jwks_uri lacks the CI key.",
+            args.profile
+        );
+    }
+    table::print_failures(&direct, &proxied);
+    proxied.all_passed()
+}
+
+/// The direct path as arithmetic: the free workers, and whether STS may keep
+/// this GitLab's key set (discovery it may never keep).
+fn direct_model(args: &DemoSettings) -> Model {
+    Model {
+        workers: args.rails.free_workers(),
+        service_time: args.rails.service_time,
+        limit: FETCH_LIMIT,
+        spread: args.jobs_spread,
+        keys_cacheable: sts_cache::lifetime(Some(args.profile.keys_cache_control()), None).is_some(),
+    }
 }
 
 /// The proxy's settings: the defaults, in front of the simulated GitLab.
@@ -155,77 +207,6 @@ fn total_hits(gitlab: &SimulatedGitLab) -> usize {
         .iter()
         .map(|d| gitlab.hits(*d))
         .sum()
-}
-
-fn summarize(mut runs: Vec<Verification>, gitlab_requests: usize) -> RunSummary {
-    runs.sort_by_key(|v| v.elapsed);
-    let pick = |q: f64| {
-        runs.get(((runs.len() as f64 - 1.0) * q).round() as usize)
-            .map(|v| v.elapsed)
-            .unwrap_or_default()
-    };
-    let first = |f: fn(&Verification) -> &str| {
-        runs.iter()
-            .map(f)
-            .find(|s| !s.is_empty())
-            .map(str::to_owned)
-            .unwrap_or_else(|| "(none seen)".into())
-    };
-    RunSummary {
-        passed: runs.iter().filter(|v| v.result.is_ok()).count(),
-        gitlab_requests,
-        p50: pick(0.5),
-        p99: pick(0.99),
-        discovery_cache_control: first(|v| &v.discovery_cache_control),
-        keys_cache_control: first(|v| &v.keys_cache_control),
-        first_failure: runs
-            .iter()
-            .find_map(|v| v.result.as_ref().err().map(ToString::to_string)),
-    }
-}
-
-fn print_table(args: &DemoSettings, issuer: &str, direct: &RunSummary, proxied: &RunSummary, priming: usize) {
-    let jobs = args.jobs;
-    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
-    println!();
-    println!(
-        "Simulated GitLab {}, issuer {issuer}, {jobs} parallel STS-like verifications",
-        args.profile
-    );
-    println!();
-    println!(
-        "{:<28} {:<58} {:<40}",
-        "", "straight to GitLab", "through gitlab-oidc-proxy"
-    );
-    let row = |name: &str, a: String, b: String| println!("{name:<28} {a:<58} {b}");
-    row(
-        "verifications passed",
-        format!("{}/{jobs}", direct.passed),
-        format!("{}/{jobs}", proxied.passed),
-    );
-    row(
-        "requests that reached GitLab",
-        direct.gitlab_requests.to_string(),
-        format!("{} (+{priming} when the proxy started)", proxied.gitlab_requests),
-    );
-    row("latency p50", ms(direct.p50), ms(proxied.p50));
-    row("latency p99", ms(direct.p99), ms(proxied.p99));
-    row(
-        "Cache-Control, discovery",
-        direct.discovery_cache_control.clone(),
-        proxied.discovery_cache_control.clone(),
-    );
-    row(
-        "Cache-Control, key set",
-        direct.keys_cache_control.clone(),
-        proxied.keys_cache_control.clone(),
-    );
-    println!();
-    for (name, run) in [("straight to GitLab", direct), ("through the proxy", proxied)] {
-        if let Some(failure) = &run.first_failure {
-            println!("first failure {name}: {failure}");
-        }
-    }
 }
 
 fn print_walkthrough(issuer: &str, gitlab: SocketAddr, admin: SocketAddr, token: &str) {

@@ -1,7 +1,10 @@
 //! The STS-like verifier: what AWS STS does with a web identity token, as a
 //! client of the issuer. Discovery at the issuer, `jwks_uri`, the key by `kid`,
-//! then the RS256 signature (ring), `iss`, `aud`, `exp` and `nbf`.
+//! then the RS256 signature (ring), `iss`, `aud`, `exp` and `nbf`. Like STS it
+//! keeps each document only as its `Cache-Control` allows, and gives up on a
+//! fetch after 5 s.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -15,6 +18,11 @@ use hyper_util::rt::TokioExecutor;
 use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use serde_json::Value;
 
+use super::sts_cache::{StsCache, lifetime};
+
+/// STS's limit for each answer of the identity provider.
+pub(super) const FETCH_LIMIT: Duration = Duration::from_secs(5);
+
 /// The audience the demo's tokens carry, as an AWS role's trust policy expects.
 pub(super) const AUDIENCE: &str = "sts.amazonaws.com";
 
@@ -24,11 +32,26 @@ pub(super) struct Verification {
     pub(super) elapsed: Duration,
     pub(super) discovery_cache_control: String,
     pub(super) keys_cache_control: String,
+    /// Documents fetched from the issuer, and taken from STS's cache instead.
+    pub(super) fetched: usize,
+    pub(super) from_cache: usize,
+}
+
+/// Why a verification failed, as the table counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cause {
+    /// A fetch had no answer within [`FETCH_LIMIT`].
+    Timeout,
+    /// The key set at `jwks_uri` lacks the token's `kid` (GitLab 14.4 and before).
+    UnknownKid,
+    Other,
 }
 
 /// Why one verification failed, as the demo's table prints it.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum VerifyError {
+    #[error("Couldn't retrieve verification key from your identity provider (no answer from {url} within 5 s)")]
+    Timeout { url: String },
     #[error("{url}: {failure}")]
     Fetch { url: String, failure: FetchFailure },
     #[error("discovery issuer {found} is not the token's {issuer}")]
@@ -42,8 +65,6 @@ pub(super) enum VerifyError {
 /// Why fetching one document failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum FetchFailure {
-    #[error("no answer within 5 s")]
-    Timeout,
     #[error("status {0}")]
     Status(http::StatusCode),
     #[error("not JSON ({0})")]
@@ -52,12 +73,38 @@ pub(super) enum FetchFailure {
     Transport(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Verifies each token in parallel against the issuer's documents at `base`.
-pub(super) async fn run_jobs(base: &str, issuer: &str, tokens: &[String]) -> Vec<Verification> {
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let jobs = tokens.iter().map(|token| {
-        let (client, base, issuer, token) = (client.clone(), base.to_owned(), issuer.to_owned(), token.clone());
-        tokio::spawn(async move { verify(&client, &base, &issuer, &token).await })
+impl VerifyError {
+    pub(super) fn cause(&self) -> Cause {
+        match self {
+            VerifyError::Timeout { .. } => Cause::Timeout,
+            VerifyError::Jws(JwsError::UnknownKid { .. }) => Cause::UnknownKid,
+            _ => Cause::Other,
+        }
+    }
+}
+
+/// One STS: an HTTP client and the documents it keeps.
+struct Sts {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    cache: StsCache,
+}
+
+/// Verifies each token in parallel against the issuer's documents at `base`,
+/// with a fresh STS (empty cache); the jobs start evenly spread over `spread`,
+/// as a pipeline's jobs reach their `assume-role` step.
+pub(super) async fn run_jobs(base: &str, issuer: &str, tokens: &[String], spread: Duration) -> Vec<Verification> {
+    let sts = Arc::new(Sts {
+        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        cache: StsCache::default(),
+    });
+    let count = u32::try_from(tokens.len()).unwrap_or(u32::MAX).max(1);
+    let jobs = tokens.iter().zip(0..).map(|(token, i)| {
+        let (sts, base, issuer, token) = (sts.clone(), base.to_owned(), issuer.to_owned(), token.clone());
+        let start = spread * i / count;
+        tokio::spawn(async move {
+            tokio::time::sleep(start).await;
+            verify(&sts, &base, &issuer, &token).await
+        })
     });
     let mut out = Vec::with_capacity(tokens.len());
     for job in jobs.collect::<Vec<_>>() {
@@ -70,16 +117,20 @@ pub(super) async fn run_jobs(base: &str, issuer: &str, tokens: &[String]) -> Vec
 
 /// What AWS STS does with a web identity token: discovery at the issuer,
 /// `jwks_uri`, the key by `kid`, then signature, `iss`, `aud`, `exp` and `nbf`.
-async fn verify(client: &Client<HttpConnector, Empty<Bytes>>, base: &str, issuer: &str, token: &str) -> Verification {
+async fn verify(sts: &Sts, base: &str, issuer: &str, token: &str) -> Verification {
     let started = Instant::now();
     let mut seen = Verification {
         result: Ok(()),
         elapsed: Duration::ZERO,
         discovery_cache_control: String::new(),
         keys_cache_control: String::new(),
+        fetched: 0,
+        from_cache: 0,
     };
     seen.result = async {
-        let (discovery, cc) = get_json(client, &format!("{base}/.well-known/openid-configuration")).await?;
+        let (discovery, cc) = sts
+            .document(&format!("{base}/.well-known/openid-configuration"), &mut seen)
+            .await?;
         seen.discovery_cache_control = cc;
         if discovery["issuer"] != issuer {
             return Err(VerifyError::IssuerMismatch {
@@ -88,7 +139,7 @@ async fn verify(client: &Client<HttpConnector, Empty<Bytes>>, base: &str, issuer
             });
         }
         let jwks_uri = discovery["jwks_uri"].as_str().ok_or(VerifyError::NoJwksUri)?;
-        let (keys, cc) = get_json(client, jwks_uri).await?;
+        let (keys, cc) = sts.document(jwks_uri, &mut seen).await?;
         seen.keys_cache_control = cc;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let expected = Expected {
@@ -247,35 +298,56 @@ fn check_claims(claims: &Value, expected: &Expected) -> Result<(), Rejection> {
     }
 }
 
-async fn get_json(client: &Client<HttpConnector, Empty<Bytes>>, url: &str) -> Result<(Value, String), VerifyError> {
-    let failed = |failure| VerifyError::Fetch {
-        url: url.to_owned(),
-        failure,
-    };
-    let transport = |e: Box<dyn std::error::Error + Send + Sync>| failed(FetchFailure::Transport(e));
-    let req = Request::get(url).body(Empty::new()).map_err(|e| transport(e.into()))?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
-        .await
-        .map_err(|_| failed(FetchFailure::Timeout))?
-        .map_err(|e| transport(e.into()))?;
-    let status = resp.status();
-    let cache_control = resp
-        .headers()
-        .get(header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("(none)")
-        .to_owned();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| transport(e.into()))?
-        .to_bytes();
-    if !status.is_success() {
-        return Err(failed(FetchFailure::Status(status)));
+impl Sts {
+    /// A document and its `Cache-Control`: from the cache while it may be
+    /// kept, else fetched (and kept if its headers allow).
+    async fn document(&self, url: &str, seen: &mut Verification) -> Result<(Value, String), VerifyError> {
+        if let Some(kept) = self.cache.get(url) {
+            seen.from_cache += 1;
+            return Ok((kept.value, kept.cache_control));
+        }
+        seen.fetched += 1;
+        let timeout = || VerifyError::Timeout { url: url.to_owned() };
+        // The limit covers the whole answer, body included.
+        let (json, cache_control, pragma) = tokio::time::timeout(FETCH_LIMIT, self.get_json(url))
+            .await
+            .map_err(|_| timeout())??;
+        if let Some(lifetime) = lifetime(cache_control.as_deref(), pragma.as_deref()) {
+            self.cache
+                .put(url, &json, cache_control.as_deref().unwrap_or_default(), lifetime);
+        }
+        Ok((json, cache_control.unwrap_or_else(|| "(none)".to_owned())))
     }
-    let json = serde_json::from_slice(&body).map_err(|e| failed(FetchFailure::NotJson(e)))?;
-    Ok((json, cache_control))
+
+    /// The JSON at `url`, its `Cache-Control` and its `Pragma`.
+    async fn get_json(&self, url: &str) -> Result<(Value, Option<String>, Option<String>), VerifyError> {
+        let failed = |failure| VerifyError::Fetch {
+            url: url.to_owned(),
+            failure,
+        };
+        let transport = |e: Box<dyn std::error::Error + Send + Sync>| failed(FetchFailure::Transport(e));
+        let req = Request::get(url).body(Empty::new()).map_err(|e| transport(e.into()))?;
+        let resp = self.client.request(req).await.map_err(|e| transport(e.into()))?;
+        let status = resp.status();
+        let text = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (cache_control, pragma) = (text(header::CACHE_CONTROL), text(header::PRAGMA));
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| transport(e.into()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(failed(FetchFailure::Status(status)));
+        }
+        let json = serde_json::from_slice(&body).map_err(|e| failed(FetchFailure::NotJson(e)))?;
+        Ok((json, cache_control, pragma))
+    }
 }
 
 #[cfg(test)]

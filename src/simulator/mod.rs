@@ -21,6 +21,7 @@
 //! moves one instance's CI key along a pool of [`CI_KEY_POOL`], wrapping around.
 
 mod keys;
+mod rails;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,8 @@ use serde_json::{Value, json};
 
 use keys::CI_KEY_POOL;
 use keys::{KeyMaterial, KeyPool, b64url};
+use rails::RailsPool;
+pub use rails::RailsSettings;
 
 /// Which GitLab generation to imitate (reference section 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,6 +218,8 @@ pub struct SimulatedGitLab {
     hits: [AtomicUsize; 3],
     faults: Mutex<[Fault; 3]>,
     jobs: AtomicU64,
+    /// None: every request is answered at once.
+    rails: Mutex<Option<Arc<RailsPool>>>,
 }
 
 impl fmt::Debug for SimulatedGitLab {
@@ -289,6 +294,7 @@ impl SimulatedGitLab {
             hits: Default::default(),
             faults: Mutex::new(Default::default()),
             jobs: AtomicU64::new(FIRST_JOB_ID),
+            rails: Mutex::new(None),
         }))
     }
 
@@ -415,6 +421,20 @@ impl SimulatedGitLab {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |i| Some(next(i)))
             .unwrap_or_else(|unchanged| unchanged); // never: the update always applies
         self.keys.ci(next(previous)).kid().to_owned()
+    }
+
+    /// Answers every later request from a bounded pool of Rails workers with a
+    /// service time (None: at once, the default).
+    pub fn set_rails(&self, settings: Option<RailsSettings>) {
+        *self.rails.lock().unwrap_or_else(PoisonError::into_inner) = settings.map(|s| Arc::new(RailsPool::new(s)));
+    }
+
+    pub fn rails(&self) -> Option<RailsSettings> {
+        self.rails_pool().map(|pool| pool.settings())
+    }
+
+    fn rails_pool(&self) -> Option<Arc<RailsPool>> {
+        self.rails.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn ci_key(&self) -> &'static KeyMaterial {

@@ -168,21 +168,27 @@ pub(super) async fn handle<B>(sim: Arc<SimulatedGitLab>, req: Request<B>) -> Res
     let started = Instant::now();
     let method = req.method().clone();
     let readable = method == Method::GET || method == Method::HEAD;
-    let reply = match route(&sim, req.uri().path()) {
-        Route::Doc(doc) => {
-            sim.record_hit(doc);
-            match sim.fault(doc) {
-                Fault::HangUp => {
-                    tracing::debug!(?doc, "simulated GitLab: hanging up (fault)");
-                    return Err(HangUp);
-                }
-                Fault::Delay(delay) => {
-                    tokio::time::sleep(delay).await;
-                    document(&sim, doc, &req, &Fault::None)
-                }
-                fault => document(&sim, doc, &req, &fault),
+    let route = route(&sim, req.uri().path());
+    if let Route::Doc(doc) = route {
+        sim.record_hit(doc);
+    }
+    // Every request Rails answers waits for a worker; what the proxy serves
+    // from memory never arrives here.
+    if let Some(rails) = sim.rails_pool() {
+        rails.serve().await;
+    }
+    let reply = match route {
+        Route::Doc(doc) => match sim.fault(doc) {
+            Fault::HangUp => {
+                tracing::debug!(?doc, "simulated GitLab: hanging up (fault)");
+                return Err(HangUp);
             }
-        }
+            Fault::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                document(&sim, doc, &req, &Fault::None)
+            }
+            fault => document(&sim, doc, &req, &fault),
+        },
         Route::Health if readable => Reply::new(StatusCode::OK, "text/plain", "GitLab OK"),
         Route::Probe if readable => Reply::new(StatusCode::OK, JSON, r#"{"status":"ok"}"#),
         Route::Home if readable => home_page(&sim),

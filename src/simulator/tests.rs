@@ -684,3 +684,68 @@ async fn serves_on_a_unix_socket_too() {
     assert_eq!(sim.hits(SimDoc::Jwks), 1);
     task.abort();
 }
+
+/// One free worker of three (two busy with users), 100 ms each: concurrent
+/// requests finish one per service time, in turn.
+#[tokio::test]
+async fn rails_workers_queue_requests_beyond_the_free_ones() {
+    let run = start(Profile::V17_0, None).await;
+    let service_time = Duration::from_millis(100);
+    let settings = RailsSettings {
+        workers: 3,
+        busy: 2,
+        service_time,
+    };
+    run.sim.set_rails(Some(settings));
+    assert_eq!(run.sim.rails(), Some(settings));
+    let started = Instant::now();
+    let requests = (0..3).map(|_| {
+        let addr = run.addr;
+        tokio::spawn(async move {
+            try_send(addr, Method::GET, "/-/health", &[]).await.unwrap();
+            started.elapsed()
+        })
+    });
+    let mut finished = Vec::new();
+    for request in requests.collect::<Vec<_>>() {
+        finished.push(request.await.unwrap());
+    }
+    finished.sort();
+    for (turn, elapsed) in finished.iter().enumerate() {
+        let floor = service_time * (turn as u32 + 1);
+        assert!(
+            *elapsed >= floor,
+            "request {turn} after {elapsed:?}, before its turn {floor:?}"
+        );
+    }
+}
+
+/// A client that gives up does not take its request back from Rails: the
+/// next one still waits for it.
+#[tokio::test]
+async fn an_abandoned_request_still_holds_its_worker() {
+    let run = start(Profile::V16_6, None).await;
+    let service_time = Duration::from_millis(100);
+    run.sim.set_rails(Some(RailsSettings {
+        workers: 1,
+        busy: 0,
+        service_time,
+    }));
+    let started = Instant::now();
+    let addr = run.addr;
+    let abandoned = tokio::spawn(async move { try_send(addr, Method::GET, KEYS, &[]).await });
+    // The test's runtime has one thread: once the hit shows, the request is queued.
+    while run.sim.hits(SimDoc::OauthKeys) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    abandoned.abort();
+    assert!(
+        abandoned.await.is_err_and(|e| e.is_cancelled()),
+        "answered before its service time"
+    );
+    get(&run, KEYS).await;
+    assert!(started.elapsed() >= service_time * 2, "{:?}", started.elapsed());
+    assert_eq!(run.sim.hits(SimDoc::OauthKeys), 2);
+    run.sim.set_rails(None);
+    assert_eq!(run.sim.rails(), None);
+}
