@@ -129,9 +129,8 @@ async fn not_ready_is_exit_1_with_the_reason() {
     assert!(stderr.contains("no servable OIDC documents"), "{stderr}");
 
     // No proxy at all.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap().to_string();
-    drop(closed);
+    let closed = support::closed_port();
+    let addr = closed.addr.to_string();
     let (out, _) = healthcheck(&["--admin-listen", &addr], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot connect"), "{}", text(&out.stderr));
