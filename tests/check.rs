@@ -331,7 +331,12 @@ async fn usage_errors_exit_2_and_a_bad_issuer_exits_1() {
     }
     // http and a port are URLs, refused by STS: step 1 fails (nothing listens there either).
     let closed = support::closed_port();
-    let (code, stdout, _) = run_check(&[&format!("http://127.0.0.1:{}", closed.addr.port()), "--json"], None, &[]).await;
+    let (code, stdout, _) = run_check(
+        &[&format!("http://127.0.0.1:{}", closed.addr.port()), "--json"],
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(code, Some(1));
     let report: Value = serde_json::from_str(&stdout).unwrap();
     let step1 = problems(&report, 1);

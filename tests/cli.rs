@@ -119,7 +119,11 @@ fn help_and_readme_document_the_same_options() {
     let help = String::from_utf8(out.stdout).unwrap();
     let in_help = help_options(&help);
     let in_readme = readme_options();
-    assert!(in_help.len() > 40, "only {} options parsed from --help:\n{help}", in_help.len());
+    assert!(
+        in_help.len() > 40,
+        "only {} options parsed from --help:\n{help}",
+        in_help.len()
+    );
     for documented in &in_readme {
         let shown = in_help
             .iter()

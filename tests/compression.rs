@@ -536,7 +536,10 @@ async fn http_1_0_clients_get_identity() {
             let head = format!("GET /json HTTP/1.0\r\nHost: gitlab.example.com\r\nAccept-Encoding: {ae}\r\n\r\n");
             let answer = raw_exchange(proxy.addr, head.as_bytes(), Duration::from_secs(5)).await;
             let (head, body) = answer.split_once("\r\n\r\n").expect("a whole response");
-            assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(
+                head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+                "{head}"
+            );
             let names = raw_header_names(&answer);
             assert!(!names.contains(&"content-encoding".to_owned()), "{ae}: {head}");
             assert_eq!(body.as_bytes(), json(), "{ae}");
@@ -552,29 +555,33 @@ async fn http_1_0_clients_get_identity() {
 /// past it, identity. gzip is not capped, and a finished stream frees its place.
 const HEAVY_STREAMS: usize = 64;
 
+/// An upstream whose every response is 400 bytes of text at once, and the rest
+/// (3000 bytes) once `released` says true.
+async fn held_text(released: tokio::sync::watch::Receiver<bool>) -> Upstream {
+    upstream(Transport::Tcp, move |_req| {
+        let mut released = released.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from(text(400))))).await;
+                let _ = released.wait_for(|r| *r).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from(text(3000))))).await;
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+            Response::builder()
+                .header("content-type", "text/plain")
+                .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
+                .unwrap()
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_64_br_or_zstd_streams_at_once() {
     bounded(async {
-        // Every response: 400 bytes of text at once, the rest once the test says so.
         let (release, released) = tokio::sync::watch::channel(false);
-        let up = upstream(Transport::Tcp, move |_req| {
-            let mut released = released.clone();
-            async move {
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
-                tokio::spawn(async move {
-                    let _ = tx.send(Ok(Frame::data(Bytes::from(text(400))))).await;
-                    let _ = released.wait_for(|r| *r).await;
-                    let _ = tx.send(Ok(Frame::data(Bytes::from(text(3000))))).await;
-                });
-                let stream =
-                    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
-                Response::builder()
-                    .header("content-type", "text/plain")
-                    .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
-                    .unwrap()
-            }
-        })
-        .await;
+        let up = held_text(released).await;
         let proxy = Proxy::start(&up.target, &[]);
         let client = client();
         let open = |ae: &'static str| {
@@ -598,7 +605,12 @@ async fn at_most_64_br_or_zstd_streams_at_once() {
         for i in 0..HEAVY_STREAMS {
             let ae = if i % 2 == 0 { "br" } else { "zstd" };
             let resp = open(ae).await;
-            assert_eq!(encoding(&resp).as_deref(), Some(ae), "response {} of {HEAVY_STREAMS}", i + 1);
+            assert_eq!(
+                encoding(&resp).as_deref(),
+                Some(ae),
+                "response {} of {HEAVY_STREAMS}",
+                i + 1
+            );
             held.push((ae, resp));
         }
         // The 65th and 66th go out identity, still marked as varying.
@@ -606,7 +618,11 @@ async fn at_most_64_br_or_zstd_streams_at_once() {
             let resp = open(ae).await;
             assert_eq!(encoding(&resp), None, "{ae} past {HEAVY_STREAMS} open streams");
             assert!(
-                resp.headers()["vary"].to_str().unwrap().to_ascii_lowercase().contains("accept-encoding"),
+                resp.headers()["vary"]
+                    .to_str()
+                    .unwrap()
+                    .to_ascii_lowercase()
+                    .contains("accept-encoding"),
                 "{:?}",
                 resp.headers()
             );

@@ -236,7 +236,10 @@ async fn idle_keep_alive_connection_is_closed_after_header_timeout() {
         answer.extend_from_slice(&buf[..n]);
     }
     let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 200") && !head.contains("connection: close"), "{head}");
+    assert!(
+        head.starts_with("http/1.1 200") && !head.contains("connection: close"),
+        "{head}"
+    );
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "an idle keep-alive connection was still open after 5 s");
@@ -526,7 +529,10 @@ async fn body_cut_by_gitlab_is_logged_as_upstream_body_error() {
     let body = answer.split_once("\r\n\r\n").unwrap().1;
     assert_eq!(body.len(), 100, "{answer}");
     let logs = proxy.wait_for_log(r#""path":"/cut/artifact.zip""#).await;
-    let line = logs.lines().find(|l| l.contains(r#""path":"/cut/artifact.zip""#)).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(r#""path":"/cut/artifact.zip""#))
+        .unwrap();
     assert!(line.contains(r#""outcome":"upstream_body_error""#), "{line}");
 }
 

@@ -79,7 +79,10 @@ async fn a_loop_through_another_proxy_is_508_at_once() {
     let b_logs = b.wait_for_log(path).await;
     assert_eq!(passes(&b_logs), 1, "B passed the request on more than once:\n{b_logs}");
     let a_logs = a.logs();
-    assert!(passes(&a_logs) <= 2, "the request went round A more than once:\n{a_logs}");
+    assert!(
+        passes(&a_logs) <= 2,
+        "the request went round A more than once:\n{a_logs}"
+    );
     // Not a GitLab failure on A, whose own request came back to it.
     let metrics = a.metrics().await;
     assert_eq!(

@@ -681,11 +681,10 @@ async fn cold_cache_coalesces_500_concurrent_requests() {
     let sim = Sim::start(Profile::V16_8, EXTERNAL).await;
     // GitLab is held until the requests are in: every one of them meets a cold cache.
     let (gated, open, _gate) = gate(sim.addr).await;
-    let proxy = tokio::task::spawn_blocking(move || {
-        Proxy::start(&gated, &["--refresh", "1h", "--upstream-timeout", "8s"])
-    })
-    .await
-    .unwrap();
+    let proxy =
+        tokio::task::spawn_blocking(move || Proxy::start(&gated, &["--refresh", "1h", "--upstream-timeout", "8s"]))
+            .await
+            .unwrap();
 
     let client = client();
     let mut requests = JoinSet::new();
@@ -706,7 +705,11 @@ async fn cold_cache_coalesces_500_concurrent_requests() {
         metric_value(&proxy_ref.metrics().await, "gitlab_oidc_proxy_open_connections").is_some_and(|n| n >= 100.0)
     })
     .await;
-    assert!(arrived, "the requests never reached the proxy:\n{}", proxy.metrics().await);
+    assert!(
+        arrived,
+        "the requests never reached the proxy:\n{}",
+        proxy.metrics().await
+    );
     assert!(requests.try_join_next().is_none(), "answered before GitLab was");
     assert_eq!(sim.hits(), [0, 0, 0], "the gate let a fetch through");
     open.send(true).unwrap();
@@ -1088,14 +1091,21 @@ async fn key_rotation_is_published_by_the_refresher_alone() {
         async move { get(status_url).await.json()["keys"]["kids"] == *expected }
     })
     .await;
-    assert!(published, "the rotation was not published in {LIMIT:?}:\n{}", proxy.logs());
+    assert!(
+        published,
+        "the rotation was not published in {LIMIT:?}:\n{}",
+        proxy.logs()
+    );
     let token = sim.gitlab.mint_ci_token(AUD);
     verify_through(&proxy, DISCOVERY, &token).await.unwrap();
     let err = verify_through(&proxy, DISCOVERY, &old_token).await.unwrap_err();
     assert!(err.contains("not in the key set"), "{err}");
     let metrics = proxy.metrics().await;
     assert!(
-        metric(&metrics, r#"gitlab_oidc_proxy_oidc_refreshes_total{document="keys",outcome="published"}"#) >= 2,
+        metric(
+            &metrics,
+            r#"gitlab_oidc_proxy_oidc_refreshes_total{document="keys",outcome="published"}"#
+        ) >= 2,
         "{metrics}"
     );
 }
@@ -1115,7 +1125,11 @@ async fn everything_else_passes_through() {
     // Answered while the documents were still on their way (not ready yet): it
     // did not wait for them.
     let ready = get(&proxy.admin_url("/readyz")).await;
-    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "the look-alike waited for the OIDC fetch");
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the look-alike waited for the OIDC fetch"
+    );
     sim.clear_faults();
     assert_eq!(get(&proxy.url(DISCOVERY)).await.status, StatusCode::OK);
 

@@ -378,7 +378,11 @@ async fn proxy_header_then_tls_handshake() {
         let before = rejected(&proxy).await;
         let (answer, closed) = send_raw_from(None, proxy.tls(), &hello).await;
         assert!(closed, "a ClientHello without a PROXY header: connection still open");
-        assert!(answer.is_empty(), "a ClientHello without a PROXY header got {} bytes back", answer.len());
+        assert!(
+            answer.is_empty(),
+            "a ClientHello without a PROXY header got {} bytes back",
+            answer.len()
+        );
         assert_rejected_after(&proxy, before).await;
         // So is an untrusted peer with a header.
         let before = rejected(&proxy).await;
@@ -406,8 +410,7 @@ async fn proxy_header_then_tls_handshake() {
 /// The bytes of a TLS ClientHello for `localhost`, as a client trusting `pki` sends it.
 fn client_hello(pki: &Pki) -> Vec<u8> {
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut conn =
-        rustls::ClientConnection::new(std::sync::Arc::new(pki.client_config(&[b"http/1.1"])), name).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(pki.client_config(&[b"http/1.1"])), name).unwrap();
     let mut hello = Vec::new();
     while conn.wants_write() {
         conn.write_tls(&mut hello).unwrap();

@@ -1217,7 +1217,10 @@ async fn silent_and_plain_http_clients_on_the_tls_port_are_closed() {
         let mut silent = TcpStream::connect(proxy.tls()).await.unwrap();
         let (took, _) = time_to_close(&mut silent, Duration::from_secs(5)).await;
         let took = took.expect("a silent client was still connected after 5 s");
-        assert!(took >= Duration::from_millis(400), "closed after {took:?}, before the 500ms");
+        assert!(
+            took >= Duration::from_millis(400),
+            "closed after {took:?}, before the 500ms"
+        );
 
         // Starts a TLS record and stalls.
         let mut stalled = TcpStream::connect(proxy.tls()).await.unwrap();
@@ -1242,7 +1245,8 @@ async fn silent_and_plain_http_clients_on_the_tls_port_are_closed() {
         let series = |reason: &str| format!(r#"gitlab_oidc_proxy_tls_handshake_failures_total{{reason="{reason}"}}"#);
         let counted = wait_until(Duration::from_secs(5), || async move {
             let metrics = proxy_ref.metrics().await;
-            metric_value(&metrics, &series("timeout")) == Some(2.0) && metric_value(&metrics, &series("error")) == Some(1.0)
+            metric_value(&metrics, &series("timeout")) == Some(2.0)
+                && metric_value(&metrics, &series("error")) == Some(1.0)
         })
         .await;
         assert!(counted, "handshake failures miscounted:\n{}", proxy.metrics().await);

@@ -522,7 +522,9 @@ mod tests {
 
     /// No test may hang.
     async fn bounded<T>(f: impl Future<Output = T>) -> T {
-        tokio::time::timeout(Duration::from_secs(20), f).await.expect("over 20 s")
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("over 20 s")
     }
 
     #[tokio::test]
@@ -576,7 +578,10 @@ mod tests {
             let report = cache.refresh().await;
             assert!(report.discovery.is_ok() && report.keys.is_err(), "{report:?}");
             assert!(Arc::ptr_eq(&keys, &cache.keys().unwrap()), "the key set was replaced");
-            assert!(!Arc::ptr_eq(&discovery, &cache.discovery().unwrap()), "discovery was not refreshed");
+            assert!(
+                !Arc::ptr_eq(&discovery, &cache.discovery().unwrap()),
+                "discovery was not refreshed"
+            );
 
             // A 404 is "no such endpoint": the other set alone is published.
             gitlab.set_fault(SimDoc::Jwks, Fault::Status(404));
@@ -585,11 +590,19 @@ mod tests {
 
             // Every bad discovery answer is refused; the good copy stays.
             let held = cache.discovery().unwrap();
-            for fault in [Fault::SignInPage, Fault::Truncated, Fault::NotAnObject, Fault::Oversized] {
+            for fault in [
+                Fault::SignInPage,
+                Fault::Truncated,
+                Fault::NotAnObject,
+                Fault::Oversized,
+            ] {
                 gitlab.set_fault(SimDoc::Discovery, fault.clone());
                 let report = cache.refresh().await;
                 assert!(report.discovery.is_err(), "{fault:?}: {report:?}");
-                assert!(Arc::ptr_eq(&held, &cache.discovery().unwrap()), "{fault:?} replaced discovery");
+                assert!(
+                    Arc::ptr_eq(&held, &cache.discovery().unwrap()),
+                    "{fault:?} replaced discovery"
+                );
             }
             // Both key endpoints 404: nothing to publish, the last set stays.
             gitlab.set_fault(SimDoc::OauthKeys, Fault::Status(404));
@@ -662,7 +675,10 @@ mod tests {
         let other = Published::new(body.iter().rev().copied().collect(), now);
         assert_ne!(a.etag, other.etag);
         let tag = a.etag.to_str().unwrap();
-        assert!(tag.starts_with('"') && tag.ends_with('"') && !tag.starts_with("W/"), "{tag}");
+        assert!(
+            tag.starts_with('"') && tag.ends_with('"') && !tag.starts_with("W/"),
+            "{tag}"
+        );
 
         let mut tags = vec![a.etag.clone()];
         for encoding in Encoding::ALL {
