@@ -273,6 +273,9 @@ fn occupied_port_exits_1_with_one_line() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    // The harness tells this apart, for tests that pick a port before starting on it.
+    let taken_addr = taken.local_addr().unwrap();
+    assert!(Proxy::try_start_on(taken_addr, "http://127.0.0.1:1", &[]).is_none());
 }
 
 #[tokio::test]

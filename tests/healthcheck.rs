@@ -78,12 +78,18 @@ impl Drop for SimulatedGitLab {
 
 #[tokio::test]
 async fn gitlab_only_serves_a_proxy_and_healthcheck_follows_readiness() {
-    let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listen = public.local_addr().unwrap();
-    drop(public);
-    let issuer = format!("http://{listen}");
-    let mut gitlab = SimulatedGitLab::start(&issuer);
-    let proxy = Proxy::start_on(listen, &format!("http://{}", gitlab.addr), &[]);
+    // The issuer names the proxy's port, so it is picked before the proxy starts;
+    // should anything take it meanwhile, start again on another.
+    let (mut gitlab, proxy) = (0..5)
+        .find_map(|_| {
+            let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let listen = public.local_addr().unwrap();
+            drop(public);
+            let gitlab = SimulatedGitLab::start(&format!("http://{listen}"));
+            Proxy::try_start_on(listen, &format!("http://{}", gitlab.addr), &[]).map(|proxy| (gitlab, proxy))
+        })
+        .expect("no free port for the proxy in 5 tries");
+    let issuer = format!("http://{}", proxy.addr);
     let admin = proxy.admin.to_string();
     let ready = support::wait_until(Duration::from_secs(10), || async {
         healthcheck(&["--admin-listen", &admin], &[]).0.status.success()

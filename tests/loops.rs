@@ -57,9 +57,15 @@ async fn a_chain_of_two_instances_passes_and_each_names_itself_once() {
 #[tokio::test]
 async fn a_loop_through_another_proxy_is_508_at_once() {
     // A → B → A: no listener of A is B's upstream, so only Via can tell.
-    let a_addr = free_port();
-    let b = Proxy::start(&format!("http://{a_addr}"), &[]);
-    let a = Proxy::start_on(a_addr, &format!("http://{}", b.addr), &[]);
+    // A's port is picked before A starts (B needs it); should anything take it
+    // meanwhile, both start again on another.
+    let (a, b) = (0..5)
+        .find_map(|_| {
+            let a_addr = free_port();
+            let b = Proxy::start(&format!("http://{a_addr}"), &[]);
+            Proxy::try_start_on(a_addr, &format!("http://{}", b.addr), &[]).map(|a| (a, b))
+        })
+        .expect("no free port for A in 5 tries");
     let resp = client()
         .request(Request::get(a.url("/api/v4/version")).body(empty()).unwrap())
         .await

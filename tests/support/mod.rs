@@ -69,7 +69,20 @@ impl Proxy {
         Self::spawn(cmd)
     }
 
-    fn spawn(mut cmd: Command) -> Proxy {
+    /// As `start_on`, but None when the proxy exits without listening: the port,
+    /// free when the test picked it, was taken since (by another test or process).
+    /// Callers pick another port and try again.
+    pub(crate) fn try_start_on(listen: SocketAddr, upstream: &str, extra: &[&str]) -> Option<Proxy> {
+        let mut cmd = Self::command(upstream, extra, &[]);
+        cmd.args(["--listen", &listen.to_string()]);
+        Self::try_spawn(cmd)
+    }
+
+    fn spawn(cmd: Command) -> Proxy {
+        Self::try_spawn(cmd).expect("the proxy exited without listening")
+    }
+
+    fn try_spawn(mut cmd: Command) -> Option<Proxy> {
         let mut child = cmd.spawn().expect("spawn proxy");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
@@ -99,6 +112,13 @@ impl Proxy {
         });
         let (addr, admin, tls_addr, oidc_addr) = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(addrs) => addrs,
+            // Exited on its own before listening (stderr closed): a port already taken.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+                if child.wait().is_ok_and(|status| status.code() == Some(1))
+                    && logs.lock().unwrap().contains("cannot listen on") =>
+            {
+                return None;
+            }
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -106,14 +126,14 @@ impl Proxy {
                 panic!("proxy did not start; logs:\n{}", logs.lock().unwrap());
             }
         };
-        Proxy {
+        Some(Proxy {
             child,
             addr,
             admin,
             tls_addr,
             oidc_addr,
             logs,
-        }
+        })
     }
 
     /// Runs `serve` expecting it to refuse to start: its exit status (None if it
