@@ -584,6 +584,25 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_remove_gitlab_tokens() {
+        // GitLab's API tokens are credentials like Authorization: a client (or a
+        // hostile intermediary) naming them in Connection must not strip them,
+        // in any case, across lines, beside a header that does go.
+        let mut h = map(&[
+            ("connection", "PRIVATE-TOKEN, x-a"),
+            ("connection", "Job-Token"),
+            ("private-token", "glpat-secret"),
+            ("job-token", "job-secret"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(get(&h, "private-token"), Some("glpat-secret"), "{h:?}");
+        assert_eq!(get(&h, "job-token"), Some("job-secret"), "{h:?}");
+        assert!(h.get("x-a").is_none() && h.get("connection").is_none(), "{h:?}");
+        assert_eq!(h.len(), 2, "{h:?}");
+    }
+
+    #[test]
     fn garbage_connection_tokens_are_ignored() {
         let mut h = map(&[("connection", "bad header name, x-a"), ("x-a", "1"), ("x-b", "2")]);
         strip_hop_by_hop(&mut h);

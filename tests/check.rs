@@ -330,11 +330,13 @@ async fn usage_errors_exit_2_and_a_bad_issuer_exits_1() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     // http and a port are URLs, refused by STS: step 1 fails (nothing listens there either).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let (code, stdout, _) = run_check(&[&format!("http://127.0.0.1:{}", closed.port()), "--json"], None, &[]).await;
+    let closed = support::closed_port();
+    let (code, stdout, _) = run_check(
+        &[&format!("http://127.0.0.1:{}", closed.addr.port()), "--json"],
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(code, Some(1));
     let report: Value = serde_json::from_str(&stdout).unwrap();
     let step1 = problems(&report, 1);

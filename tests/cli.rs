@@ -16,120 +16,134 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-const OPTIONS: [(&str, &str, Option<&str>); 44] = [
-    ("--tls-cert-dir", "GITLAB_OIDC_PROXY_TLS_CERT_DIR", None),
-    ("--route", "GITLAB_OIDC_PROXY_ROUTE", None),
-    ("--kas-upstream", "GITLAB_OIDC_PROXY_KAS_UPSTREAM", None),
-    (
-        "--kas-k8s-proxy-upstream",
-        "GITLAB_OIDC_PROXY_KAS_K8S_PROXY_UPSTREAM",
-        None,
-    ),
-    ("--error-pages", "GITLAB_OIDC_PROXY_ERROR_PAGES", None),
-    ("--acme-webroot", "GITLAB_OIDC_PROXY_ACME_WEBROOT", None),
-    ("--export-to", "GITLAB_OIDC_PROXY_EXPORT_TO", None),
-    ("--export-issuer", "GITLAB_OIDC_PROXY_EXPORT_ISSUER", None),
-    ("--oidc-tls-cert", "GITLAB_OIDC_PROXY_OIDC_TLS_CERT", None),
-    ("--oidc-tls-key", "GITLAB_OIDC_PROXY_OIDC_TLS_KEY", None),
-    ("--oidc-listen", "GITLAB_OIDC_PROXY_OIDC_LISTEN", None),
-    ("--admin-refresh", "GITLAB_OIDC_PROXY_ADMIN_REFRESH", Some("loopback")),
-    (
-        "--client-body-timeout",
-        "GITLAB_OIDC_PROXY_CLIENT_BODY_TIMEOUT",
-        Some("60s"),
-    ),
-    (
-        "--max-upstream-connections",
-        "GITLAB_OIDC_PROXY_MAX_UPSTREAM_CONNECTIONS",
-        Some("1024"),
-    ),
-    ("--upstream", "GITLAB_OIDC_PROXY_UPSTREAM", None),
-    ("--upstream-ca", "GITLAB_OIDC_PROXY_UPSTREAM_CA", None),
-    ("--listen", "GITLAB_OIDC_PROXY_LISTEN", Some("0.0.0.0:8080")),
-    (
-        "--admin-listen",
-        "GITLAB_OIDC_PROXY_ADMIN_LISTEN",
-        Some("127.0.0.1:9090"),
-    ),
-    ("--trusted-proxies", "GITLAB_OIDC_PROXY_TRUSTED_PROXIES", None),
-    ("--forwarded-proto", "GITLAB_OIDC_PROXY_FORWARDED_PROTO", Some("http")),
-    ("--log-format", "GITLAB_OIDC_PROXY_LOG_FORMAT", Some("text")),
-    ("--header-timeout", "GITLAB_OIDC_PROXY_HEADER_TIMEOUT", Some("30s")),
-    ("--connect-timeout", "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT", Some("10s")),
-    ("--idle-timeout", "GITLAB_OIDC_PROXY_IDLE_TIMEOUT", Some("1h")),
-    (
-        "--upgrade-idle-timeout",
-        "GITLAB_OIDC_PROXY_UPGRADE_IDLE_TIMEOUT",
-        Some("1h"),
-    ),
-    ("--shutdown-grace", "GITLAB_OIDC_PROXY_SHUTDOWN_GRACE", Some("30s")),
-    ("--compression", "GITLAB_OIDC_PROXY_COMPRESSION", Some("on")),
-    (
-        "--assets-cache-size",
-        "GITLAB_OIDC_PROXY_ASSETS_CACHE_SIZE",
-        Some("256MiB"),
-    ),
-    (
-        "--assets-cache-max-entry",
-        "GITLAB_OIDC_PROXY_ASSETS_CACHE_MAX_ENTRY",
-        Some("8MiB"),
-    ),
-    ("--proxy-protocol", "GITLAB_OIDC_PROXY_PROXY_PROTOCOL", None),
-    ("--tls-listen", "GITLAB_OIDC_PROXY_TLS_LISTEN", None),
-    ("--tls-cert", "GITLAB_OIDC_PROXY_TLS_CERT", None),
-    ("--tls-key", "GITLAB_OIDC_PROXY_TLS_KEY", None),
-    ("--acme-domain", "GITLAB_OIDC_PROXY_ACME_DOMAIN", None),
-    (
-        "--acme-directory",
-        "GITLAB_OIDC_PROXY_ACME_DIRECTORY",
-        Some("https://acme-v02.api.letsencrypt.org/directory"),
-    ),
-    ("--acme-contact", "GITLAB_OIDC_PROXY_ACME_CONTACT", None),
-    ("--acme-cache", "GITLAB_OIDC_PROXY_ACME_CACHE", None),
-    ("--acme-ca", "GITLAB_OIDC_PROXY_ACME_CA", None),
-    (
-        "--acme-challenge",
-        "GITLAB_OIDC_PROXY_ACME_CHALLENGE",
-        Some("tls-alpn-01"),
-    ),
-    ("--strict-chain", "GITLAB_OIDC_PROXY_STRICT_CHAIN", None),
-    (
-        "--tls-watch-interval",
-        "GITLAB_OIDC_PROXY_TLS_WATCH_INTERVAL",
-        Some("5s"),
-    ),
-    (
-        "--tls-handshake-timeout",
-        "GITLAB_OIDC_PROXY_TLS_HANDSHAKE_TIMEOUT",
-        Some("10s"),
-    ),
-    ("--redirect-http", "GITLAB_OIDC_PROXY_REDIRECT_HTTP", None),
-    ("--hsts", "GITLAB_OIDC_PROXY_HSTS", None),
-];
+/// One option as documented: its flag, its environment variable, and its
+/// default (None: no default, such as "none", "off", "required", or one that is
+/// worked out, such as "learned from GitLab").
+#[derive(Debug, PartialEq)]
+struct Documented {
+    flag: String,
+    env: String,
+    default: Option<String>,
+}
 
+/// The first `code span` of a Markdown table cell.
+fn code_span(cell: &str) -> Option<String> {
+    let rest = cell.split_once('`')?.1;
+    Some(rest.split_once('`')?.0.to_owned())
+}
+
+/// The README's `## Options` table, row by row (`| option | env | default | meaning |`).
+fn readme_options() -> Vec<Documented> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## Options\n")
+        .nth(1)
+        .expect("README has an Options section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let rows: Vec<Documented> = section
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|row| {
+            // Cells are separated by " | "; `\|` inside a cell is an escaped pipe.
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            assert!(cells.len() >= 4, "README options row with too few cells: {row}");
+            let flag = code_span(cells[0]).unwrap();
+            let flag = flag.split(' ').next().unwrap().to_owned();
+            let env = code_span(cells[1]).unwrap_or_else(|| panic!("{flag}: no variable in the README"));
+            Documented {
+                flag,
+                env,
+                default: code_span(cells[2]),
+            }
+        })
+        .collect();
+    assert!(rows.len() > 40, "only {} README option rows found", rows.len());
+    rows
+}
+
+/// `serve --help`, option by option: each block runs from its flag's line to the next flag's.
+fn help_options(help: &str) -> Vec<Documented> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let trimmed = line.trim_start();
+        // `      --listen <ADDR>` or `  -h, --help`
+        let long = trimmed
+            .strip_prefix("--")
+            .or_else(|| trimmed.split_once(", --").map(|(_, rest)| rest));
+        match long {
+            Some(rest) if indent <= 6 && trimmed.starts_with('-') => {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                blocks.push((format!("--{name}"), line.to_owned()));
+            }
+            _ => {
+                if let Some((_, block)) = blocks.last_mut() {
+                    block.push('\n');
+                    block.push_str(line);
+                }
+            }
+        }
+    }
+    blocks
+        .into_iter()
+        .filter(|(flag, _)| flag != "--help")
+        .map(|(flag, block)| {
+            let between = |open: &str| {
+                let rest = block.split_once(open)?.1;
+                Some(rest.split_once(']')?.0.to_owned())
+            };
+            let env = between("[env: ")
+                .unwrap_or_else(|| panic!("{flag} has no environment variable in --help:\n{block}"))
+                .trim_end_matches('=')
+                .to_owned();
+            Documented {
+                env,
+                default: between("[default: "),
+                flag,
+            }
+        })
+        .collect()
+}
+
+/// The README's options table and `serve --help` say the same: every option of
+/// one is in the other, with the same variable and the same default.
 #[test]
-fn help_documents_every_option_with_env_and_default() {
+fn help_and_readme_document_the_same_options() {
     let out = run(&["serve", "--help"], &[]);
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for (flag, env, default) in OPTIONS {
-        // Each option's block runs from its flag to the next one.
-        // A flag's name is followed by its value, or by a newline for a switch.
-        let name = flag.trim_start_matches('-');
-        let block = help
-            .split("\n      --")
-            .find(|b| b.starts_with(&format!("{name} ")) || b.starts_with(&format!("{name}\n")))
-            .unwrap_or_else(|| panic!("{flag} missing from --help:\n{help}"));
+    let in_help = help_options(&help);
+    let in_readme = readme_options();
+    assert!(
+        in_help.len() > 40,
+        "only {} options parsed from --help:\n{help}",
+        in_help.len()
+    );
+    for documented in &in_readme {
+        let shown = in_help
+            .iter()
+            .find(|o| o.flag == documented.flag)
+            .unwrap_or_else(|| panic!("{} is in the README but not in --help:\n{help}", documented.flag));
+        assert_eq!(shown, documented, "--help (left) and the README (right) differ");
+    }
+    for shown in &in_help {
         assert!(
-            block.contains(&format!("[env: {env}=")),
-            "{flag} lacks its env var:\n{block}"
+            in_readme.iter().any(|d| d.flag == shown.flag),
+            "{} is in --help but not in the README's options table",
+            shown.flag
         );
-        if let Some(default) = default {
-            assert!(
-                block.contains(&format!("[default: {default}]")),
-                "{flag} lacks its default:\n{block}"
-            );
-        }
+    }
+    for (i, d) in in_readme.iter().enumerate() {
+        assert!(
+            !in_readme[..i].iter().any(|e| e.flag == d.flag),
+            "{} is twice in the README",
+            d.flag
+        );
     }
     assert!(help.contains("RUST_LOG"), "{help}");
     let top = run(&["--help"], &[]);
@@ -259,6 +273,9 @@ fn occupied_port_exits_1_with_one_line() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    // The harness tells this apart, for tests that pick a port before starting on it.
+    let taken_addr = taken.local_addr().unwrap();
+    assert!(Proxy::try_start_on(taken_addr, "http://127.0.0.1:1", &[]).is_none());
 }
 
 #[tokio::test]

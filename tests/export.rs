@@ -207,10 +207,8 @@ async fn a_failing_gitlab_leaves_the_copy_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join(".well-known")).unwrap();
     std::fs::write(dir.path().join(".well-known/openid-configuration"), "kept").unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed_port = support::closed_port();
+    let closed = closed_port.addr;
     let (code, logs) = export_once(closed, "https://oidc.example.net", dir.path(), "1h").await;
     assert_eq!(code, Some(1), "{logs}");
     assert!(logs.contains("export failed; the copy stays as it was"), "{logs}");
@@ -351,10 +349,8 @@ async fn failures_are_reported_but_serving_goes_on(proxy: &Proxy, to: &str) {
 #[tokio::test]
 async fn plain_http_to_a_remote_s3_endpoint_is_refused_whatever_the_variable() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed_port = support::closed_port();
+    let closed = closed_port.addr;
     for variable in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ENDPOINT_URL_S3"] {
         let env = [
             (variable, "http://192.0.2.10:9000"),

@@ -11,13 +11,9 @@ use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_with_one_log_line() {
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let proxy = Proxy::start(&format!("http://127.0.0.1:{port}"), &[]);
+    // A port nothing listens on (held, so nothing else can take it meanwhile).
+    let closed = closed_port();
+    let proxy = Proxy::start(&format!("http://{}", closed.addr), &[]);
     let resp = client().get(proxy.url("/explore").parse().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
@@ -196,6 +192,64 @@ async fn shutdown_grace_bounds_a_stuck_request() {
 }
 
 #[tokio::test]
+async fn a_second_signal_ends_the_drain() {
+    let mut up = upstream(Transport::Tcp, |_req| async {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Response::new(empty())
+    })
+    .await;
+    // A grace far longer than the test may take: only the second signal can end it.
+    let mut proxy = Proxy::start(&up.target, &["--shutdown-grace", "1h"]);
+    let url = proxy.url("/api/v4/jobs/request");
+    let _stuck = tokio::spawn(async move { client().get(url.parse().unwrap()).await });
+    up.next_seen().await;
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    proxy.wait_for_log("shutting down").await;
+    proxy.signal(nix::sys::signal::Signal::SIGINT);
+    let exit = proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("a second signal did not end the drain");
+    assert_eq!(exit.code(), Some(0));
+    let logs = proxy.logs();
+    assert!(logs.contains("second signal; closing what is left"), "{logs}");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_header_timeout() {
+    let up = upstream(Transport::Tcp, |_req| async { Response::new(full("ok")) }).await;
+    let proxy = Proxy::start(&up.target, &["--header-timeout", "500ms"]);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: gitlab.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    // One whole answer, then the connection stays open (keep-alive) and idles.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !(answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"ok")) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("no answer in 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && !head.contains("connection: close"),
+        "{head}"
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle keep-alive connection was still open after 5 s");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // The proxy serves on.
+    let resp = client().get(proxy.url("/second").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn credentials_never_reach_the_logs() {
     const SECRETS: [&str; 6] = [
         "glpat-SECRET1aaaaaaaaaaaa",
@@ -206,13 +260,9 @@ async fn credentials_never_reach_the_logs() {
         "SECRET6-basic",
     ];
     let up = upstream(Transport::Tcp, echo).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = closed_port();
     let ok = Proxy::start_with_env(&up.target, &[], &[("RUST_LOG", "trace")]);
-    let failing = Proxy::start_with_env(&format!("http://127.0.0.1:{port}"), &[], &[("RUST_LOG", "trace")]);
+    let failing = Proxy::start_with_env(&format!("http://{}", closed.addr), &[], &[("RUST_LOG", "trace")]);
     for proxy in [&ok, &failing] {
         let req = Request::get(proxy.url(&format!("/api/v4/projects?private_token={}&x=1", SECRETS[4])))
             .header("authorization", format!("Bearer {}", SECRETS[0]))
@@ -331,28 +381,90 @@ async fn assert_not_blamed_on_gitlab(proxy: &Proxy, path: &str) {
     let metrics = proxy.metrics().await;
     assert_eq!(
         metric_sum(&metrics, "gitlab_oidc_proxy_upstream_errors_total"),
-        0.0,
+        Some(0.0),
         "counted as a GitLab error: {metrics}"
     );
 }
 
-/// How GitLab's read of the next request body ended.
-async fn gitlab_read(
-    body_ends: &mut tokio::sync::mpsc::UnboundedReceiver<Result<usize, String>>,
-) -> Result<usize, String> {
-    tokio::time::timeout(Duration::from_secs(5), body_ends.recv())
-        .await
-        .expect("GitLab's request was left open")
-        .unwrap()
+/// What GitLab (an upstream that reads the whole upload before it answers, as
+/// Workhorse does) saw of an upload: bytes as they arrive, then how the body ended.
+#[derive(Debug)]
+enum UploadEvent {
+    Read(usize),
+    Ended(Result<usize, String>),
+}
+
+async fn progress_reader() -> (Upstream, tokio::sync::mpsc::UnboundedReceiver<UploadEvent>) {
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let up = upstream(Transport::Tcp, move |req| {
+        let tx = tx.clone();
+        async move {
+            let mut body = req.into_body();
+            let mut total = 0;
+            let end = loop {
+                match http_body_util::BodyExt::frame(&mut body).await {
+                    None => break Ok(total),
+                    Some(Err(e)) => break Err(e.to_string()),
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            total += data.len();
+                            let _ = tx.send(UploadEvent::Read(total));
+                        }
+                    }
+                }
+            };
+            let _ = tx.send(UploadEvent::Ended(end));
+            Response::new(empty())
+        }
+    })
+    .await;
+    (up, events)
+}
+
+/// Waits until GitLab has read `bytes` of the upload (the upload is under way).
+async fn gitlab_reads(events: &mut tokio::sync::mpsc::UnboundedReceiver<UploadEvent>, bytes: usize) {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("GitLab read nothing of the upload in 5 s")
+            .unwrap();
+        match event {
+            UploadEvent::Read(n) if n >= bytes => return,
+            UploadEvent::Read(_) => {}
+            UploadEvent::Ended(end) => panic!("the upload ended before GitLab read {bytes} bytes: {end:?}"),
+        }
+    }
+}
+
+/// How GitLab's read of the upload ended.
+async fn gitlab_read(events: &mut tokio::sync::mpsc::UnboundedReceiver<UploadEvent>) -> Result<usize, String> {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("GitLab's request was left open")
+            .unwrap();
+        if let UploadEvent::Ended(end) = event {
+            return end;
+        }
+    }
+}
+
+async fn requests_with_status(proxy: &Proxy, status: u16) -> Option<f64> {
+    metric_value(
+        &proxy.metrics().await,
+        &format!(r#"gitlab_oidc_proxy_http_requests_total{{method="PUT",status="{status}",listener="main"}}"#),
+    )
 }
 
 #[tokio::test]
 async fn stalled_upload_gets_408_aborts_gitlabs_request_and_is_not_blamed_on_gitlab() {
-    let (up, mut body_ends) = upload_reader().await;
+    let (up, mut events) = progress_reader().await;
     // --idle-timeout stays at its hour: the client's silence alone is timed.
     let proxy = Proxy::start(&up.target, &["--client-body-timeout", "500ms"]);
     let started = Instant::now();
     let mut stream = partial_upload(&proxy, "/big").await;
+    // Mid-upload: GitLab has the first bytes and waits for the rest.
+    gitlab_reads(&mut events, 10).await;
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "a silent uploader held its request open");
@@ -362,33 +474,66 @@ async fn stalled_upload_gets_408_aborts_gitlabs_request_and_is_not_blamed_on_git
         started.elapsed() >= Duration::from_millis(500),
         "cut before the timeout"
     );
-    let gitlab_saw = gitlab_read(&mut body_ends).await;
+    let gitlab_saw = gitlab_read(&mut events).await;
     assert!(gitlab_saw.is_err(), "GitLab took a cut upload as whole: {gitlab_saw:?}");
     assert_not_blamed_on_gitlab(&proxy, "/big").await;
-    let metrics = proxy.metrics().await;
-    assert_eq!(
-        metric_value(
-            &metrics,
-            r#"gitlab_oidc_proxy_http_requests_total{method="PUT",status="408",listener="main"}"#
-        ),
-        1.0
-    );
+    assert_eq!(requests_with_status(&proxy, 408).await, Some(1.0));
 }
 
 #[tokio::test]
-async fn aborted_upload_is_not_blamed_on_gitlab() {
-    let (up, mut body_ends) = upload_reader().await;
+async fn aborted_upload_gets_400_and_is_not_blamed_on_gitlab() {
+    let (up, mut events) = progress_reader().await;
     let proxy = Proxy::start(&up.target, &[]);
     let stream = partial_upload(&proxy, "/aborted").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The client leaves mid-upload, once GitLab has read part of the body.
+    gitlab_reads(&mut events, 10).await;
     drop(stream);
-    let gitlab_saw = gitlab_read(&mut body_ends).await;
+    let gitlab_saw = gitlab_read(&mut events).await;
     assert!(gitlab_saw.is_err(), "GitLab took a cut upload as whole: {gitlab_saw:?}");
     assert_not_blamed_on_gitlab(&proxy, "/aborted").await;
-    // Logged as the 400 it is (nobody is left to read it), not as a 408.
+    // Logged and counted as the 400 it is (nobody is left to read it), not as a
+    // 408 and not as a GitLab failure (502).
     let logs = proxy.wait_for_log(r#""path":"/aborted""#).await;
     let line = logs.lines().find(|l| l.contains(r#""path":"/aborted""#)).unwrap();
     assert!(line.contains(r#""status":400"#), "{line}");
+    assert_eq!(requests_with_status(&proxy, 400).await, Some(1.0));
+    assert_eq!(requests_with_status(&proxy, 502).await, None);
+}
+
+#[tokio::test]
+async fn body_cut_by_gitlab_is_logged_as_upstream_body_error() {
+    // GitLab promises 1000 bytes, sends 100 and hangs up.
+    let (target, _dir, _task) = raw_upstream(Transport::Tcp, |mut io| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && io.read_exact(&mut byte).await.is_ok() {
+            head.push(byte[0]);
+        }
+        let _ = io
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n")
+            .await;
+        let _ = io.write_all(&[b'x'; 100]).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+    let proxy = Proxy::start(&target, &[]);
+    let answer = raw_exchange(
+        proxy.addr,
+        b"GET /cut/artifact.zip HTTP/1.1\r\nHost: gitlab.example.com\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    // The client sees the cut: the length stays, the body falls short, the connection ends.
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("content-length: 1000"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(body.len(), 100, "{answer}");
+    let logs = proxy.wait_for_log(r#""path":"/cut/artifact.zip""#).await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains(r#""path":"/cut/artifact.zip""#))
+        .unwrap();
+    assert!(line.contains(r#""outcome":"upstream_body_error""#), "{line}");
 }
 
 #[tokio::test]

@@ -90,7 +90,7 @@ async fn upstream_response_with_both_lengths_is_refused() {
             &metrics,
             "gitlab_oidc_proxy_upstream_errors_total{reason=\"upstream_framing\"}"
         ),
-        1.0
+        Some(1.0)
     );
 }
 
@@ -472,7 +472,7 @@ async fn response_framing_table() {
         let metrics = proxy.metrics().await;
         assert_eq!(
             metric_sum(&metrics, "gitlab_oidc_proxy_upstream_errors_total"),
-            1.0,
+            Some(1.0),
             "{shown:?}"
         );
     }

@@ -78,12 +78,18 @@ impl Drop for SimulatedGitLab {
 
 #[tokio::test]
 async fn gitlab_only_serves_a_proxy_and_healthcheck_follows_readiness() {
-    let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listen = public.local_addr().unwrap();
-    drop(public);
-    let issuer = format!("http://{listen}");
-    let mut gitlab = SimulatedGitLab::start(&issuer);
-    let proxy = Proxy::start_on(listen, &format!("http://{}", gitlab.addr), &[]);
+    // The issuer names the proxy's port, so it is picked before the proxy starts;
+    // should anything take it meanwhile, start again on another.
+    let (mut gitlab, proxy) = (0..5)
+        .find_map(|_| {
+            let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let listen = public.local_addr().unwrap();
+            drop(public);
+            let gitlab = SimulatedGitLab::start(&format!("http://{listen}"));
+            Proxy::try_start_on(listen, &format!("http://{}", gitlab.addr), &[]).map(|proxy| (gitlab, proxy))
+        })
+        .expect("no free port for the proxy in 5 tries");
+    let issuer = format!("http://{}", proxy.addr);
     let admin = proxy.admin.to_string();
     let ready = support::wait_until(Duration::from_secs(10), || async {
         healthcheck(&["--admin-listen", &admin], &[]).0.status.success()
@@ -129,9 +135,8 @@ async fn not_ready_is_exit_1_with_the_reason() {
     assert!(stderr.contains("no servable OIDC documents"), "{stderr}");
 
     // No proxy at all.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap().to_string();
-    drop(closed);
+    let closed = support::closed_port();
+    let addr = closed.addr.to_string();
     let (out, _) = healthcheck(&["--admin-listen", &addr], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot connect"), "{}", text(&out.stderr));

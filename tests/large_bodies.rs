@@ -14,8 +14,15 @@ use support::*;
 
 const GIB: u64 = 1 << 30;
 const CHUNK: usize = 256 * 1024;
-/// Generous against the ~10 MiB the proxy needs at rest; 1 GiB buffered would blow it.
-const PEAK_RSS_LIMIT_KIB: u64 = 96 * 1024;
+/// The README says "~10 MiB" (measured on a release build). This test runs the
+/// debug build: 10–12 MiB at start, a peak of 14.2–15.4 MiB after the 2 GiB
+/// (six runs on the 2-core development machine), so 3–5 MiB for the bodies. The
+/// peak may reach twice the README's figure, room for the debug build, machine
+/// noise and a change of global allocator (one may come: re-measure then rather
+/// than raise these blindly, and the README with them); the bodies may add 8 MiB.
+/// 1 GiB buffered, or a few MiB held per body, exceeds either.
+const PEAK_RSS_LIMIT_KIB: u64 = 20 * 1024;
+const GROWTH_LIMIT_KIB: u64 = 8 * 1024;
 
 fn gib_body() -> TestBody {
     let chunk = Bytes::from(vec![0x5a; CHUNK]);
@@ -46,6 +53,7 @@ async fn one_gib_each_way_with_bounded_memory() {
     })
     .await;
     let proxy = Proxy::start(&up.target, &[]);
+    let at_start = proxy.peak_rss_kib();
     let client = client();
 
     let upload = Request::put(proxy.url("/api/v4/projects/1/packages/generic/big/1/blob.bin"))
@@ -72,9 +80,13 @@ async fn one_gib_each_way_with_bounded_memory() {
     assert_eq!(downloaded, GIB);
 
     let peak = proxy.peak_rss_kib();
-    eprintln!("proxy peak RSS after 2 GiB through it: {peak} KiB");
+    eprintln!("proxy peak RSS after 2 GiB through it: {peak} KiB ({at_start} KiB at start)");
     assert!(
         peak < PEAK_RSS_LIMIT_KIB,
         "peak RSS {peak} KiB exceeds {PEAK_RSS_LIMIT_KIB} KiB"
+    );
+    assert!(
+        peak.saturating_sub(at_start) < GROWTH_LIMIT_KIB,
+        "peak RSS {peak} KiB is more than {GROWTH_LIMIT_KIB} KiB above the {at_start} KiB at start"
     );
 }

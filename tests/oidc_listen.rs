@@ -106,7 +106,7 @@ async fn every_other_path_is_404_and_never_reaches_gitlab() {
             &metrics,
             r#"gitlab_oidc_proxy_http_requests_total{method="GET",status="404",listener="oidc"}"#
         ),
-        (NOT_OIDC.len() + 1) as f64,
+        Some((NOT_OIDC.len() + 1) as f64),
         "{metrics}"
     );
     assert_eq!(
@@ -114,7 +114,7 @@ async fn every_other_path_is_404_and_never_reaches_gitlab() {
             &metrics,
             r#"gitlab_oidc_proxy_http_requests_total{method="GET",status="200",listener="main"}"#
         ),
-        1.0
+        Some(1.0)
     );
 }
 

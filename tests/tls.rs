@@ -52,8 +52,10 @@ async fn assert_serves_soon(pki: &Pki, proxy: &Proxy, leaf: &CertificateDer<'sta
     );
 }
 
+/// The value of a series that exists from the start (zeroed at start-up).
 async fn metric_now(proxy: &Proxy, series: &str) -> f64 {
-    metric_value(&proxy.metrics().await, series)
+    let metrics = proxy.metrics().await;
+    metric_value(&metrics, series).unwrap_or_else(|| panic!("no series {series}:\n{metrics}"))
 }
 
 fn header<'a>(resp: &'a http::Response<hyper::body::Incoming>, name: &str) -> Option<&'a str> {
@@ -722,7 +724,8 @@ async fn expiry_within_14_days_warns_and_is_a_metric() {
         let value = metric_value(
             &metrics,
             r#"gitlab_oidc_proxy_tls_certificate_expiry_timestamp_seconds{listener="main"}"#,
-        );
+        )
+        .expect("the expiry series");
         assert!(
             (value - expected).abs() <= 1.0,
             "expiry metric {value}, expected {expected}:\n{metrics}"
@@ -771,57 +774,63 @@ async fn replaced_files_reload_under_load_without_a_failed_request() {
         let ok_before = metric_now(&proxy, RELOADS_OK).await;
 
         let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_config(&[b"http/1.1"])));
-        let started = Instant::now();
+        // A new connection per request, back to back: 10 before the files change
+        // (they finish before it, so they must get the old leaf), then on until 10
+        // in a row got the new one. No count or speed is required of the machine.
+        let (ten_done, ten_done_rx) = tokio::sync::oneshot::channel();
+        let new_der = new.der.clone();
         let load = tokio::spawn(async move {
             let mut results = Vec::new();
-            let mut n = 0;
-            while started.elapsed() < Duration::from_secs(3) {
-                let at = started.elapsed();
-                results.push((at, fresh_request(&connector, addr, n).await));
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut ten_done = Some(ten_done);
+            let mut new_in_a_row = 0;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while new_in_a_row < 10 && Instant::now() < deadline {
+                let result = fresh_request(&connector, addr, results.len()).await;
+                new_in_a_row = match &result {
+                    Ok(leaf) if *leaf == new_der => new_in_a_row + 1,
+                    _ => 0,
+                };
+                results.push(result);
+                if results.len() == 10
+                    && let Some(tx) = ten_done.take()
+                {
+                    let _ = tx.send(());
+                }
             }
             results
         });
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let replaced_at = started.elapsed();
+        ten_done_rx.await.expect("the load stopped before 10 requests");
         pki.write("cert.pem", &pki.chain(&new));
         pki.write("key.pem", &new.key_pem);
         let results = load.await.unwrap();
 
         let failures: Vec<_> = results
             .iter()
-            .filter_map(|(at, r)| r.as_ref().err().map(|e| format!("{at:?}: {e}")))
+            .enumerate()
+            .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("request {n}: {e}")))
             .collect();
         assert!(failures.is_empty(), "failed requests during the reload:\n{failures:#?}");
-        assert!(results.len() >= 30, "only {} requests in 3 s", results.len());
-        let leaves: Vec<(Duration, &str)> = results
+        let leaves: Vec<&str> = results
             .iter()
-            .map(|(at, r)| {
+            .map(|r| {
                 let leaf = r.as_ref().unwrap();
-                let which = if *leaf == old.der {
+                if *leaf == old.der {
                     "old"
                 } else if *leaf == new.der {
                     "new"
                 } else {
                     "unknown"
-                };
-                (*at, which)
+                }
             })
             .collect();
         let first_new = leaves
             .iter()
-            .position(|(_, w)| *w == "new")
-            .unwrap_or_else(|| panic!("the new leaf was never served: {leaves:?}\n{}", proxy.logs()));
+            .position(|w| *w == "new")
+            .unwrap_or_else(|| panic!("the new leaf was never served in 30 s: {leaves:?}\n{}", proxy.logs()));
+        assert!(first_new >= 10, "the new leaf before the files changed: {leaves:?}");
         assert!(
-            leaves[..first_new].iter().all(|(_, w)| *w == "old")
-                && leaves[first_new..].iter().all(|(_, w)| *w == "new"),
+            leaves[..first_new].iter().all(|w| *w == "old") && leaves[first_new..].iter().all(|w| *w == "new"),
             "old leaf, then only the new one: {leaves:?}"
-        );
-        let lag = leaves[first_new].0.saturating_sub(replaced_at);
-        assert!(
-            lag < Duration::from_secs(2),
-            "the new leaf came {lag:?} after the files changed"
         );
         assert!(metric_now(&proxy, RELOADS_OK).await > ok_before);
 
@@ -834,12 +843,22 @@ async fn replaced_files_reload_under_load_without_a_failed_request() {
 
 #[tokio::test]
 async fn sighup_reloads_the_certificate() {
-    bounded(async {
+    // Polling is effectively off: only the signal can pick up the change.
+    bounded(sighup_reloads("1h")).await
+}
+
+/// `--tls-watch-interval 0`: the files are never polled, `SIGHUP` alone reloads.
+#[tokio::test]
+async fn watch_interval_0_reloads_on_sighup_only() {
+    bounded(sighup_reloads("0")).await
+}
+
+async fn sighup_reloads(watch_interval: &str) {
+    {
         let up = upstream(Transport::Tcp, echo).await;
         let pki = Pki::new();
         let (old, new) = (pki.leaf(), pki.leaf());
-        // Polling is effectively off: only the signal can pick up the change.
-        let proxy = start_tls(&up.target, &pki, &old, &["--tls-watch-interval", "1h"]);
+        let proxy = start_tls(&up.target, &pki, &old, &["--tls-watch-interval", watch_interval]);
         let kept_tls = pki.connect(proxy.tls(), &[b"http/1.1"]).await.unwrap();
         let mut kept = http1_over(kept_tls).await;
         assert_eq!(get_on(&mut kept, "/kept/before").await.unwrap().0, StatusCode::OK);
@@ -850,7 +869,7 @@ async fn sighup_reloads_the_certificate() {
         assert_eq!(
             leaf_now(&pki, &proxy).await,
             old.der,
-            "reloaded before SIGHUP with a 1h interval"
+            "reloaded before SIGHUP with --tls-watch-interval {watch_interval}"
         );
         let ok_before = metric_now(&proxy, RELOADS_OK).await;
 
@@ -869,6 +888,47 @@ async fn sighup_reloads_the_certificate() {
         let resp = client().get(proxy.url("/").parse().unwrap()).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(get_on(&mut kept, "/kept/after").await.unwrap().0, StatusCode::OK);
+        assert_no_panic(&proxy);
+    }
+}
+
+/// Session resumption, TLS 1.3 (tickets) and TLS 1.2: a client coming back
+/// skips the full handshake.
+#[tokio::test]
+async fn sessions_resume() {
+    bounded(async {
+        let up = upstream(Transport::Tcp, echo).await;
+        let pki = Pki::new();
+        let leaf = pki.leaf();
+        let proxy = start_tls(&up.target, &pki, &leaf, &[]);
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(pki.root_der.clone()).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            // rustls's default: resumption on, sessions kept in memory.
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let mut kinds = Vec::new();
+            for n in 0..2 {
+                let tcp = TcpStream::connect(proxy.tls()).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let tls = connector.connect(name, tcp).await.unwrap();
+                kinds.push(tls.get_ref().1.handshake_kind());
+                // A request, so the client reads the TLS 1.3 tickets sent after the handshake.
+                let mut sender = http1_over(tls).await;
+                let path = format!("/resume/{n}");
+                assert_eq!(get_on(&mut sender, &path).await.unwrap().0, StatusCode::OK);
+            }
+            assert_eq!(
+                kinds,
+                [Some(rustls::HandshakeKind::Full), Some(rustls::HandshakeKind::Resumed)],
+                "{version:?}"
+            );
+        }
         assert_no_panic(&proxy);
     })
     .await
@@ -1158,16 +1218,15 @@ async fn silent_and_plain_http_clients_on_the_tls_port_are_closed() {
         let (took, _) = time_to_close(&mut silent, Duration::from_secs(5)).await;
         let took = took.expect("a silent client was still connected after 5 s");
         assert!(
-            took >= Duration::from_millis(400) && took < Duration::from_secs(3),
-            "closed after {took:?}, expected ~500ms"
+            took >= Duration::from_millis(400),
+            "closed after {took:?}, before the 500ms"
         );
 
         // Starts a TLS record and stalls.
         let mut stalled = TcpStream::connect(proxy.tls()).await.unwrap();
         stalled.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
         let (took, _) = time_to_close(&mut stalled, Duration::from_secs(5)).await;
-        let took = took.expect("a stalled handshake was still open after 5 s");
-        assert!(took < Duration::from_secs(3), "closed after {took:?}");
+        took.expect("a stalled handshake was still open after 5 s");
 
         // Plain HTTP on the TLS port: a clean close, nothing reaches GitLab.
         let mut plain = TcpStream::connect(proxy.tls()).await.unwrap();
@@ -1181,6 +1240,16 @@ async fn silent_and_plain_http_clients_on_the_tls_port_are_closed() {
             !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 2"),
             "plain HTTP was served on the TLS port: {answer:?}"
         );
+        // Each counted: two handshakes timed out, one failed.
+        let proxy_ref = &proxy;
+        let series = |reason: &str| format!(r#"gitlab_oidc_proxy_tls_handshake_failures_total{{reason="{reason}"}}"#);
+        let counted = wait_until(Duration::from_secs(5), || async move {
+            let metrics = proxy_ref.metrics().await;
+            metric_value(&metrics, &series("timeout")) == Some(2.0)
+                && metric_value(&metrics, &series("error")) == Some(1.0)
+        })
+        .await;
+        assert!(counted, "handshake failures miscounted:\n{}", proxy.metrics().await);
 
         // After the handshake, a silent client gets --header-timeout as on the plain port.
         let mut idle = pki.connect(proxy.tls(), &[b"http/1.1"]).await.unwrap();
@@ -1201,7 +1270,7 @@ async fn silent_and_plain_http_clients_on_the_tls_port_are_closed() {
         let proxy_ref = &proxy;
         assert!(
             wait_until(Duration::from_secs(5), || async move {
-                metric_value(&proxy_ref.metrics().await, "gitlab_oidc_proxy_open_connections") == 0.0
+                metric_value(&proxy_ref.metrics().await, "gitlab_oidc_proxy_open_connections") == Some(0.0)
             })
             .await,
             "connections left open:\n{}",

@@ -479,3 +479,231 @@ impl Cache {
             .set(keys.map(|k| k.kids.len() as i64).unwrap_or(0));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::config::{Config, UpstreamTarget, parse_upstream};
+    use crate::headers::ViaId;
+    use crate::simulator::{Fault, Profile, SimConfig, SimDoc, SimulatedGitLab};
+    use crate::upstream::{Upstream, UpstreamSettings};
+
+    const EXTERNAL: &str = "https://gitlab.example.com";
+
+    /// The simulated GitLab on a loopback port, misbehaving as `faults` say.
+    async fn gitlab(profile: Profile, faults: &[(SimDoc, Fault)]) -> (Arc<SimulatedGitLab>, SocketAddr) {
+        let config = SimConfig {
+            profile,
+            external_url: EXTERNAL.to_owned(),
+            token_issuer: None,
+        };
+        let gitlab = SimulatedGitLab::new(config).unwrap();
+        for (doc, fault) in faults {
+            gitlab.set_fault(*doc, fault.clone());
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The server task ends with the test's runtime.
+        let _task = gitlab.serve(listener);
+        (gitlab, addr)
+    }
+
+    /// A cache fetching from `addr` with the default settings, `edit`ed.
+    fn cache(addr: SocketAddr, edit: impl FnOnce(&mut OidcSettings)) -> Arc<Cache> {
+        let target: UpstreamTarget = parse_upstream(&format!("http://{addr}")).unwrap();
+        let mut settings = Config::new(target.clone()).oidc;
+        edit(&mut settings);
+        let upstream = Upstream::new(
+            &UpstreamSettings {
+                target: target.clone(),
+                extra_ca: None,
+                connect_timeout: Duration::from_secs(2),
+                response_timeout: Duration::from_secs(10),
+                via: ViaId::new("cache-test".into()),
+            },
+            None,
+        )
+        .unwrap();
+        let fetcher = Fetcher::new(Arc::new(upstream), settings.upstream_timeout);
+        Cache::new(settings, fetcher, target.host(), Arc::new(Metrics::new()))
+    }
+
+    /// No test may hang.
+    async fn bounded<T>(f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .expect("over 20 s")
+    }
+
+    #[tokio::test]
+    async fn a_cold_client_waits_for_the_refreshers_first_fetch() {
+        bounded(async {
+            let (gitlab, addr) = gitlab(Profile::V14_4, &[]).await;
+            let cache = cache(addr, |_| {});
+            assert!(!cache.warm() && !cache.servable());
+            assert!(cache.discovery().is_none() && cache.keys().is_none());
+            tokio::spawn(cache.clone().run_refresher());
+            let discovery = cache.wait_discovery().await.expect("discovery after the first fetch");
+            assert_eq!(discovery.issuer.url, EXTERNAL);
+            let keys = cache.wait_keys().await.expect("keys after the first fetch");
+            // 14.4: the union of both key endpoints holds the CI key.
+            assert!(keys.kids.contains(&gitlab.ci_kid()), "{:?}", keys.kids);
+            assert!(keys.kids.contains(&gitlab.oidc_kid()), "{:?}", keys.kids);
+            assert!(cache.warm() && cache.servable());
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_cold_wait_gives_up_after_the_upstream_timeout() {
+        bounded(async {
+            let slow = Fault::Delay(Duration::from_secs(30));
+            let faults: Vec<(SimDoc, Fault)> = SimDoc::ALL.iter().map(|d| (*d, slow.clone())).collect();
+            let (_gitlab, addr) = gitlab(Profile::V16_8, &faults).await;
+            let cache = cache(addr, |s| {
+                s.upstream_timeout = Duration::from_millis(200);
+                s.external_url = Some(Issuer::parse(EXTERNAL).unwrap());
+            });
+            tokio::spawn(cache.clone().run_refresher());
+            assert!(cache.wait_discovery().await.is_none());
+            assert!(cache.wait_keys().await.is_none());
+            assert!(!cache.warm());
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_bad_answer_never_replaces_a_good_copy() {
+        bounded(async {
+            let (gitlab, addr) = gitlab(Profile::V16_8, &[]).await;
+            let cache = cache(addr, |_| {});
+            assert!(cache.refresh().await.ok());
+            let (discovery, keys) = (cache.discovery().unwrap(), cache.keys().unwrap());
+
+            // One key endpoint failing: the key set is not replaced (the CI key
+            // could be the one missing); discovery still is.
+            gitlab.set_fault(SimDoc::Jwks, Fault::Status(500));
+            let report = cache.refresh().await;
+            assert!(report.discovery.is_ok() && report.keys.is_err(), "{report:?}");
+            assert!(Arc::ptr_eq(&keys, &cache.keys().unwrap()), "the key set was replaced");
+            assert!(
+                !Arc::ptr_eq(&discovery, &cache.discovery().unwrap()),
+                "discovery was not refreshed"
+            );
+
+            // A 404 is "no such endpoint": the other set alone is published.
+            gitlab.set_fault(SimDoc::Jwks, Fault::Status(404));
+            assert!(cache.refresh().await.ok());
+            assert!(!Arc::ptr_eq(&keys, &cache.keys().unwrap()));
+
+            // Every bad discovery answer is refused; the good copy stays.
+            let held = cache.discovery().unwrap();
+            for fault in [
+                Fault::SignInPage,
+                Fault::Truncated,
+                Fault::NotAnObject,
+                Fault::Oversized,
+            ] {
+                gitlab.set_fault(SimDoc::Discovery, fault.clone());
+                let report = cache.refresh().await;
+                assert!(report.discovery.is_err(), "{fault:?}: {report:?}");
+                assert!(
+                    Arc::ptr_eq(&held, &cache.discovery().unwrap()),
+                    "{fault:?} replaced discovery"
+                );
+            }
+            // Both key endpoints 404: nothing to publish, the last set stays.
+            gitlab.set_fault(SimDoc::OauthKeys, Fault::Status(404));
+            let held = cache.keys().unwrap();
+            assert!(cache.refresh().await.keys.is_err());
+            assert!(Arc::ptr_eq(&held, &cache.keys().unwrap()));
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_refreshes_shares_fetches() {
+        bounded(async {
+            let slow = Fault::Delay(Duration::from_millis(200));
+            let faults: Vec<(SimDoc, Fault)> = SimDoc::ALL.iter().map(|d| (*d, slow.clone())).collect();
+            let (gitlab, addr) = gitlab(Profile::V16_8, &faults).await;
+            let cache = cache(addr, |_| {});
+            let burst: Vec<_> = (0..20)
+                .map(|_| {
+                    let cache = cache.clone();
+                    tokio::spawn(async move { cache.refresh().await })
+                })
+                .collect();
+            for refresh in burst {
+                assert!(refresh.await.unwrap().ok());
+            }
+            // The first refresh, and one more for everyone who queued behind it.
+            for doc in SimDoc::ALL {
+                let hits = gitlab.hits(doc);
+                assert!((1..=2).contains(&hits), "{doc:?} fetched {hits} times");
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn copies_expire_after_stale_if_error() {
+        bounded(async {
+            let (_gitlab, addr) = gitlab(Profile::V16_8, &[]).await;
+            let cache = cache(addr, |s| s.stale_if_error = Duration::from_millis(1));
+            assert!(cache.refresh().await.ok());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Held, but too old to serve.
+            assert!(cache.warm() && !cache.servable());
+        })
+        .await
+    }
+
+    fn decode(encoding: Encoding, data: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        match encoding {
+            Encoding::Gzip => {
+                flate2::read::GzDecoder::new(data).read_to_end(&mut out).unwrap();
+            }
+            Encoding::Br => {
+                brotli::Decompressor::new(data, 4096).read_to_end(&mut out).unwrap();
+            }
+            Encoding::Zstd => out = zstd::decode_all(data).unwrap(),
+        }
+        out
+    }
+
+    #[test]
+    fn etags_come_from_the_body_and_each_encoding_has_its_own() {
+        let body = br#"{"keys":[{"kid":"a","kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB"}]}"#;
+        let now = Instant::now();
+        let (a, b) = (Published::new(body.to_vec(), now), Published::new(body.to_vec(), now));
+        assert_eq!(a.etag, b.etag, "the same body, the same tag on every replica");
+        let other = Published::new(body.iter().rev().copied().collect(), now);
+        assert_ne!(a.etag, other.etag);
+        let tag = a.etag.to_str().unwrap();
+        assert!(
+            tag.starts_with('"') && tag.ends_with('"') && !tag.starts_with("W/"),
+            "{tag}"
+        );
+
+        let mut tags = vec![a.etag.clone()];
+        for encoding in Encoding::ALL {
+            let (sent, etag, used) = a.representation(Some(encoding));
+            assert_eq!(used, Some(encoding));
+            assert!(sent.len() < a.body.len(), "{encoding:?} saves nothing");
+            assert_eq!(decode(encoding, sent), a.body, "{encoding:?}");
+            assert!(!tags.contains(etag), "{encoding:?} shares a tag");
+            tags.push(etag.clone());
+        }
+        assert_eq!(a.representation(None), (&a.body, &a.etag, None));
+
+        // A body too small to gain from compression has no encoded copies.
+        let tiny = Published::new(b"{}".to_vec(), now);
+        assert!(tiny.encoded.is_empty());
+        assert_eq!(tiny.representation(Some(Encoding::Br)), (&tiny.body, &tiny.etag, None));
+    }
+}

@@ -172,7 +172,12 @@ impl CertStore {
     /// is not valid yet, or whose key lands later, is taken once it is good).
     /// Also repeats the expiry warning once a day.
     pub(crate) async fn watch(self: Arc<Self>, mut hup: mpsc::Receiver<()>) {
-        const RETRY: Duration = Duration::from_secs(60);
+        // A minute; a fraction of a second in unit tests, so the retry can be tested.
+        const RETRY: Duration = if cfg!(test) {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(60)
+        };
         let interval = self.settings.watch_interval;
         let watching = !interval.is_zero();
         let mut pending: Option<Stamp> = None;
@@ -293,4 +298,77 @@ pub(crate) fn unix_secs(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed leaf for localhost, valid from `not_before`: (certificate PEM,
+    /// its DER, key PEM).
+    fn leaf(not_before: SystemTime) -> (String, Vec<u8>, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = not_before.into();
+        params.not_after = (SystemTime::now() + Duration::from_secs(90 * 86_400)).into();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), cert.der().to_vec(), key.serialize_pem())
+    }
+
+    /// README: "refused files are tried again every minute (a certificate that is
+    /// not valid yet ... is taken once it is good)": files that do not change again
+    /// are still picked up once they pass.
+    #[tokio::test]
+    async fn refused_files_are_tried_again_until_they_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let day = Duration::from_secs(86_400);
+        let (first_pem, first_der, first_key) = leaf(SystemTime::now() - day);
+        std::fs::write(&cert, &first_pem).unwrap();
+        std::fs::write(&key, &first_key).unwrap();
+        let settings = TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            hosts: Vec::new(),
+            strict: false,
+            watch_interval: Duration::from_millis(100),
+            listener: "main",
+            sni: None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let store = CertStore::load(settings, metrics.clone()).unwrap();
+        assert_eq!(store.current().cert[0].as_ref(), first_der.as_slice());
+        let (_hup, hup_rx) = mpsc::channel(1);
+        let watching = tokio::spawn(store.clone().watch(hup_rx));
+
+        // A renewal written early: not valid for another 2 s, so refused when the
+        // change is seen; nothing is written afterwards.
+        let (next_pem, next_der, next_key) = leaf(SystemTime::now() + Duration::from_secs(2));
+        std::fs::write(&cert, &next_pem).unwrap();
+        std::fs::write(&key, &next_key).unwrap();
+        let refused = || {
+            metrics
+                .tls_reloads
+                .get_or_create(&OutcomeOnly { outcome: "refused" })
+                .get()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while store.current().cert[0].as_ref() != next_der.as_slice() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the renewal was never taken ({} refusals)",
+                refused()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            refused() >= 1,
+            "taken without being refused first: the test proves nothing"
+        );
+        assert_eq!(
+            metrics.tls_reloads.get_or_create(&OutcomeOnly { outcome: "ok" }).get(),
+            1
+        );
+        watching.abort();
+    }
 }

@@ -69,7 +69,20 @@ impl Proxy {
         Self::spawn(cmd)
     }
 
-    fn spawn(mut cmd: Command) -> Proxy {
+    /// As `start_on`, but None when the proxy exits without listening: the port,
+    /// free when the test picked it, was taken since (by another test or process).
+    /// Callers pick another port and try again.
+    pub(crate) fn try_start_on(listen: SocketAddr, upstream: &str, extra: &[&str]) -> Option<Proxy> {
+        let mut cmd = Self::command(upstream, extra, &[]);
+        cmd.args(["--listen", &listen.to_string()]);
+        Self::try_spawn(cmd)
+    }
+
+    fn spawn(cmd: Command) -> Proxy {
+        Self::try_spawn(cmd).expect("the proxy exited without listening")
+    }
+
+    fn try_spawn(mut cmd: Command) -> Option<Proxy> {
         let mut child = cmd.spawn().expect("spawn proxy");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
@@ -99,6 +112,13 @@ impl Proxy {
         });
         let (addr, admin, tls_addr, oidc_addr) = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(addrs) => addrs,
+            // Exited on its own before listening (stderr closed): a port already taken.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+                if child.wait().is_ok_and(|status| status.code() == Some(1))
+                    && logs.lock().unwrap().contains("cannot listen on") =>
+            {
+                return None;
+            }
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -106,14 +126,14 @@ impl Proxy {
                 panic!("proxy did not start; logs:\n{}", logs.lock().unwrap());
             }
         };
-        Proxy {
+        Some(Proxy {
             child,
             addr,
             admin,
             tls_addr,
             oidc_addr,
             logs,
-        }
+        })
     }
 
     /// Runs `serve` expecting it to refuse to start: its exit status (None if it
@@ -421,6 +441,21 @@ pub(crate) async fn ws_echo_upstream(t: Transport) -> (String, Option<tempfile::
     .await
 }
 
+/// A loopback port that refuses connections for as long as this lives: a socket
+/// bound to it but not listening, so no other process can take the port meanwhile
+/// (a port found free and then dropped could be).
+pub(crate) struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+pub(crate) fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    ClosedPort { _socket: socket, addr }
+}
+
 /// A path for a unix socket that nothing listens on.
 pub(crate) fn absent_socket() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -486,22 +521,44 @@ pub(crate) fn raw_header_names(response: &str) -> Vec<String> {
 }
 
 /// The value of one series in the OpenMetrics text, e.g.
-/// `gitlab_oidc_proxy_tls_reloads_total{outcome="ok"}` (0 when absent).
-pub(crate) fn metric_value(text: &str, series: &str) -> f64 {
+/// `gitlab_oidc_proxy_tls_reloads_total{outcome="ok"}`; None when the series is
+/// absent (a renamed metric or label must not read as 0).
+pub(crate) fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
 }
 
-/// The sum of every series of the metric `name`, whatever its labels (0 when absent).
-pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
+/// Whether the metric family `name` (with or without its `_total` suffix) is in
+/// the OpenMetrics text: its `# HELP` and `# TYPE` lines. prometheus-client
+/// writes nothing for a labelled family without a series yet, so this is only
+/// true once a series exists (the proxy creates at 0 the ones alerts count).
+pub(crate) fn metric_declared(text: &str, name: &str) -> bool {
+    let family = name.strip_suffix("_total").unwrap_or(name);
+    let help = format!("# HELP {family} ");
+    let kind = format!("# TYPE {family} ");
+    text.lines().any(|l| l.starts_with(&help)) && text.lines().any(|l| l.starts_with(&kind))
+}
+
+/// The value of one series that may not exist yet: 0 when absent, but the
+/// metric's family must be in the text (so a renamed metric fails instead of reading 0).
+pub(crate) fn metric_value_or_zero(text: &str, series: &str) -> f64 {
+    let family = series.split('{').next().unwrap_or(series);
+    assert!(metric_declared(text, family), "no metric {family} in /metrics:\n{text}");
+    metric_value(text, series).unwrap_or(0.0)
+}
+
+/// The sum of every series of the metric `name`, whatever its labels; None when
+/// the metric is not in the text at all (neither declared nor any series).
+pub(crate) fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
         .filter(|line| {
             line.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    (metric_declared(text, name) || !values.is_empty()).then(|| values.iter().sum())
 }
 
 /// The JSON log lines at `level` (`WARN`, `ERROR`, ...).
