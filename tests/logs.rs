@@ -286,7 +286,7 @@ async fn a_stderr_that_stops_reading_costs_lines_not_requests() {
     )
     .await;
     let metrics = String::from_utf8_lossy(&metrics);
-    let dropped = metric_value(&metrics, "gitlab_oidc_proxy_log_lines_dropped_total");
+    let dropped = metric_value(&metrics, "gitlab_oidc_proxy_log_lines_dropped_total").expect("the series exists");
     assert!(
         metrics.contains("# TYPE gitlab_oidc_proxy_log_lines_dropped counter"),
         "{metrics}"
