@@ -30,16 +30,23 @@ for tool in nginx wrk openssl python3 curl taskset valgrind callgrind_control; d
   command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install nginx-light wrk valgrind)" >&2; exit 2; }
 done
 wanted() { [[ "$1" == *"${ONLY:-}"* ]]; }
+# As the container image and the Debian unit run the proxy: freed memory goes
+# back to the system at once (MIMALLOC_PURGE_DELAY=0 to compare without).
+export MIMALLOC_PURGE_DELAY=${MIMALLOC_PURGE_DELAY:-0}
 # Arrays, not functions: a function run with & is a subshell, and killing it
 # would leave the server running.
 server=(taskset -c "$SERVER_CPU")
 client=(taskset -c "$CLIENT_CPU")
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release --quiet --bin gitlab-oidc-proxy
-bin=${CARGO_TARGET_DIR:-target}/release/gitlab-oidc-proxy
-bare=$(cargo bench --no-run --quiet --bench bare_hyper --message-format=json |
-  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("target", {}).get("name") == "bare_hyper" and m.get("executable")][-1])')
+# BIN=... BARE=... use binaries already built (another checkout's, say).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet --bin gitlab-oidc-proxy
+  BIN=${CARGO_TARGET_DIR:-target}/release/gitlab-oidc-proxy
+fi
+bin=$BIN
+bare=${BARE:-$(cargo bench --no-run --quiet --bench bare_hyper --message-format=json |
+  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("target", {}).get("name") == "bare_hyper" and m.get("executable")][-1])')}
 work=$(mktemp -d)
 pids=()
 cleanup() {

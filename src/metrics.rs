@@ -509,6 +509,9 @@ gitlab_oidc_proxy_assets_cache_bytes 0
 # HELP gitlab_oidc_proxy_assets_cache_evictions Entries the /assets/ cache dropped, by cause (size: room for newer ones; expired: past max-age).
 # TYPE gitlab_oidc_proxy_assets_cache_evictions counter
 gitlab_oidc_proxy_assets_cache_evictions_total{cause="size"} 1
+# HELP gitlab_oidc_proxy_log_lines_dropped Log lines (access lines included) dropped because stderr did not take them.
+# TYPE gitlab_oidc_proxy_log_lines_dropped counter
+gitlab_oidc_proxy_log_lines_dropped_total 0
 # EOF"#;
 
     /// Every metric as a scraper sees it, each family with one series so its labels show.

@@ -61,7 +61,7 @@ impl TextProxy {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
-                if line.contains(" listening ") {
+                if line.contains(" INFO gitlab_oidc_proxy::app: listening ") {
                     let _ = tx.send(line.clone());
                 }
                 let mut logs = sink.lock().unwrap();
@@ -72,7 +72,8 @@ impl TextProxy {
         let line = rx.recv_timeout(Duration::from_secs(20)).expect("a listening line");
         let field = |name: &str| -> SocketAddr {
             let start = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
-            line[start..].split(' ').next().unwrap().parse().unwrap()
+            // A String field is shown quoted (`tls_listen="127.0.0.1:1"`).
+            line[start..].split(' ').next().unwrap().trim_matches('"').parse().unwrap()
         };
         TextProxy {
             addr: field("listen"),

@@ -1100,14 +1100,18 @@ async fn key_rotation_is_published_by_the_refresher_alone() {
     verify_through(&proxy, DISCOVERY, &token).await.unwrap();
     let err = verify_through(&proxy, DISCOVERY, &old_token).await.unwrap_err();
     assert!(err.contains("not in the key set"), "{err}");
-    let metrics = proxy.metrics().await;
-    assert!(
+    // The refresh is counted once both documents are done, after the key set is
+    // published: waited for, not raced.
+    let proxy = &proxy;
+    let counted = wait_until(LIMIT, || async move {
+        let metrics = proxy.metrics().await;
         metric(
             &metrics,
-            r#"gitlab_oidc_proxy_oidc_refreshes_total{document="keys",outcome="published"}"#
-        ) >= 2,
-        "{metrics}"
-    );
+            r#"gitlab_oidc_proxy_oidc_refreshes_total{document="keys",outcome="published"}"#,
+        ) >= 2
+    })
+    .await;
+    assert!(counted, "{}", proxy.metrics().await);
 }
 
 // ---------------------------------------------------------------- everything else
