@@ -73,7 +73,13 @@ impl TextProxy {
         let field = |name: &str| -> SocketAddr {
             let start = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
             // A String field is shown quoted (`tls_listen="127.0.0.1:1"`).
-            line[start..].split(' ').next().unwrap().trim_matches('"').parse().unwrap()
+            line[start..]
+                .split(' ')
+                .next()
+                .unwrap()
+                .trim_matches('"')
+                .parse()
+                .unwrap()
         };
         TextProxy {
             addr: field("listen"),
