@@ -69,6 +69,14 @@ impl TextProxy {
                 logs.push('\n');
             }
         });
+        // Held before anything can panic: a failed start must not leave the proxy running.
+        let unset = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut proxy = TextProxy {
+            addr: unset,
+            tls: unset,
+            child,
+            logs,
+        };
         let line = rx.recv_timeout(Duration::from_secs(20)).expect("a listening line");
         let field = |name: &str| -> SocketAddr {
             let start = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
@@ -81,12 +89,9 @@ impl TextProxy {
                 .parse()
                 .unwrap()
         };
-        TextProxy {
-            addr: field("listen"),
-            tls: field("tls_listen"),
-            child,
-            logs,
-        }
+        proxy.addr = field("listen");
+        proxy.tls = field("tls_listen");
+        proxy
     }
 
     fn logs(&self) -> String {
