@@ -132,11 +132,11 @@ fn timestamp(now: SystemTime, out: &mut Vec<u8>) {
         }
         out.extend_from_slice(text.as_bytes());
     });
-    let micros = since.subsec_micros();
+    let mut digits = itoa::Buffer::new();
+    let micros = digits.format(since.subsec_micros()).as_bytes();
     out.push(b'.');
-    let digits = itoa::Buffer::new().format(micros).len();
-    out.extend(std::iter::repeat_n(b'0', 6 - digits));
-    number(u64::from(micros), out);
+    out.extend(std::iter::repeat_n(b'0', 6 - micros.len()));
+    out.extend_from_slice(micros);
     out.push(b'Z');
 }
 
@@ -185,6 +185,18 @@ mod tests {
             written(&line(&Method::GET, "/-/jwks"), LogFormat::Text),
             "2026-12-02T12:00:00.123456Z  INFO access: request client=2001:db8::1 method=GET path=/-/jwks \
              version=HTTP/1.1 status=200 bytes=1234 listener=\"main\" duration_ms=1.000 outcome=\"complete\"\n"
+        );
+    }
+
+    #[test]
+    fn a_short_fraction_of_a_second_is_padded() {
+        let mut out = Vec::new();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_796_212_800_000_005);
+        line(&Method::GET, "/").write(LogFormat::Text, at, &mut out);
+        assert!(
+            out.starts_with(b"2026-12-02T12:00:00.000005Z  INFO"),
+            "{}",
+            String::from_utf8_lossy(&out)
         );
     }
 

@@ -136,6 +136,17 @@ mod tests {
         }
     }
 
+    /// The answer with `max-age=60`.
+    fn answer(method: &Method, request: &HeaderMap, doc: &Published, compression: bool) -> Response<ProxyBody> {
+        document(
+            method,
+            request,
+            doc,
+            &cache_control(Duration::from_secs(60)),
+            compression,
+        )
+    }
+
     fn inm(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(v).unwrap());
@@ -162,13 +173,7 @@ mod tests {
         for never in [header::SET_COOKIE, header::PRAGMA, header::CONTENT_ENCODING] {
             assert!(!h.contains_key(&never), "{never}");
         }
-        let off = document(
-            &Method::GET,
-            &HeaderMap::new(),
-            &doc(),
-            &cache_control(Duration::from_secs(60)),
-            false,
-        );
+        let off = answer(&Method::GET, &HeaderMap::new(), &doc(), false);
         assert!(!off.headers().contains_key(header::VARY));
     }
 
@@ -185,48 +190,22 @@ mod tests {
             h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, br"));
             h
         };
-        let resp = document(
-            &Method::GET,
-            &gzip("\"other\""),
-            &d,
-            &cache_control(Duration::from_secs(60)),
-            true,
-        );
+        let resp = answer(&Method::GET, &gzip("\"other\""), &d, true);
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()[header::CONTENT_ENCODING], "gzip");
         assert_eq!(resp.headers()[header::ETAG], "\"abc-gzip\"");
         assert_eq!(resp.headers()[header::CONTENT_LENGTH], "2");
         // The identity tag does not validate the gzip copy, and vice versa.
         assert_eq!(
-            document(
-                &Method::GET,
-                &gzip("\"abc\""),
-                &d,
-                &cache_control(Duration::from_secs(60)),
-                true
-            )
-            .status(),
+            answer(&Method::GET, &gzip("\"abc\""), &d, true).status(),
             StatusCode::OK
         );
         assert_eq!(
-            document(
-                &Method::GET,
-                &gzip("\"abc-gzip\""),
-                &d,
-                &cache_control(Duration::from_secs(60)),
-                true
-            )
-            .status(),
+            answer(&Method::GET, &gzip("\"abc-gzip\""), &d, true).status(),
             StatusCode::NOT_MODIFIED
         );
         // br was asked for too, but no br copy is held: gzip it is. Off: identity.
-        let off = document(
-            &Method::GET,
-            &gzip("\"x\""),
-            &d,
-            &cache_control(Duration::from_secs(60)),
-            false,
-        );
+        let off = answer(&Method::GET, &gzip("\"x\""), &d, false);
         assert!(!off.headers().contains_key(header::CONTENT_ENCODING));
         assert_eq!(off.headers()[header::ETAG], "\"abc\"");
     }
@@ -241,13 +220,7 @@ mod tests {
             ("\"abd\"", false),
             ("abc", false),
         ] {
-            let resp = document(
-                &Method::GET,
-                &inm(given),
-                &doc(),
-                &cache_control(Duration::from_secs(60)),
-                true,
-            );
+            let resp = answer(&Method::GET, &inm(given), &doc(), true);
             let want = if hit { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
             assert_eq!(resp.status(), want, "{given}");
             assert_eq!(resp.headers()[header::ETAG], "\"abc\"");
@@ -258,13 +231,7 @@ mod tests {
     #[test]
     fn head_has_headers_without_body() {
         use http_body::Body;
-        let resp = document(
-            &Method::HEAD,
-            &HeaderMap::new(),
-            &doc(),
-            &cache_control(Duration::from_secs(60)),
-            true,
-        );
+        let resp = answer(&Method::HEAD, &HeaderMap::new(), &doc(), true);
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()[header::CONTENT_LENGTH], "11");
         assert!(resp.body().is_end_stream());
