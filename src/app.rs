@@ -31,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::oidc::cache::Cache;
 use crate::oidc::fetch::Fetcher;
+use crate::oidc::style::Style;
 use crate::passthrough::{Passthrough, Timeouts};
 use crate::redirect;
 use crate::router::{ListenerKind, Router, RouterSettings};
@@ -236,7 +237,14 @@ fn upstream_to(
 /// The OIDC documents' cache, fetching through `upstream`.
 fn new_cache(config: &Config, upstream: Arc<Upstream>, metrics: &Arc<Metrics>) -> Arc<Cache> {
     let fetcher = Fetcher::new(upstream, config.oidc.upstream_timeout);
-    Cache::new(config.oidc.clone(), fetcher, config.upstream.host(), metrics.clone())
+    let style = Style::new(config.oidc.max_age, config.compression);
+    Cache::new(
+        config.oidc.clone(),
+        fetcher,
+        config.upstream.host(),
+        metrics.clone(),
+        style,
+    )
 }
 
 /// `gitlab-oidc-proxy export`: the OIDC documents from GitLab, copied under
@@ -444,7 +452,7 @@ fn build(
     }
     routes.set_kas(upstreams.kas.map(to), upstreams.kas_k8s_proxy.map(to));
     let passthrough = to(upstreams.passthrough);
-    let oidc = Oidc::new(cache.clone(), metrics.clone(), config.compression);
+    let oidc = Oidc::new(cache.clone(), metrics.clone());
     let redirect = match tls_listen {
         Some(addr) if config.tls.redirect_http => Some(redirect::Target {
             authority: o.external_url.as_ref().filter(|u| u.https).map(|u| u.host.clone()),

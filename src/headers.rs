@@ -230,8 +230,13 @@ pub(crate) fn settle_host(
     if uri.scheme().is_none() && uri.authority().is_some() {
         return Err(HostProblem::Target);
     }
-    if headers.get_all(header::HOST).iter().nth(1).is_some() {
-        return Err(HostProblem::Host);
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (uri.authority(), hosts.next(), hosts.next()) {
+        (_, Some(_), Some(_)) => return Err(HostProblem::Host),
+        // Nearly every request: origin-form with one Host, which stays as sent.
+        (None, Some(host), None) if is_valid_host(host.as_bytes()) => return Ok(()),
+        (None, Some(_), None) => return Err(HostProblem::Host),
+        _ => {}
     }
     let from_target = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     match (version, from_target) {
@@ -257,27 +262,42 @@ pub(crate) fn settle_host(
 /// `host[:port]`: a name of letters, digits, `-._~`, an IPv4 address, or an IPv6
 /// literal in brackets; no user info, path, list or space.
 fn is_valid_host(value: &[u8]) -> bool {
+    if value.first() != Some(&b'[') {
+        // A name or IPv4 address: checked byte by byte, no parse and no copy.
+        let (name, port) = match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+            None => (value, None),
+        };
+        let name_ok = !name.is_empty()
+            && name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        return name_ok && is_valid_port(port);
+    }
+    // An IPv6 literal: the URI parser splits off the port, std checks the address.
     let Ok(authority) = http::uri::Authority::try_from(value) else {
         return false;
     };
-    if authority.as_str().contains('@') || authority.as_str().len() != value.len() {
+    let (whole, host) = (authority.as_str(), authority.host());
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if whole.contains('@')
+        || whole.len() != value.len()
+        || literal.is_none_or(|a| a.parse::<std::net::Ipv6Addr>().is_err())
+    {
         return false;
     }
-    let host = authority.host();
-    let name_ok = host.starts_with('[')
-        || (!host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
-    let port_ok = match authority
-        .as_str()
-        .strip_prefix(host)
-        .and_then(|rest| rest.strip_prefix(':'))
-    {
-        Some(port) => !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()),
-        None => authority.as_str() == host,
-    };
-    name_ok && port_ok
+    match whole.strip_prefix(host) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .is_some_and(|port| is_valid_port(Some(port.as_bytes()))),
+        None => false,
+    }
+}
+
+/// No port, or 1 to 5 digits.
+fn is_valid_port(port: Option<&[u8]>) -> bool {
+    port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
 }
 
 /// Who sent the request, as far as the proxy can tell.
@@ -691,6 +711,8 @@ mod tests {
         assert_eq!(settle(V::HTTP_11, "/x", &["a.example:8080"]), ok("a.example:8080"));
         assert_eq!(settle(V::HTTP_11, "/x", &["127.0.0.1:80"]), ok("127.0.0.1:80"));
         assert_eq!(settle(V::HTTP_11, "/x", &["[::1]:8443"]), ok("[::1]:8443"));
+        assert_eq!(settle(V::HTTP_11, "/x", &["[::1]"]), ok("[::1]"));
+        assert_eq!(settle(V::HTTP_11, "/x", &["A-b_c~d.E:1"]), ok("A-b_c~d.E:1"));
         assert_eq!(settle(V::HTTP_11, "/x", &["gitlab_internal"]), ok("gitlab_internal"));
         // Absolute-form: the target's authority wins over Host (RFC 9112 §3.2.2).
         assert_eq!(
@@ -725,6 +747,15 @@ mod tests {
             (V::HTTP_11, "/x", &["a.example:99999x"]),
             (V::HTTP_11, "/x", &["a.example?x"]),
             (V::HTTP_11, "/x", &["a example"]),
+            (V::HTTP_11, "/x", &[":80"]),
+            (V::HTTP_11, "/x", &["a:b:c"]),
+            (V::HTTP_11, "/x", &["a.example:123456"]),
+            (V::HTTP_11, "/x", &["[::1"]),
+            (V::HTTP_11, "/x", &["[::1]x"]),
+            (V::HTTP_11, "/x", &["[::1]:"]),
+            (V::HTTP_11, "/x", &["[::1]:8x"]),
+            (V::HTTP_11, "/x", &["[::1]@evil"]),
+            (V::HTTP_11, "/x", &["[nope]"]),
         ] {
             assert_eq!(
                 settle(version, target, hosts),

@@ -3,6 +3,7 @@
 //! each, and on shutdown stop accepting and let every connection finish.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,11 +25,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::LoggedBody;
 use crate::config::Proto;
 use crate::headers;
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::proxy_protocol;
-use crate::router::{ConnInfo, ListenerKind, Router};
+use crate::router::{ConnInfo, Handled, ListenerKind, Router};
 
 pub(crate) struct ListenerSettings {
     pub kind: ListenerKind,
@@ -64,8 +67,9 @@ pub(crate) async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
+        // No per-request header timer: the connection's own clock (`Shared::http`)
+        // bounds a head that never ends, at no cost to the requests that do.
+        .header_read_timeout(None)
         .keep_alive(true);
     builder
         .http2()
@@ -179,23 +183,19 @@ impl Shared {
             kind: self.settings.kind,
             local: self.settings.local,
         };
-        // One clock per connection: a new connection that sends nothing is cut
-        // after --header-timeout (hyper's own header timeout starts only once
-        // it knows the protocol), and so is one with no request in flight for
-        // that long. hyper closes idle HTTP/1.1 keep-alive itself; an HTTP/2
-        // connection answers pings for ever unless told to go (GOAWAY).
+        // One clock per connection, in place of a timer per request: a
+        // connection with no request in flight for --header-timeout (none yet,
+        // idle keep-alive, or a head that never ends: slowloris) is asked to
+        // close (HTTP/2: GOAWAY), and dropped if it is still quiet a
+        // --header-timeout later. A request in flight is never cut by it.
         let activity = Arc::new(Activity::new());
         let seen = activity.clone();
         let router = self.router.clone();
         let service = service_fn(move |req| {
             let in_flight = InFlight::begin(seen.clone());
-            let router = router.clone();
-            async move {
-                let resp = router.handle(req, conn_info).await;
-                Ok::<_, Infallible>(resp.map(|body| Tracked {
-                    body,
-                    _in_flight: in_flight,
-                }))
+            Answer {
+                handled: Some(router.handle(req, conn_info)),
+                in_flight: Some(in_flight),
             }
         });
         let conn = self
@@ -206,33 +206,73 @@ impl Shared {
         let idle_check = tokio::time::sleep(timeout);
         tokio::pin!(idle_check);
         let mut draining = false;
+        // Made once: a wake polls it, it is not rebuilt each time round.
+        let stopping = self.shutdown.cancelled();
+        tokio::pin!(stopping);
         loop {
             tokio::select! {
+                // The connection first, the clocks after: no random start per wake.
+                biased;
                 result = conn.as_mut() => {
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                     break;
                 }
-                () = &mut idle_check, if !draining => match activity.idle_for() {
+                () = &mut idle_check => match activity.idle_for() {
                     Idle::Since(quiet) if quiet < timeout => idle_check.as_mut().reset(Instant::now() + (timeout - quiet)),
                     Idle::Busy => idle_check.as_mut().reset(Instant::now() + timeout),
                     Idle::Since(_) if !activity.ever_asked() => {
                         tracing::debug!(%peer, "no request within the header timeout; closing");
                         break;
                     }
+                    Idle::Since(_) if draining => {
+                        tracing::debug!(%peer, "no request in flight and still open after being asked to close; dropping");
+                        break;
+                    }
                     Idle::Since(_) => {
-                        tracing::debug!(%peer, "connection idle for the header timeout; closing");
+                        tracing::debug!(%peer, "no request in flight for the header timeout; closing");
                         draining = true;
                         conn.as_mut().graceful_shutdown();
+                        idle_check.as_mut().reset(Instant::now() + timeout);
                     }
                 },
-                () = self.shutdown.cancelled(), if !draining => {
+                () = &mut stopping, if !draining => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
         }
+    }
+}
+
+/// The service's future: the router's answer, tracked until its body ends.
+/// Small (hyper holds one per connection); the waiting, when there is any, is
+/// boxed by the router.
+struct Answer {
+    handled: Option<Handled>,
+    in_flight: Option<InFlight>,
+}
+
+impl Future for Answer {
+    type Output = Result<Response<Tracked<LoggedBody>>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let resp = match self.handled.take().expect("an answer is not polled once ready") {
+            Handled::Now(resp) => resp,
+            Handled::Later(mut later) => match later.as_mut().poll(cx) {
+                Poll::Ready(resp) => resp,
+                Poll::Pending => {
+                    self.handled = Some(Handled::Later(later));
+                    return Poll::Pending;
+                }
+            },
+        };
+        let in_flight = self.in_flight.take().expect("taken with the answer");
+        Poll::Ready(Ok(resp.map(|body| Tracked {
+            body,
+            _in_flight: in_flight,
+        })))
     }
 }
 

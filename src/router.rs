@@ -2,7 +2,9 @@
 //! request goes to its route, errors become responses in one place, and the
 //! response is wrapped for the access log.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
@@ -20,10 +22,29 @@ use crate::error::{Answer, DownstreamError, ProxyError};
 use crate::error_pages::{self, ErrorPages};
 use crate::headers::{self, HostProblem, ViaId};
 use crate::metrics::{ErrorLabels, Metrics};
-use crate::oidc::Oidc;
+use crate::oidc::{Oidc, Verdict};
 use crate::passthrough::Passthrough;
 use crate::redirect;
 use crate::routes::{Destination, Routes};
+
+/// [`Router::handle`]'s answer.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the answer given at once is held inline: boxing it would cost the cached documents an allocation"
+)]
+pub(crate) enum Handled {
+    Now(Response<LoggedBody>),
+    Later(Pin<Box<dyn Future<Output = Response<LoggedBody>> + Send>>),
+}
+
+/// What a request's answer needs once it is known.
+struct Done {
+    pending: PendingLog,
+    /// The client reads HTML: `--error-pages` may answer it.
+    reads_html: bool,
+    /// The scheme the client used, as settled: HSTS is for https only.
+    proto: Proto,
+}
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -120,7 +141,11 @@ impl Router {
         }
     }
 
-    pub(crate) async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<LoggedBody> {
+    /// A request's answer: at once when nothing needs waiting for (a held
+    /// OIDC document, a refusal), else a boxed continuation. So the cached
+    /// documents never build, move or allocate the pass-through's futures, and
+    /// a connection's slot for the request in flight stays small.
+    pub(crate) fn handle(self: &Arc<Self>, mut req: Request<Incoming>, conn: ConnInfo) -> Handled {
         let s = &self.settings;
         let trusted: &[IpNet] = if conn.proxied { &[] } else { &s.trusted_proxies };
         // Read only: the forwarding headers are rewritten for what goes on (`forward_as`).
@@ -132,22 +157,61 @@ impl Router {
             forwarded.client,
             conn.kind.label(),
         );
-        let pending = PendingLog::new(record, self.metrics.clone());
-
-        // Read before the request is handed on: a browser may get GitLab's page.
-        let reads_html = s.error_pages.is_some() && error_pages::accepts_html(req.headers());
+        let done = Done {
+            pending: PendingLog::new(record, self.metrics.clone()),
+            // Read before the request is handed on: a browser may get GitLab's page.
+            reads_html: s.error_pages.is_some() && error_pages::accepts_html(req.headers()),
+            proto: forwarded.proto,
+        };
         let result = if headers::via_names(req.headers(), &s.via) {
             Err(ProxyError::Downstream(DownstreamError::Loop))
         } else if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
             Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
         } else if let Err(problem) = self.settle_host(&mut req, &conn) {
             Err(ProxyError::Downstream(problem))
+        } else if let Some(answer) = self.answer_now(&req, &conn) {
+            answer
         } else {
-            self.route(req, &conn, forwarded.proto).await
+            let router = Arc::clone(self);
+            return Handled::Later(Box::pin(async move {
+                let result = router.route(req, &conn, done.proto).await;
+                router.finish(result, done)
+            }));
         };
+        Handled::Now(self.finish(result, done))
+    }
+
+    /// The answer when it is held in memory: an OIDC document of GitLab's
+    /// (or its refusal). None: [`Self::route`] decides.
+    fn answer_now(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+        let s = &self.settings;
+        if conn.kind == ListenerKind::Plain && (s.acme.is_some() || s.acme_webroot.is_some() || s.redirect.is_some()) {
+            // Challenges and redirects come first there: routed in full.
+            return None;
+        }
+        if conn.kind != ListenerKind::Oidc {
+            let host = req.headers().get(header::HOST).map_or(&[][..], HeaderValue::as_bytes);
+            if !matches!(self.routes.pick(host, req.uri()), Destination::Gitlab) {
+                return None;
+            }
+        }
+        match self.oidc.answer_now(req) {
+            Verdict::Answer(resp) => Some(Ok(resp)),
+            Verdict::NotOurs | Verdict::Cold(_) => None,
+        }
+    }
+
+    /// The response as sent: errors answered, HSTS added, the body wrapped
+    /// for the access log.
+    fn finish(&self, result: Result<Response<ProxyBody>, ProxyError>, done: Done) -> Response<LoggedBody> {
+        let Done {
+            pending,
+            reads_html,
+            proto,
+        } = done;
         let mut resp = result.unwrap_or_else(|err| self.error_response(err, pending.record(), reads_html));
-        if let Some(hsts) = &s.hsts
-            && forwarded.proto == Proto::Https
+        if let Some(hsts) = &self.settings.hsts
+            && proto == Proto::Https
         {
             resp.headers_mut()
                 .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());

@@ -7,7 +7,6 @@ use crate::log_writer;
 
 /// `default` applies when `RUST_LOG` is unset.
 pub fn init(format: LogFormat, default: &str) {
-    crate::access_log::set_format(format);
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // rustls warns once per handshake about client quirks (an IP address sent as
@@ -24,6 +23,7 @@ pub fn init(format: LogFormat, default: &str) {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
     }
+    crate::access_log::configure(format);
 }
 
 /// Writes out the log lines still held in memory: call before exiting.

@@ -116,6 +116,57 @@ async fn slow_header_and_silent_clients_are_disconnected() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
+/// Sends `GET /first` on `stream` and reads the whole answer (an upstream that says "ok").
+async fn first_answer(stream: &mut TcpStream) -> Vec<u8> {
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: gitlab.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !(answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"ok")) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("no answer in 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    answer
+}
+
+/// The header timeout bounds every head, not only a connection's first: a
+/// client that finishes one request and then trickles the next one's headers
+/// a byte at a time is cut as well.
+#[tokio::test]
+async fn slow_second_header_is_disconnected_too() {
+    let up = upstream(Transport::Tcp, |_req| async { Response::new(full("ok")) }).await;
+    let proxy = Proxy::start(&up.target, &["--header-timeout", "500ms"]);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    first_answer(&mut stream).await;
+    let started = Instant::now();
+    let trickle = async {
+        for byte in b"GET /second HTTP/1.1\r\nHost: gitlab.example.com\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if stream.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // The proxy ends the connection: writes fail once it is gone.
+    tokio::time::timeout(Duration::from_secs(5), trickle)
+        .await
+        .expect("a trickled head kept the connection open for 5 s");
+    let cut_after = started.elapsed();
+    assert!(cut_after >= Duration::from_millis(400), "cut too soon: {cut_after:?}");
+    // The proxy serves on.
+    let resp = client().get(proxy.url("/third").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_request_then_exits_0() {
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);
@@ -220,21 +271,8 @@ async fn idle_keep_alive_connection_is_closed_after_header_timeout() {
     let up = upstream(Transport::Tcp, |_req| async { Response::new(full("ok")) }).await;
     let proxy = Proxy::start(&up.target, &["--header-timeout", "500ms"]);
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /first HTTP/1.1\r\nHost: gitlab.example.com\r\n\r\n")
-        .await
-        .unwrap();
     // One whole answer, then the connection stays open (keep-alive) and idles.
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !(answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"ok")) {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("no answer in 5 s")
-            .unwrap();
-        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buf[..n]);
-    }
+    let answer = first_answer(&mut stream).await;
     let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
     assert!(
         head.starts_with("http/1.1 200") && !head.contains("connection: close"),

@@ -29,11 +29,19 @@ use crate::metrics::Metrics;
 
 pub(crate) use line::Line;
 
-/// The access lines' format: `--log-format`, set once at start (text until then).
-static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+/// The access lines' format (`--log-format`) and whether `RUST_LOG` lets them
+/// through: decided once, when logging starts. Until then (tests that log
+/// nothing): text, and the filter is asked per line.
+static SETTINGS: std::sync::OnceLock<(LogFormat, bool)> = std::sync::OnceLock::new();
 
-pub(crate) fn set_format(format: LogFormat) {
-    let _ = FORMAT.set(format);
+/// Call once the log filter is installed: no span ever enters the decision,
+/// so the filter's answer for the access target holds for the whole run.
+pub(crate) fn configure(format: LogFormat) {
+    let _ = SETTINGS.set((format, enabled()));
+}
+
+fn enabled() -> bool {
+    tracing::enabled!(target: "access", tracing::Level::INFO)
 }
 
 /// What is known about a request when it arrives.
@@ -142,7 +150,8 @@ impl RequestRecord {
         metrics.request_counters.get(&self.method, status, self.listener).inc();
         metrics.request_duration.observe(elapsed.as_secs_f64());
         metrics.response_bytes.inc_by(bytes);
-        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        let (format, on) = SETTINGS.get().copied().unwrap_or_else(|| (LogFormat::Text, enabled()));
+        if !on {
             return;
         }
         let line = Line {
@@ -156,7 +165,6 @@ impl RequestRecord {
             duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             outcome,
         };
-        let format = FORMAT.get().copied().unwrap_or(LogFormat::Text);
         log_writer::stderr().append(|buf| line.write(format, std::time::SystemTime::now(), buf));
     }
 }

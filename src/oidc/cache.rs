@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -16,17 +16,20 @@ use tokio::time::Instant;
 use super::discovery;
 use super::fetch::{Fetcher, Origin};
 use super::jwks;
+use super::style::Style;
 use crate::compress::{self, Encoding};
 use crate::config::{DISCOVERY_SUFFIX, Issuer, OidcSettings};
 use crate::error::DocError;
 use crate::metrics::{DocumentLabel, Metrics, OutcomeLabels};
 
 /// A document as served: body, strong ETag, and when GitLab last confirmed it,
-/// with compressed copies made once here rather than per request.
+/// with compressed copies and each copy's response headers made once here
+/// rather than per request.
 #[derive(Debug, Clone)]
 pub(crate) struct Published {
     pub body: Bytes,
     pub etag: HeaderValue,
+    pub head: HeaderMap,
     pub fetched_at: Instant,
     pub encoded: Arc<[Encoded]>,
 }
@@ -37,10 +40,20 @@ pub(crate) struct Encoded {
     pub encoding: Encoding,
     pub body: Bytes,
     pub etag: HeaderValue,
+    pub head: HeaderMap,
+}
+
+/// What one request is sent: a body, its tag and its 200's headers.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Representation<'a> {
+    pub body: &'a Bytes,
+    pub etag: &'a HeaderValue,
+    pub head: &'a HeaderMap,
+    pub encoding: Option<Encoding>,
 }
 
 impl Published {
-    fn new(body: Vec<u8>, fetched_at: Instant) -> Self {
+    pub(crate) fn new(body: Vec<u8>, fetched_at: Instant, style: &Style) -> Self {
         // Derived from the body alone: every replica computes the same tag.
         let digest = ring::digest::digest(&ring::digest::SHA256, &body);
         let hex: String = digest.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect();
@@ -48,27 +61,45 @@ impl Published {
             |suffix: &str| HeaderValue::from_str(&format!("\"{hex}{suffix}\"")).expect("hex is a valid header value");
         let encoded = Encoding::ALL
             .iter()
-            .map(|&encoding| Encoded {
-                encoding,
-                body: compress::encode_all(encoding, &body),
-                etag: tag(&format!("-{}", encoding.as_str())),
+            .filter_map(|&encoding| {
+                let copy = compress::encode_all(encoding, &body);
+                // A copy that saves nothing is not worth a Vary-split cache entry.
+                (copy.len() < body.len()).then(|| {
+                    let etag = tag(&format!("-{}", encoding.as_str()));
+                    Encoded {
+                        encoding,
+                        head: style.head(copy.len(), &etag, Some(encoding)),
+                        body: copy,
+                        etag,
+                    }
+                })
             })
-            // A copy that saves nothing is not worth a Vary-split cache entry.
-            .filter(|e| e.body.len() < body.len())
             .collect();
+        let etag = tag("");
         Published {
+            head: style.head(body.len(), &etag, None),
             body: Bytes::from(body),
-            etag: tag(""),
+            etag,
             fetched_at,
             encoded,
         }
     }
 
-    /// The body and ETag to send for a negotiated encoding, and the encoding used.
-    pub(crate) fn representation(&self, choice: Option<Encoding>) -> (&Bytes, &HeaderValue, Option<Encoding>) {
+    /// What to send for a negotiated encoding: that copy when held, else the document.
+    pub(crate) fn representation(&self, choice: Option<Encoding>) -> Representation<'_> {
         match choice.and_then(|c| self.encoded.iter().find(|e| e.encoding == c)) {
-            Some(e) => (&e.body, &e.etag, Some(e.encoding)),
-            None => (&self.body, &self.etag, None),
+            Some(e) => Representation {
+                body: &e.body,
+                etag: &e.etag,
+                head: &e.head,
+                encoding: Some(e.encoding),
+            },
+            None => Representation {
+                body: &self.body,
+                etag: &self.etag,
+                head: &self.head,
+                encoding: None,
+            },
         }
     }
 }
@@ -111,6 +142,8 @@ impl RefreshReport {
 
 pub(crate) struct Cache {
     settings: OidcSettings,
+    /// How the documents are answered; their headers are made at publication.
+    style: Style,
     fetcher: Fetcher,
     /// Used for `Host` until GitLab's issuer is known.
     upstream_host: String,
@@ -157,10 +190,12 @@ impl Cache {
         fetcher: Fetcher,
         upstream_host: String,
         metrics: Arc<Metrics>,
+        style: Style,
     ) -> Arc<Self> {
         let (poke_tx, poke_rx) = mpsc::channel(1);
         Arc::new(Cache {
             settings,
+            style,
             fetcher,
             upstream_host,
             discovery: watch::Sender::new(None),
@@ -176,6 +211,10 @@ impl Cache {
 
     pub(crate) fn settings(&self) -> &OidcSettings {
         &self.settings
+    }
+
+    pub(crate) fn style(&self) -> &Style {
+        &self.style
     }
 
     pub(crate) fn discovery(&self) -> Option<Arc<DiscoveryState>> {
@@ -396,7 +435,7 @@ impl Cache {
         let jwks_path = &self.settings.jwks_path;
         let mut by_path = vec![(
             issuer.discovery_path(),
-            Published::new(discovery::publish(&doc, &issuer, jwks_path), now),
+            Published::new(discovery::publish(&doc, &issuer, jwks_path), now, &self.style),
         )];
         for extra in &self.settings.extra_issuers {
             if extra.discovery_path() == issuer.discovery_path() && extra.url != issuer.url {
@@ -406,7 +445,7 @@ impl Cache {
             if !by_path.iter().any(|(p, _)| *p == extra.discovery_path()) {
                 by_path.push((
                     extra.discovery_path(),
-                    Published::new(discovery::publish(&doc, extra, jwks_path), now),
+                    Published::new(discovery::publish(&doc, extra, jwks_path), now, &self.style),
                 ));
             }
         }
@@ -453,7 +492,7 @@ impl Cache {
             tracing::warn!(target: "oidc", error = %e, "key set refused; keeping the last good copy");
         })?;
         let kids: Vec<String> = merged.iter().map(|k| jwks::kid(k).to_owned()).collect();
-        let doc = Published::new(jwks::publish(&merged), Instant::now());
+        let doc = Published::new(jwks::publish(&merged), Instant::now(), &self.style);
         if self.keys().is_none_or(|old| old.doc.body != doc.body) {
             tracing::info!(target: "oidc", kids = ?kids, "key set published");
         }
@@ -527,7 +566,8 @@ mod tests {
         )
         .unwrap();
         let fetcher = Fetcher::new(Arc::new(upstream), settings.upstream_timeout);
-        Cache::new(settings, fetcher, target.host(), Arc::new(Metrics::new()))
+        let style = Style::new(settings.max_age, true);
+        Cache::new(settings, fetcher, target.host(), Arc::new(Metrics::new()), style)
     }
 
     /// No test may hang.
@@ -680,9 +720,13 @@ mod tests {
     fn etags_come_from_the_body_and_each_encoding_has_its_own() {
         let body = br#"{"keys":[{"kid":"a","kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB"}]}"#;
         let now = Instant::now();
-        let (a, b) = (Published::new(body.to_vec(), now), Published::new(body.to_vec(), now));
+        let style = Style::new(Duration::from_secs(60), true);
+        let (a, b) = (
+            Published::new(body.to_vec(), now, &style),
+            Published::new(body.to_vec(), now, &style),
+        );
         assert_eq!(a.etag, b.etag, "the same body, the same tag on every replica");
-        let other = Published::new(body.iter().rev().copied().collect(), now);
+        let other = Published::new(body.iter().rev().copied().collect(), now, &style);
         assert_ne!(a.etag, other.etag);
         let tag = a.etag.to_str().unwrap();
         assert!(
@@ -692,18 +736,27 @@ mod tests {
 
         let mut tags = vec![a.etag.clone()];
         for encoding in Encoding::ALL {
-            let (sent, etag, used) = a.representation(Some(encoding));
-            assert_eq!(used, Some(encoding));
+            let rep = a.representation(Some(encoding));
+            let (sent, etag) = (rep.body, rep.etag);
+            assert_eq!(rep.encoding, Some(encoding));
+            assert_eq!(rep.head[http::header::CONTENT_LENGTH], sent.len().to_string().as_str());
+            assert_eq!(rep.head[http::header::CONTENT_ENCODING], encoding.as_str());
+            assert_eq!(&rep.head[http::header::ETAG], etag);
             assert!(sent.len() < a.body.len(), "{encoding:?} saves nothing");
             assert_eq!(decode(encoding, sent), a.body, "{encoding:?}");
             assert!(!tags.contains(etag), "{encoding:?} shares a tag");
             tags.push(etag.clone());
         }
-        assert_eq!(a.representation(None), (&a.body, &a.etag, None));
+        let identity = a.representation(None);
+        assert_eq!(
+            (identity.body, identity.etag, identity.encoding),
+            (&a.body, &a.etag, None)
+        );
+        assert!(!identity.head.contains_key(http::header::CONTENT_ENCODING));
 
         // A body too small to gain from compression has no encoded copies.
-        let tiny = Published::new(b"{}".to_vec(), now);
+        let tiny = Published::new(b"{}".to_vec(), now, &style);
         assert!(tiny.encoded.is_empty());
-        assert_eq!(tiny.representation(Some(Encoding::Br)), (&tiny.body, &tiny.etag, None));
+        assert_eq!(tiny.representation(Some(Encoding::Br)), tiny.representation(None));
     }
 }

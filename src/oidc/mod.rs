@@ -9,6 +9,7 @@ pub(crate) mod discovery;
 pub(crate) mod fetch;
 pub(crate) mod jwks;
 pub(crate) mod respond;
+pub(crate) mod style;
 
 use http::{Method, Request, Response};
 use std::sync::Arc;
@@ -22,8 +23,18 @@ use prometheus_client::metrics::counter::Counter;
 /// Key-set paths GitLab has had; all are answered with the united set.
 const KEY_PATHS: [&str; 2] = ["/oauth/discovery/keys", "/-/jwks"];
 
+/// What [`Oidc::answer_now`] makes of a request.
+pub(crate) enum Verdict {
+    /// Not a document this proxy publishes: GitLab's to answer.
+    NotOurs,
+    /// Answered from memory.
+    Answer(Response<ProxyBody>),
+    /// Ours, but no copy is held yet: [`Oidc::handle`] waits for the first.
+    Cold(Document),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Document {
+pub(crate) enum Document {
     Discovery,
     Keys,
 }
@@ -44,14 +55,10 @@ pub(crate) struct Oidc {
     cache: Arc<Cache>,
     /// `oidc_responses_total` per document (discovery, keys) and state: held, not looked up.
     served: [[Counter; 3]; 2],
-    /// `public, max-age=<--max-age>`.
-    cache_control: http::HeaderValue,
-    /// Serve the precompressed copies to clients that accept them.
-    compression: bool,
 }
 
 impl Oidc {
-    pub(crate) fn new(cache: Arc<Cache>, metrics: Arc<Metrics>, compression: bool) -> Self {
+    pub(crate) fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
         let served = [Document::Discovery, Document::Keys].map(|document| {
             STATES.map(|state| {
                 metrics
@@ -63,42 +70,77 @@ impl Oidc {
                     .clone()
             })
         });
-        Oidc {
-            cache_control: respond::cache_control(cache.settings().max_age),
-            cache,
-            served,
-            compression,
-        }
+        Oidc { cache, served }
     }
 
-    /// The answer for a request that is ours, or None to pass it through.
+    /// The answer for a request that is ours, or None to pass it through;
+    /// waits (bounded) for a first copy when none is held yet.
     pub(crate) async fn handle<B>(&self, req: &Request<B>) -> Option<Response<ProxyBody>> {
+        let document = match self.answer_now(req) {
+            Verdict::NotOurs => return None,
+            Verdict::Answer(resp) => return Some(resp),
+            Verdict::Cold(document) => document,
+        };
         let path = req.uri().path();
-        let document = self.route(path)?;
-        if document == Document::Discovery
-            && let Some(state) = self.cache.discovery()
-            && !state.by_path.iter().any(|(p, _)| p == path)
-        {
-            // Another `.well-known` path than ours: GitLab's to answer, whatever the method.
-            return None;
-        }
-        match *req.method() {
-            Method::GET | Method::HEAD => {}
-            Method::OPTIONS => return Some(respond::preflight(req.headers())),
-            _ => return Some(respond::method_not_allowed()),
-        }
-        let settings = self.cache.settings();
-        let held: Option<Published> = match document {
+        let (discovery, keys);
+        let held = match document {
             Document::Discovery => {
-                let state = self.cache.wait_discovery().await;
-                match state {
+                discovery = self.cache.wait_discovery().await;
+                match &discovery {
                     // Known now, and this path is not one of ours: GitLab's to answer.
-                    Some(state) => Some(state.by_path.iter().find(|(p, _)| p == path)?.1.clone()),
+                    Some(state) => Some(&state.by_path.iter().find(|(p, _)| p == path)?.1),
                     None => None,
                 }
             }
-            Document::Keys => self.cache.wait_keys().await.map(|k| k.doc.clone()),
+            Document::Keys => {
+                keys = self.cache.wait_keys().await;
+                keys.as_ref().map(|k| &k.doc)
+            }
         };
+        Some(self.answer(document, req, held))
+    }
+
+    /// What can be said of a request without waiting: nearly always the answer
+    /// from memory, or that it is GitLab's.
+    pub(crate) fn answer_now<B>(&self, req: &Request<B>) -> Verdict {
+        let path = req.uri().path();
+        let Some(document) = self.route(path) else {
+            return Verdict::NotOurs;
+        };
+        let discovery = self.cache.discovery();
+        if document == Document::Discovery
+            && let Some(state) = &discovery
+            && !state.by_path.iter().any(|(p, _)| p == path)
+        {
+            // Another `.well-known` path than ours: GitLab's to answer, whatever the method.
+            return Verdict::NotOurs;
+        }
+        match *req.method() {
+            Method::GET | Method::HEAD => {}
+            Method::OPTIONS => return Verdict::Answer(respond::preflight(req.headers())),
+            _ => return Verdict::Answer(respond::method_not_allowed()),
+        }
+        // The states are held, the document borrowed: no copy of it per request.
+        let keys;
+        let held = match document {
+            Document::Discovery => discovery
+                .as_ref()
+                .and_then(|state| state.by_path.iter().find(|(p, _)| p == path))
+                .map(|(_, doc)| doc),
+            Document::Keys => {
+                keys = self.cache.keys();
+                keys.as_ref().map(|k| &k.doc)
+            }
+        };
+        match held {
+            Some(doc) => Verdict::Answer(self.answer(document, req, Some(doc))),
+            None => Verdict::Cold(document),
+        }
+    }
+
+    /// The document's answer (503 when none may be served), counted by state.
+    fn answer<B>(&self, document: Document, req: &Request<B>, held: Option<&Published>) -> Response<ProxyBody> {
+        let settings = self.cache.settings();
         let (state, resp) = match held {
             None => (
                 "unavailable",
@@ -114,7 +156,7 @@ impl Oidc {
                     let state = if fresh { "fresh" } else { "stale" };
                     (
                         state,
-                        respond::document(req.method(), req.headers(), &doc, &self.cache_control, self.compression),
+                        respond::document(req.method(), req.headers(), doc, self.cache.style()),
                     )
                 }
             }
@@ -123,7 +165,7 @@ impl Oidc {
         if let Some(counter) = STATES.iter().position(|s| *s == state) {
             self.served[row][counter].inc();
         }
-        Some(resp)
+        resp
     }
 
     /// Which document a path asks for. Paths only: `Host` and `X-Forwarded-Host`

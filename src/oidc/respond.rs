@@ -7,57 +7,35 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
 use super::cache::Published;
+use super::style::Style;
 use crate::body::{self, ProxyBody};
 use crate::compress;
 
 const ALLOWED: &str = "GET, HEAD, OPTIONS";
 
 /// 200 with the document, or 304 when the client already holds it. With
-/// `compression`, the copy precompressed in the client's preferred encoding.
-pub(crate) fn document(
-    method: &Method,
-    request: &HeaderMap,
-    doc: &Published,
-    cache_control: &HeaderValue,
-    compression: bool,
-) -> Response<ProxyBody> {
-    let choice = if compression {
+/// compression on, the copy precompressed in the client's preferred encoding.
+pub(crate) fn document(method: &Method, request: &HeaderMap, doc: &Published, style: &Style) -> Response<ProxyBody> {
+    let choice = if style.compression {
         compress::negotiate(request)
     } else {
         None
     };
-    let (body, etag, encoding) = doc.representation(choice);
-    let not_modified = if_none_match(request, etag);
-    let mut resp = if not_modified || method == Method::HEAD {
-        Response::new(body::empty())
-    } else {
-        Response::new(body::full(body.clone()))
-    };
-    let h = resp.headers_mut();
-    // Room for them all at once: growing the map insert by insert cost more than the inserts.
-    h.reserve(8);
-    h.insert(header::ETAG, etag.clone());
-    h.insert(header::CACHE_CONTROL, cache_control.clone());
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    if compression {
-        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
-    if not_modified {
+    let rep = doc.representation(choice);
+    if if_none_match(request, rep.etag) {
+        let mut resp = Response::new(body::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        style.validators(resp.headers_mut(), rep.etag);
         return resp;
     }
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if let Some(encoding) = encoding {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding.as_str()));
-    }
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    let body = if method == Method::HEAD {
+        body::empty()
+    } else {
+        body::full(rep.body.clone())
+    };
+    let mut resp = Response::new(body);
+    *resp.headers_mut() = rep.head.clone();
     resp
-}
-
-/// `Cache-Control` of the documents: made once, at start.
-pub(crate) fn cache_control(max_age: Duration) -> HeaderValue {
-    HeaderValue::from_str(&format!("public, max-age={}", max_age.as_secs())).expect("digits are a valid header value")
 }
 
 /// RFC 9110 §13.1.2: weak comparison, `*` matches anything held.
@@ -125,26 +103,33 @@ fn json(status: StatusCode, error: &str, description: &str) -> Response<ProxyBod
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::Encoding;
     use tokio::time::Instant;
 
-    fn doc() -> Published {
+    fn style(compression: bool) -> Style {
+        Style::new(Duration::from_secs(60), compression)
+    }
+
+    /// `{"keys":[]}` tagged `"abc"`, as published with `style`.
+    fn doc_with(style: &Style) -> Published {
+        let etag = HeaderValue::from_static("\"abc\"");
+        let body = bytes::Bytes::from_static(br#"{"keys":[]}"#);
         Published {
-            body: bytes::Bytes::from_static(br#"{"keys":[]}"#),
-            etag: HeaderValue::from_static("\"abc\""),
+            head: style.head(body.len(), &etag, None),
+            body,
+            etag,
             fetched_at: Instant::now(),
             encoded: std::sync::Arc::new([]),
         }
     }
 
-    /// The answer with `max-age=60`.
+    fn doc() -> Published {
+        doc_with(&style(true))
+    }
+
+    /// The answer with `max-age=60`, from a document published the same way.
     fn answer(method: &Method, request: &HeaderMap, doc: &Published, compression: bool) -> Response<ProxyBody> {
-        document(
-            method,
-            request,
-            doc,
-            &cache_control(Duration::from_secs(60)),
-            compression,
-        )
+        document(method, request, doc, &style(compression))
     }
 
     fn inm(v: &str) -> HeaderMap {
@@ -155,13 +140,8 @@ mod tests {
 
     #[test]
     fn cacheable_headers_on_200() {
-        let resp = document(
-            &Method::GET,
-            &HeaderMap::new(),
-            &doc(),
-            &cache_control(Duration::from_secs(3600)),
-            true,
-        );
+        let hour = Style::new(Duration::from_secs(3600), true);
+        let resp = document(&Method::GET, &HeaderMap::new(), &doc_with(&hour), &hour);
         assert_eq!(resp.status(), StatusCode::OK);
         let h = resp.headers();
         assert_eq!(h[header::CACHE_CONTROL], "public, max-age=3600");
@@ -173,17 +153,20 @@ mod tests {
         for never in [header::SET_COOKIE, header::PRAGMA, header::CONTENT_ENCODING] {
             assert!(!h.contains_key(&never), "{never}");
         }
-        let off = answer(&Method::GET, &HeaderMap::new(), &doc(), false);
+        let off = answer(&Method::GET, &HeaderMap::new(), &doc_with(&style(false)), false);
         assert!(!off.headers().contains_key(header::VARY));
+        assert_eq!(off.headers()[header::CONTENT_LENGTH], "11");
     }
 
     #[test]
     fn precompressed_copies_are_their_own_representations() {
         let mut d = doc();
+        let etag = HeaderValue::from_static("\"abc-gzip\"");
         d.encoded = std::sync::Arc::new([super::super::cache::Encoded {
-            encoding: compress::Encoding::Gzip,
+            encoding: Encoding::Gzip,
             body: bytes::Bytes::from_static(b"gz"),
-            etag: HeaderValue::from_static("\"abc-gzip\""),
+            head: style(true).head(2, &etag, Some(Encoding::Gzip)),
+            etag,
         }]);
         let gzip = |v: &str| {
             let mut h = inm(v);
@@ -225,6 +208,18 @@ mod tests {
             assert_eq!(resp.status(), want, "{given}");
             assert_eq!(resp.headers()[header::ETAG], "\"abc\"");
             assert_eq!(resp.headers()[header::CACHE_CONTROL], "public, max-age=60");
+            assert_eq!(resp.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+            assert_eq!(resp.headers()[header::VARY], "Accept-Encoding");
+            if hit {
+                // A 304 carries no body, so nothing that describes one.
+                for absent in [
+                    header::CONTENT_LENGTH,
+                    header::CONTENT_TYPE,
+                    header::X_CONTENT_TYPE_OPTIONS,
+                ] {
+                    assert!(!resp.headers().contains_key(&absent), "{absent}");
+                }
+            }
         }
     }
 
