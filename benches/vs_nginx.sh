@@ -17,7 +17,7 @@
 #   bash benches/vs_nginx.sh                # needs nginx wrk valgrind python3 (apt-get install nginx-light wrk valgrind)
 #   DURATION=20 CONNECTIONS=64 bash benches/vs_nginx.sh
 #   ONLY=tls bash benches/vs_nginx.sh       # only the sections/scenarios whose name contains "tls"
-#   ONLY=instructions bash benches/vs_nginx.sh   ONLY=memory ...   ONLY=assets ...
+#   ONLY=instructions bash benches/vs_nginx.sh   ONLY=memory ...   ONLY=breakdown ...   ONLY=assets ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -352,6 +352,36 @@ if wanted memory; then
   curl -sf -o /dev/null "http://127.0.0.1:$nginx_on/-/jwks"
   memory_row "nginx worker" $nginx_on "/proc/$worker"
   echo "($IDLE_CONNECTIONS idle keep-alive connections, each after one GET /-/jwks; closed: RSS 2 s after each burst closed)"
+fi
+
+# Where an idle connection's memory goes (only when asked: ONLY=breakdown):
+# ours, built with glibc's malloc (valgrind sees no other), under massif; the
+# heap by allocation site once warm and again with BREAKDOWN_CONNECTIONS idle
+# connections open, the difference in bytes per connection, each site named by
+# its first frames outside the allocator.
+if [[ "${ONLY:-}" == *breakdown* ]]; then
+  n=${BREAKDOWN_CONNECTIONS:-500}
+  bd_port=18496 bd_admin=18497
+  cargo build --release --quiet --bin gitlab-oidc-proxy --features system-allocator \
+    --target-dir "${CARGO_TARGET_DIR:-target}/system-allocator"
+  "${server[@]}" env RUST_LOG=warn valgrind --tool=massif --threshold=0.01 --massif-out-file="$work/massif.out" \
+    "${CARGO_TARGET_DIR:-target}/system-allocator/release/gitlab-oidc-proxy" serve \
+    --upstream "unix:$work/backend.sock" --header-timeout 300s \
+    --listen "127.0.0.1:$bd_port" --admin-listen "127.0.0.1:$bd_admin" 2>"$work/massif.log" &
+  bd_pid=$!
+  for _ in $(seq 300); do curl -sf -o /dev/null "http://127.0.0.1:$bd_port/-/jwks" && break; sleep 0.2; done
+  keepalive_requests "$bd_port" /-/jwks 20
+  vgdb --pid="$bd_pid" detailed_snapshot "$work/before.ms" >/dev/null
+  coproc BD { python3 benches/idle_clients.py "$bd_port" /-/jwks "$n"; }
+  read -r line <&"${BD[0]}"
+  [ "$line" = open ] || { echo "error: idle clients: $line" >&2; exit 1; }
+  vgdb --pid="$bd_pid" detailed_snapshot "$work/open.ms" >/dev/null
+  echo close >&"${BD[1]}"
+  read -r line <&"${BD[0]}"
+  echo stop >&"${BD[1]}"
+  wait "$BD_PID" 2>/dev/null || true
+  kill "$bd_pid"
+  python3 benches/heap_per_connection.py "$work/before.ms" "$work/open.ms" "$n"
 fi
 
 # The /assets cache's memory: 32 MiB of cache under 64 MiB of distinct 300 KB

@@ -123,7 +123,8 @@ impl Shared {
             Ok((header, stream)) => {
                 // LOCAL (a load balancer's own health check): the peer is the client.
                 let client = header.source.unwrap_or(peer);
-                self.secure(stream, client, true).await
+                // Boxed: a plain connection's task is not sized for this one.
+                Box::pin(self.secure(stream, client, true)).await
             }
             Err(e) => self.reject_proxy_protocol(peer, e.reason()),
         }
@@ -146,9 +147,21 @@ impl Shared {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let Some(acceptor) = &self.settings.tls else {
-            return self.http(stream, client, proxied).await;
-        };
+        match &self.settings.tls {
+            None => self.http(stream, client, proxied).await,
+            // Boxed: a plain connection's task (kept as long as the connection)
+            // is not sized for a handshake and a TLS stream.
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                Box::pin(self.tls(acceptor, stream, client, proxied)).await
+            }
+        }
+    }
+
+    async fn tls<S>(self: Arc<Self>, acceptor: TlsAcceptor, stream: S, client: SocketAddr, proxied: bool)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let handshake = tokio::select! {
             done = tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(stream)) => done,
             () = self.shutdown.cancelled() => return,

@@ -21,7 +21,9 @@ use cli::{CheckArgs, Cli, Command, HealthcheckArgs};
 
 /// mimalloc: after a burst of connections closes, glibc's malloc kept the memory
 /// (RSS grew burst after burst); mimalloc returns freed pages to the system, and
-/// costs fewer instructions per allocation (README, Performance).
+/// costs fewer instructions per allocation (README, Performance). The feature
+/// `system-allocator` leaves it out, for heap profilers that watch malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -169,7 +169,7 @@ impl Router {
             Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
         } else if let Err(problem) = self.settle_host(&mut req, &conn) {
             Err(ProxyError::Downstream(problem))
-        } else if let Some(answer) = self.answer_now(&req, &conn) {
+        } else if let Some(answer) = self.answer_now(&req, &conn, done.pending.record().start) {
             answer
         } else {
             let router = Arc::clone(self);
@@ -183,19 +183,22 @@ impl Router {
 
     /// The answer when it is held in memory: an OIDC document of GitLab's
     /// (or its refusal). None: [`Self::route`] decides.
-    fn answer_now(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+    fn answer_now(
+        &self,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+        arrived: std::time::Instant,
+    ) -> Option<Result<Response<ProxyBody>, ProxyError>> {
         let s = &self.settings;
         if conn.kind == ListenerKind::Plain && (s.acme.is_some() || s.acme_webroot.is_some() || s.redirect.is_some()) {
             // Challenges and redirects come first there: routed in full.
             return None;
         }
-        if conn.kind != ListenerKind::Oidc {
-            let host = req.headers().get(header::HOST).map_or(&[][..], HeaderValue::as_bytes);
-            if !matches!(self.routes.pick(host, req.uri()), Destination::Gitlab) {
-                return None;
-            }
+        if conn.kind != ListenerKind::Oidc && !matches!(self.routes.pick(req.headers(), req.uri()), Destination::Gitlab)
+        {
+            return None;
         }
-        match self.oidc.answer_now(req) {
+        match self.oidc.answer_now(req, tokio::time::Instant::from_std(arrived)) {
             Verdict::Answer(resp) => Some(Ok(resp)),
             Verdict::NotOurs | Verdict::Cold(_) => None,
         }
@@ -244,10 +247,7 @@ impl Router {
         // The OIDC listener serves the documents alone, whatever the host.
         let destination = match conn.kind {
             ListenerKind::Oidc => Destination::Gitlab,
-            _ => {
-                let host = req.headers().get(header::HOST).map_or(&[][..], HeaderValue::as_bytes);
-                self.routes.pick(host, req.uri())
-            }
+            _ => self.routes.pick(req.headers(), req.uri()),
         };
         if let Some(target) = &s.redirect
             && conn.kind == ListenerKind::Plain

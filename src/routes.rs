@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use http::Uri;
 use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Uri, header};
 
 use crate::config::HostPattern;
 use crate::passthrough::Passthrough;
@@ -52,9 +52,11 @@ impl Routes {
         self.kas_k8s_proxy = k8s_proxy;
     }
 
-    /// Where a request for `host` (its `Host` header) and `uri` goes.
-    pub(crate) fn pick(&self, host: &[u8], uri: &Uri) -> Destination<'_> {
+    /// Where a request with `headers` (its `Host`) and `uri` goes.
+    pub(crate) fn pick(&self, headers: &HeaderMap, uri: &Uri) -> Destination<'_> {
         if !self.exact.is_empty() || !self.below.is_empty() {
+            // Looked up only when some route goes by host.
+            let host = headers.get(header::HOST).map_or(&[][..], HeaderValue::as_bytes);
             let name = host_name(host);
             if let Some(to) = self.exact.get(name.as_str()) {
                 return Destination::Service(to);

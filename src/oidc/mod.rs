@@ -13,6 +13,7 @@ pub(crate) mod style;
 
 use http::{Method, Request, Response};
 use std::sync::Arc;
+use tokio::time::Instant;
 
 use crate::body::ProxyBody;
 use crate::config::DISCOVERY_SUFFIX;
@@ -76,7 +77,7 @@ impl Oidc {
     /// The answer for a request that is ours, or None to pass it through;
     /// waits (bounded) for a first copy when none is held yet.
     pub(crate) async fn handle<B>(&self, req: &Request<B>) -> Option<Response<ProxyBody>> {
-        let document = match self.answer_now(req) {
+        let document = match self.answer_now(req, Instant::now()) {
             Verdict::NotOurs => return None,
             Verdict::Answer(resp) => return Some(resp),
             Verdict::Cold(document) => document,
@@ -97,12 +98,13 @@ impl Oidc {
                 keys.as_ref().map(|k| &k.doc)
             }
         };
-        Some(self.answer(document, req, held))
+        Some(self.answer(document, req, held, Instant::now()))
     }
 
     /// What can be said of a request without waiting: nearly always the answer
-    /// from memory, or that it is GitLab's.
-    pub(crate) fn answer_now<B>(&self, req: &Request<B>) -> Verdict {
+    /// from memory, or that it is GitLab's. `now`: when the request arrived (a
+    /// clock read already made, for its log line).
+    pub(crate) fn answer_now<B>(&self, req: &Request<B>, now: Instant) -> Verdict {
         let path = req.uri().path();
         let Some(document) = self.route(path) else {
             return Verdict::NotOurs;
@@ -133,13 +135,19 @@ impl Oidc {
             }
         };
         match held {
-            Some(doc) => Verdict::Answer(self.answer(document, req, Some(doc))),
+            Some(doc) => Verdict::Answer(self.answer(document, req, Some(doc), now)),
             None => Verdict::Cold(document),
         }
     }
 
     /// The document's answer (503 when none may be served), counted by state.
-    fn answer<B>(&self, document: Document, req: &Request<B>, held: Option<&Published>) -> Response<ProxyBody> {
+    fn answer<B>(
+        &self,
+        document: Document,
+        req: &Request<B>,
+        held: Option<&Published>,
+        now: Instant,
+    ) -> Response<ProxyBody> {
         let settings = self.cache.settings();
         let (state, resp) = match held {
             None => (
@@ -147,7 +155,7 @@ impl Oidc {
                 respond::unavailable(document.label(), Some(settings.upstream_timeout)),
             ),
             Some(doc) => {
-                let age = doc.fetched_at.elapsed();
+                let age = now.saturating_duration_since(doc.fetched_at);
                 if age > settings.stale_if_error {
                     ("unavailable", respond::unavailable(document.label(), None))
                 } else {
