@@ -54,27 +54,43 @@ fn is_protected(name: &HeaderName) -> bool {
     PROTECTED.contains(&name) || FORWARDING.contains(&name) || name.starts_with("content-")
 }
 
-/// Header names listed in `Connection` (all its lines, comma-separated). A token that
-/// is no header name (obs-text, spaces) is skipped, not the whole line with it.
-fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+/// The tokens listed in `Connection` (all its lines, comma-separated), trimmed.
+/// A token that is no header name (obs-text, spaces) matches nothing and spoils
+/// nothing else of its line.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-        .collect()
+        .map(<[u8]>::trim_ascii)
 }
 
 /// Removes hop-by-hop headers and those the `Connection` header nominates,
 /// except protected end-to-end ones.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in connection_tokens(headers) {
+    // One look at each name first: most messages carry none of them (or only
+    // `Connection`), and a removal by name costs a lookup even when absent.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return;
+    }
+    // The names `Connection` lists, but not the hop-by-hop ones (`keep-alive`,
+    // `upgrade`): they go below, without a name parsed for each.
+    let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| !HOP_BY_HOP.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(t)))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect();
+    for name in listed {
         if !is_protected(&name) {
             headers.remove(&name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &present {
+        headers.remove(name);
     }
 }
 
@@ -146,7 +162,7 @@ pub(crate) fn requested_upgrade(version: Version, headers: &HeaderMap) -> Option
     if version != Version::HTTP_11 {
         return None;
     }
-    let wants = connection_tokens(headers).iter().any(|t| t == "upgrade");
+    let wants = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"));
     match headers.get(header::UPGRADE) {
         Some(proto) if wants && !proto.is_empty() => Some(proto.clone()),
         _ => None,
@@ -367,7 +383,6 @@ pub(crate) fn apply_forwarding(
 ) -> Forwarded {
     let peer = canonical(peer);
     let (chain, forwarded) = resolve(headers, peer, trusted, listener_proto);
-    let chain = chain.unwrap_or_else(|| peer.to_string());
     // Load balancers append to X-Forwarded-For and set X-Forwarded-Proto but pass
     // the rest through from the client: nothing else is ever believed. (Looked
     // for first: most requests carry none, and a removal by name costs a parse.)
@@ -377,25 +392,39 @@ pub(crate) fn apply_forwarding(
         }
     }
     headers.reserve(4);
-    // Without a proxy's list, the chain is the client's address: made once.
-    let client = if forwarded.client == peer && !chain.contains(',') {
-        HeaderValue::from_str(&chain).ok()
-    } else {
-        HeaderValue::from_str(&forwarded.client.to_string()).ok()
-    };
     // Addresses and comma lists of visible ASCII always make valid values; a chain
     // from a trusted proxy that somehow does not is dropped rather than forwarded.
-    if let Ok(chain) = HeaderValue::from_str(&chain) {
+    let chain = match chain {
+        Some(list) => HeaderValue::from_str(&list).ok(),
+        // Without a proxy's list, the chain is the client's address.
+        None => Some(address_value(peer)),
+    };
+    if let Some(chain) = chain {
         headers.insert(X_FORWARDED_FOR, chain);
     }
-    if let Some(client) = client {
-        headers.insert(X_REAL_IP, client);
-    }
+    headers.insert(X_REAL_IP, address_value(forwarded.client));
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(forwarded.proto.as_str()));
     if forwarded.proto == Proto::Https {
         headers.insert(X_FORWARDED_SSL, HeaderValue::from_static("on"));
     }
     forwarded
+}
+
+/// An address as a header value. The last one made on this thread is kept: a
+/// connection's requests come from one address, and formatting one costs more
+/// than the rest of the forwarding headers together.
+fn address_value(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((held, value)) if *held == ip => value.clone(),
+        _ => {
+            let value = HeaderValue::from_str(&ip.to_string()).expect("an address is a valid header value");
+            *last = Some((ip, value.clone()));
+            value
+        }
+    })
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -657,6 +686,24 @@ mod tests {
         strip_response_internal(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-gitlab-meta"));
+    }
+
+    #[test]
+    fn each_request_gets_its_own_address_whatever_came_before() {
+        for peer in ["10.0.0.1", "10.0.0.2", "10.0.0.1", "::1", "10.0.0.2"] {
+            let mut h = HeaderMap::new();
+            apply_forwarding(&mut h, peer.parse().unwrap(), &[], Proto::Http);
+            assert_eq!(get(&h, "x-real-ip"), Some(peer));
+            assert_eq!(get(&h, "x-forwarded-for"), Some(peer));
+        }
+    }
+
+    #[test]
+    fn nothing_hop_by_hop_nothing_changed() {
+        let mut h = map(&[("host", "a"), ("x-a", "1"), ("content-type", "text/plain")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]
