@@ -296,10 +296,7 @@ fn is_valid_host(value: &[u8]) -> bool {
     };
     let (whole, host) = (authority.as_str(), authority.host());
     let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
-    if whole.contains('@')
-        || whole.len() != value.len()
-        || literal.is_none_or(|a| a.parse::<std::net::Ipv6Addr>().is_err())
-    {
+    if whole.contains('@') || whole.len() != value.len() || literal.is_none_or(|l| !is_ipv6_literal(l)) {
         return false;
     }
     match whole.strip_prefix(host) {
@@ -309,6 +306,20 @@ fn is_valid_host(value: &[u8]) -> bool {
             .is_some_and(|port| is_valid_port(Some(port.as_bytes()))),
         None => false,
     }
+}
+
+/// An IPv6 address, with an RFC 6874 zone (`fe80::1%25eth0`) allowed.
+fn is_ipv6_literal(literal: &str) -> bool {
+    let (address, zone) = match literal.split_once("%25") {
+        Some((address, zone)) => (address, Some(zone)),
+        None => (literal, None),
+    };
+    let zone_ok = zone.is_none_or(|z| {
+        !z.is_empty()
+            && z.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    });
+    zone_ok && address.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
 /// No port, or 1 to 5 digits.
@@ -759,6 +770,10 @@ mod tests {
         assert_eq!(settle(V::HTTP_11, "/x", &["127.0.0.1:80"]), ok("127.0.0.1:80"));
         assert_eq!(settle(V::HTTP_11, "/x", &["[::1]:8443"]), ok("[::1]:8443"));
         assert_eq!(settle(V::HTTP_11, "/x", &["[::1]"]), ok("[::1]"));
+        assert_eq!(
+            settle(V::HTTP_11, "/x", &["[fe80::1%25eth0]:8080"]),
+            ok("[fe80::1%25eth0]:8080")
+        );
         assert_eq!(settle(V::HTTP_11, "/x", &["A-b_c~d.E:1"]), ok("A-b_c~d.E:1"));
         assert_eq!(settle(V::HTTP_11, "/x", &["gitlab_internal"]), ok("gitlab_internal"));
         // Absolute-form: the target's authority wins over Host (RFC 9112 §3.2.2).
@@ -803,6 +818,7 @@ mod tests {
             (V::HTTP_11, "/x", &["[::1]:8x"]),
             (V::HTTP_11, "/x", &["[::1]@evil"]),
             (V::HTTP_11, "/x", &["[nope]"]),
+            (V::HTTP_11, "/x", &["[fe80::1%25]"]),
         ] {
             assert_eq!(
                 settle(version, target, hosts),

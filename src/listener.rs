@@ -196,11 +196,12 @@ impl Shared {
             kind: self.settings.kind,
             local: self.settings.local,
         };
-        // One clock per connection, in place of a timer per request: a
-        // connection with no request in flight for --header-timeout (none yet,
-        // idle keep-alive, or a head that never ends: slowloris) is asked to
-        // close (HTTP/2: GOAWAY), and dropped if it is still quiet a
-        // --header-timeout later. A request in flight is never cut by it.
+        // One clock per connection, in place of a timer per request: a new
+        // connection that sends nothing is cut after --header-timeout; one with
+        // no request in flight for that long (idle keep-alive, or a head that
+        // never ends: slowloris, which hyper counts as idle) is asked to close
+        // (HTTP/2: GOAWAY). A response still being written (its body handed to
+        // hyper, the client slow to read it) is never cut by it.
         let activity = Arc::new(Activity::new());
         let seen = activity.clone();
         let router = self.router.clone();
@@ -232,22 +233,17 @@ impl Shared {
                     }
                     break;
                 }
-                () = &mut idle_check => match activity.idle_for() {
+                () = &mut idle_check, if !draining => match activity.idle_for() {
                     Idle::Since(quiet) if quiet < timeout => idle_check.as_mut().reset(Instant::now() + (timeout - quiet)),
                     Idle::Busy => idle_check.as_mut().reset(Instant::now() + timeout),
                     Idle::Since(_) if !activity.ever_asked() => {
                         tracing::debug!(%peer, "no request within the header timeout; closing");
                         break;
                     }
-                    Idle::Since(_) if draining => {
-                        tracing::debug!(%peer, "no request in flight and still open after being asked to close; dropping");
-                        break;
-                    }
                     Idle::Since(_) => {
                         tracing::debug!(%peer, "no request in flight for the header timeout; closing");
                         draining = true;
                         conn.as_mut().graceful_shutdown();
-                        idle_check.as_mut().reset(Instant::now() + timeout);
                     }
                 },
                 () = &mut stopping, if !draining => {
