@@ -284,10 +284,7 @@ fn is_valid_host(value: &[u8]) -> bool {
             Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
             None => (value, None),
         };
-        let name_ok = !name.is_empty()
-            && name
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        let name_ok = !name.is_empty() && name.iter().all(|&b| is_unreserved(b));
         return name_ok && is_valid_port(port);
     }
     // An IPv6 literal: the URI parser splits off the port, std checks the address.
@@ -314,12 +311,13 @@ fn is_ipv6_literal(literal: &str) -> bool {
         Some((address, zone)) => (address, Some(zone)),
         None => (literal, None),
     };
-    let zone_ok = zone.is_none_or(|z| {
-        !z.is_empty()
-            && z.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-    });
+    let zone_ok = zone.is_none_or(|z| !z.is_empty() && z.bytes().all(is_unreserved));
     zone_ok && address.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
+/// RFC 3986 unreserved: letters, digits, `-._~`.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// No port, or 1 to 5 digits.
