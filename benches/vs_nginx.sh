@@ -337,7 +337,9 @@ memory_row() {
   for burst in 1 2 3; do
     read -r line <&"${IDLE[0]}"
     [ "$line" = open ] || { echo "error: idle clients: $line" >&2; exit 1; }
-    [ "$burst" = 1 ] && opened=$(rss_kib "${procs[@]}")
+    # Idle means quiet: ours parks an HTTP/1 connection after 1 s without a
+    # request (hyper's buffers freed); nginx frees its buffers at once.
+    [ "$burst" = 1 ] && sleep 2 && opened=$(rss_kib "${procs[@]}")
     echo close >&"${IDLE[1]}"
     read -r line <&"${IDLE[0]}"
     sleep 2 # freed memory is given back after a short delay
@@ -363,7 +365,7 @@ if wanted memory; then
   worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
   curl -sf -o /dev/null "http://127.0.0.1:$nginx_on/-/jwks"
   memory_row "nginx worker" $nginx_on "/proc/$worker"
-  echo "($IDLE_CONNECTIONS idle keep-alive connections, each after one GET /-/jwks; closed: RSS 2 s after each burst closed)"
+  echo "($IDLE_CONNECTIONS idle keep-alive connections, each after one GET /-/jwks, RSS 2 s after all are open; closed: RSS 2 s after each burst closed)"
 fi
 
 # Where an idle connection's memory goes (only when asked: ONLY=breakdown):
@@ -387,6 +389,7 @@ if [[ "${ONLY:-}" == *breakdown* ]]; then
   coproc BD { python3 benches/idle_clients.py "$bd_port" /-/jwks "$n"; }
   read -r line <&"${BD[0]}"
   [ "$line" = open ] || { echo "error: idle clients: $line" >&2; exit 1; }
+  sleep 3 # parked after 1 s quiet (slower under valgrind)
   vgdb --pid="$bd_pid" detailed_snapshot "$work/open.ms" >/dev/null
   echo close >&"${BD[1]}"
   read -r line <&"${BD[0]}"

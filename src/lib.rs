@@ -34,6 +34,7 @@ mod compress;
 mod error;
 mod error_pages;
 mod headers;
+mod idle;
 mod listener;
 mod log_writer;
 mod metrics;

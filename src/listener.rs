@@ -3,22 +3,22 @@
 //! each, and on shutdown stop accepting and let every connection finish.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Response;
-use http_body::{Body, Frame, SizeHint};
+use http::{Request, Response};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use ipnet::IpNet;
-use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncWrite};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::LoggedBody;
 use crate::config::Proto;
 use crate::headers;
+use crate::idle::{Activity, Idle, InFlight, PARK_AFTER, ParkIo, Tracked};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::proxy_protocol;
 use crate::router::{ConnInfo, Handled, ListenerKind, Router};
@@ -46,10 +47,17 @@ pub(crate) struct ListenerSettings {
     pub local: SocketAddr,
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Longest wait for a connection no hyper connection holds to close cleanly.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Everything a connection task needs, shared by all of them.
 struct Shared {
     router: Arc<Router>,
-    builder: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
     settings: ListenerSettings,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -64,23 +72,22 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // No per-request header timer: the connection's own clock (`Shared::http`)
+    let mut h1 = http1::Builder::new();
+    h1
+        // No per-request header timer: the connection's own clock (`Shared::drive`)
         // bounds a head that never ends, at no cost to the requests that do.
         .header_read_timeout(None)
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         // nginx's http2_max_concurrent_streams: bounds what one client can hold open.
         .max_concurrent_streams(128)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     let shared = Arc::new(Shared {
         router,
-        builder,
+        h1,
+        h2,
         settings,
         metrics,
         shutdown: shutdown.clone(),
@@ -102,9 +109,8 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tracker.spawn(async move {
-            shared.metrics.open_connections.inc();
+            let _open = Counted::new(&shared.metrics.open_connections);
             shared.clone().connection(stream, peer).await;
-            shared.metrics.open_connections.dec();
         });
     }
 }
@@ -196,28 +202,132 @@ impl Shared {
             kind: self.settings.kind,
             local: self.settings.local,
         };
-        // One clock per connection, in place of a timer per request: a new
-        // connection that sends nothing is cut after --header-timeout; one with
-        // no request in flight for that long (idle keep-alive, or a head that
-        // never ends: slowloris, which hyper counts as idle) is asked to close
-        // (HTTP/2: GOAWAY). A response still being written (its body handed to
-        // hyper, the client slow to read it) is never cut by it.
         let activity = Arc::new(Activity::new());
         let seen = activity.clone();
         let router = self.router.clone();
-        let service = service_fn(move |req| {
-            let in_flight = InFlight::begin(seen.clone());
+        let service = service_fn(move |req: Request<Incoming>| {
+            let in_flight = InFlight::begin(seen.clone(), req.body().is_end_stream());
             Answer {
                 handled: Some(router.handle(req, conn_info)),
                 in_flight: Some(in_flight),
             }
         });
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service);
-        tokio::pin!(conn);
+        let mut io = ParkIo::new(stream, activity.clone());
+        // HTTP/2 when the client opens with its preface (h2c with prior
+        // knowledge, or after ALPN h2), else HTTP/1.
+        let h2 = loop {
+            let first = io.unread();
+            if first.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(first) {
+                break first.starts_with(H2_PREFACE);
+            }
+            if !self.next_bytes(&mut io, &activity, peer).await {
+                return close(io).await;
+            }
+        };
+        if h2 {
+            let conn = self.h2.serve_connection(TokioIo::new(io), service);
+            // Boxed: an HTTP/2 connection's state does not size every task.
+            let mut conn = Box::pin(conn);
+            self.drive(
+                conn.as_mut(),
+                http2::Connection::graceful_shutdown,
+                &activity,
+                peer,
+                false,
+            )
+            .await;
+            return;
+        }
+        loop {
+            let mut conn = self
+                .h1
+                .serve_connection(TokioIo::new(io), service.clone())
+                .with_upgrades();
+            let parked = self
+                .drive(
+                    Pin::new(&mut conn),
+                    http1::UpgradeableConnection::graceful_shutdown,
+                    &activity,
+                    peer,
+                    true,
+                )
+                .await;
+            if !parked {
+                return;
+            }
+            // hyper is gone with its buffers; what it read past the last
+            // request (a next request's start) is kept for the next one.
+            let Some(parts) = conn.into_parts() else { return };
+            io = parts.io.into_inner();
+            io.put_back(parts.read_buf);
+            activity.set_parking(false);
+            let parked = Counted::new(&self.metrics.parked_connections);
+            let more = self.next_bytes(&mut io, &activity, peer).await;
+            drop(parked);
+            if !more {
+                return close(io).await;
+            }
+        }
+    }
+
+    /// Waits for a client's next bytes while hyper does not hold its
+    /// connection, bounded by the same idle clock. `false`: the connection is
+    /// to end (the peer closed it, was quiet for --header-timeout, or the proxy
+    /// is shutting down).
+    async fn next_bytes<S>(&self, io: &mut ParkIo<S>, activity: &Activity, peer: SocketAddr) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let quiet = match activity.idle_for() {
+            Idle::Since(quiet) => quiet,
+            Idle::Busy => Duration::ZERO,
+        };
+        let left = self.settings.header_timeout.saturating_sub(quiet);
+        tokio::select! {
+            biased;
+            read = tokio::time::timeout(left, io.read_more()) => match read {
+                Ok(Ok(more)) => more,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    false
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no request within the header timeout; closing");
+                    false
+                }
+            },
+            () = self.shutdown.cancelled() => false,
+        }
+    }
+
+    /// Runs hyper's connection until it ends; `true` when it ended to be parked.
+    ///
+    /// One clock per connection, in place of a timer per request: a new
+    /// connection that sends nothing is cut after --header-timeout; one with
+    /// no request in flight for that long (idle keep-alive, or a head that
+    /// never ends: slowloris, which hyper counts as idle) is asked to close
+    /// (HTTP/2: GOAWAY). A response still being written (its body handed to
+    /// hyper, the client slow to read it) is never cut by it. An HTTP/1
+    /// connection at a request boundary for `PARK_AFTER` is parked instead.
+    async fn drive<C>(
+        &self,
+        mut conn: Pin<&mut C>,
+        graceful_shutdown: fn(Pin<&mut C>),
+        activity: &Activity,
+        peer: SocketAddr,
+        may_park: bool,
+    ) -> bool
+    where
+        C: Future<Output = hyper::Result<()>>,
+    {
         let timeout = self.settings.header_timeout;
-        let idle_check = tokio::time::sleep(timeout);
+        let park_after = if may_park && PARK_AFTER < timeout {
+            Some(PARK_AFTER)
+        } else {
+            None
+        };
+        let first_check = park_after.unwrap_or(timeout);
+        let idle_check = tokio::time::sleep(first_check);
         tokio::pin!(idle_check);
         let mut draining = false;
         // Made once: a wake polls it, it is not rebuilt each time round.
@@ -231,28 +341,78 @@ impl Shared {
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
-                    break;
+                    return false;
                 }
                 () = &mut idle_check, if !draining => match activity.idle_for() {
-                    Idle::Since(quiet) if quiet < timeout => idle_check.as_mut().reset(Instant::now() + (timeout - quiet)),
-                    Idle::Busy => idle_check.as_mut().reset(Instant::now() + timeout),
+                    Idle::Busy => idle_check.as_mut().reset(Instant::now() + first_check),
+                    Idle::Since(quiet) if park_after.is_some_and(|after| quiet >= after) && activity.at_boundary() => {
+                        // hyper ends an idle HTTP/1 connection at once, without
+                        // writing: one poll tells whether it was idle.
+                        activity.set_parking(true);
+                        graceful_shutdown(conn.as_mut());
+                        match poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
+                            Poll::Ready(Ok(())) => return true,
+                            Poll::Ready(Err(e)) => {
+                                activity.set_parking(false);
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                                return false;
+                            }
+                            Poll::Pending => {
+                                // Not at a boundary after all: it ends once its exchange does.
+                                activity.set_parking(false);
+                                draining = true;
+                            }
+                        }
+                    }
+                    Idle::Since(quiet) if quiet < timeout => {
+                        let until_timeout = timeout - quiet;
+                        // Next look: when it may be parked, or when it times out.
+                        let next = match park_after {
+                            Some(after) if quiet < after => after - quiet,
+                            Some(after) => after.min(until_timeout),
+                            None => until_timeout,
+                        };
+                        idle_check.as_mut().reset(Instant::now() + next);
+                    }
                     Idle::Since(_) if !activity.ever_asked() => {
                         tracing::debug!(%peer, "no request within the header timeout; closing");
-                        break;
+                        return false;
                     }
                     Idle::Since(_) => {
                         tracing::debug!(%peer, "no request in flight for the header timeout; closing");
                         draining = true;
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown(conn.as_mut());
                     }
                 },
                 () = &mut stopping, if !draining => {
                     draining = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                 }
             }
         }
     }
+}
+
+/// Counted in a gauge while alive.
+struct Counted<'a>(&'a Gauge);
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Ends a connection no hyper connection holds: TLS's close_notify, then FIN.
+async fn close<S: AsyncWrite + Unpin>(mut io: S) {
+    // Bounded: a peer that reads nothing cannot hold the task.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
 }
 
 /// The service's future: the router's answer, tracked until its body ends.
@@ -278,96 +438,6 @@ impl Future for Answer {
             },
         };
         let in_flight = self.in_flight.take().expect("taken with the answer");
-        Poll::Ready(Ok(resp.map(|body| Tracked {
-            body,
-            _in_flight: in_flight,
-        })))
-    }
-}
-
-/// What a connection's requests are doing, for its idle clock.
-struct Activity {
-    start: Instant,
-    /// Requests begun and not yet answered in full.
-    in_flight: AtomicU32,
-    /// Requests begun, ever.
-    asked: AtomicU32,
-    /// Milliseconds after `start` when the last request ended.
-    quiet_since_ms: AtomicU64,
-}
-
-enum Idle {
-    Busy,
-    /// No request in flight for this long.
-    Since(Duration),
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            in_flight: AtomicU32::new(0),
-            asked: AtomicU32::new(0),
-            quiet_since_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn ever_asked(&self) -> bool {
-        self.asked.load(Ordering::Relaxed) > 0
-    }
-
-    fn idle_for(&self) -> Idle {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Idle::Busy;
-        }
-        let since = self.start + Duration::from_millis(self.quiet_since_ms.load(Ordering::Acquire));
-        Idle::Since(Instant::now().saturating_duration_since(since))
-    }
-}
-
-/// One request in flight on a connection, until its response body is done
-/// (or the request is dropped, the client gone).
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn begin(activity: Arc<Activity>) -> Self {
-        activity.asked.fetch_add(1, Ordering::Relaxed);
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(activity)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let a = &self.0;
-        let ms = a.start.elapsed().as_millis() as u64;
-        a.quiet_since_ms.fetch_max(ms, Ordering::AcqRel);
-        a.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-pin_project! {
-    /// A response body that keeps its request counted as in flight.
-    struct Tracked<B> {
-        #[pin]
-        body: B,
-        _in_flight: InFlight,
-    }
-}
-
-impl<B: Body> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        Poll::Ready(Ok(resp.map(|body| Tracked::new(body, in_flight))))
     }
 }

@@ -85,6 +85,7 @@ pub(crate) struct Metrics {
     pub upstream_connections: Gauge,
     pub upstream_refusals: Counter,
     pub open_connections: Gauge,
+    pub parked_connections: Gauge,
     pub open_tunnels: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub tunnel_bytes: Counter<u64, AtomicU64>,
     pub oidc_served: Family<ServedLabels, Counter>,
@@ -191,6 +192,10 @@ const UPSTREAM_REFUSALS: Described = (
     "Requests answered 503 because --max-upstream-connections stayed reached",
 );
 const OPEN_CONNECTIONS: Described = ("open_connections", "Client connections open on the public listener");
+const PARKED_CONNECTIONS: Described = (
+    "parked_connections",
+    "Open client connections idle and parked (held without hyper's buffers)",
+);
 const OPEN_TUNNELS: Described = ("open_upgraded_connections", "Upgraded connections (websockets) open");
 const TUNNEL_BYTES: Described = (
     "upgraded_bytes",
@@ -340,6 +345,7 @@ impl Metrics {
             upstream_connections: register(&mut r, UPSTREAM_CONNECTIONS, Gauge::default()),
             upstream_refusals: register(&mut r, UPSTREAM_REFUSALS, Counter::default()),
             open_connections: register(&mut r, OPEN_CONNECTIONS, Gauge::default()),
+            parked_connections: register(&mut r, PARKED_CONNECTIONS, Gauge::default()),
             open_tunnels: register(&mut r, OPEN_TUNNELS, Gauge::default()),
             tunnel_bytes: register(&mut r, TUNNEL_BYTES, Counter::default()),
             oidc_served: register(&mut r, OIDC_SERVED, Family::default()),
@@ -461,6 +467,9 @@ gitlab_oidc_proxy_upstream_connection_refusals_total 0
 # HELP gitlab_oidc_proxy_open_connections Client connections open on the public listener.
 # TYPE gitlab_oidc_proxy_open_connections gauge
 gitlab_oidc_proxy_open_connections 0
+# HELP gitlab_oidc_proxy_parked_connections Open client connections idle and parked (held without hyper's buffers).
+# TYPE gitlab_oidc_proxy_parked_connections gauge
+gitlab_oidc_proxy_parked_connections 0
 # HELP gitlab_oidc_proxy_open_upgraded_connections Upgraded connections (websockets) open.
 # TYPE gitlab_oidc_proxy_open_upgraded_connections gauge
 gitlab_oidc_proxy_open_upgraded_connections 0

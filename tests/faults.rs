@@ -287,6 +287,115 @@ async fn idle_keep_alive_connection_is_closed_after_header_timeout() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
+/// Waits (up to 5 s) until the proxy counts `want` parked connections.
+async fn parked_becomes(proxy: &Proxy, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = proxy.metrics().await;
+        let parked = metric_value(&text, "gitlab_oidc_proxy_parked_connections").expect("the parked gauge");
+        if parked == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "parked connections stayed {parked}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads from `stream` until `count` whole "ok" answers have arrived.
+async fn answers(stream: &mut TcpStream, count: usize) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&got).matches("\r\n\r\nok").count() < count {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("no answer in 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before the answers: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+/// A keep-alive connection quiet for a second is parked (hyper's buffers
+/// freed) and serves on as before: the start of a next request sent before
+/// the park is kept, pipelined requests after it are all answered, in order,
+/// and the header timeout still ends it.
+#[tokio::test]
+async fn quiet_keep_alive_connection_is_parked_and_serves_on() {
+    let mut up = upstream(Transport::Tcp, |_req| async { Response::new(full("ok")) }).await;
+    let proxy = Proxy::start(&up.target, &["--header-timeout", "3s"]);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    first_answer(&mut stream).await;
+    assert_eq!(up.next_seen().await.uri.path(), "/first");
+    // Half a head, then quiet: parked with the half kept.
+    stream.write_all(b"GET /second HTTP/1.1\r\nHo").await.unwrap();
+    parked_becomes(&proxy, 1.0).await;
+    stream.write_all(b"st: gitlab.example.com\r\n\r\n").await.unwrap();
+    let second = answers(&mut stream, 1).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert_eq!(up.next_seen().await.uri.path(), "/second");
+    parked_becomes(&proxy, 0.0).await;
+    // Parked again, then woken by two requests in one write.
+    parked_becomes(&proxy, 1.0).await;
+    stream
+        .write_all(b"GET /third HTTP/1.1\r\nHost: a\r\n\r\nGET /fourth HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let both = answers(&mut stream, 2).await;
+    assert_eq!(both.matches("HTTP/1.1 200").count(), 2, "{both}");
+    assert_eq!(up.next_seen().await.uri.path(), "/third");
+    assert_eq!(up.next_seen().await.uri.path(), "/fourth");
+    // Quiet until the header timeout: closed, parked or not.
+    parked_becomes(&proxy, 1.0).await;
+    let quiet_from = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(6), stream.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "a parked connection was still open 6 s after its last answer"
+    );
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        quiet_from.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}",
+        quiet_from.elapsed()
+    );
+    parked_becomes(&proxy, 0.0).await;
+}
+
+/// Only a connection at a request boundary is parked: after a request with a
+/// body (which may still be on its way) it stays with hyper; HTTP/2 is never
+/// parked. Both serve on.
+#[tokio::test]
+async fn connections_after_a_body_and_http2_stay_with_hyper() {
+    let up = upstream(Transport::Tcp, |_req| async { Response::new(full("ok")) }).await;
+    let proxy = Proxy::start(&up.target, &["--header-timeout", "10s"]);
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    answers(&mut stream, 1).await;
+    let h2 = h2c_client();
+    let resp = h2.get(proxy.url("/h2").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    parked_becomes(&proxy, 0.0).await;
+    // A bodiless request next: now it may park.
+    stream
+        .write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    answers(&mut stream, 1).await;
+    parked_becomes(&proxy, 1.0).await;
+    let resp = h2.get(proxy.url("/h2-again").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn credentials_never_reach_the_logs() {
     const SECRETS: [&str; 6] = [

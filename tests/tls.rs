@@ -1200,6 +1200,55 @@ async fn time_to_close<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// A TLS keep-alive connection quiet for a second is parked like a plain one
+/// (the TLS session kept), serves on, and is closed at --header-timeout with
+/// a close_notify.
+#[tokio::test]
+async fn quiet_tls_connection_is_parked_and_serves_on() {
+    bounded(async {
+        let up = upstream(Transport::Tcp, |_req| async { http::Response::new(full("ok")) }).await;
+        let pki = Pki::new();
+        let leaf = pki.leaf();
+        let proxy = start_tls(&up.target, &pki, &leaf, &["--header-timeout", "3s"]);
+        let mut tls = pki.connect(proxy.tls(), &[b"http/1.1"]).await.unwrap();
+        let proxy_ref = &proxy;
+        let parked = |want: f64| async move {
+            wait_until(Duration::from_secs(5), || async move {
+                metric_value(&proxy_ref.metrics().await, "gitlab_oidc_proxy_parked_connections") == Some(want)
+            })
+            .await
+        };
+        for path in ["/one", "/two"] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+            tls.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !answer.ends_with(b"\r\n\r\nok") {
+                let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+                    .await
+                    .expect("no answer in 5 s")
+                    .unwrap();
+                assert!(n > 0, "closed before the answer to {path}");
+                answer.extend_from_slice(&buf[..n]);
+            }
+            assert!(
+                answer.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&answer)
+            );
+            assert!(parked(1.0).await, "the TLS connection was not parked after {path}");
+        }
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(6), tls.read_to_end(&mut rest))
+            .await
+            .expect("a parked TLS connection was still open 6 s after its last answer")
+            .expect("closed without a close_notify");
+        assert!(rest.is_empty(), "{rest:?}");
+        assert!(parked(0.0).await, "still counted as parked once closed");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn silent_and_plain_http_clients_on_the_tls_port_are_closed() {
     bounded(async {
