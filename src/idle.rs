@@ -35,6 +35,14 @@ pub(crate) struct Activity {
     /// The last request begun had no body: hyper read it whole before
     /// answering, so once it is answered the stream is at a request boundary.
     last_bodiless: AtomicBool,
+    /// A request asked for an upgrade (or was a CONNECT): hyper keeps the
+    /// upgrade pending for the connection's life, whatever the answer, and
+    /// would hand the socket over instead of ending; such a connection is
+    /// never parked.
+    upgrade_asked: AtomicBool,
+    /// The last write or flush to the client waited for it to read: hyper may
+    /// still hold a response's end.
+    write_waiting: AtomicBool,
     /// Set while hyper is asked to end so that the connection is parked: the
     /// socket's shutdown is then skipped (`ParkIo::poll_shutdown`).
     parking: AtomicBool,
@@ -54,6 +62,8 @@ impl Activity {
             asked: AtomicU32::new(0),
             quiet_since_ms: AtomicU64::new(0),
             last_bodiless: AtomicBool::new(false),
+            upgrade_asked: AtomicBool::new(false),
+            write_waiting: AtomicBool::new(false),
             parking: AtomicBool::new(false),
         }
     }
@@ -71,10 +81,20 @@ impl Activity {
     }
 
     /// Whether hyper can be asked to end at a request boundary: every request
-    /// answered in full, the last one without a body (a body still being read,
-    /// or dropped unread, would leave the stream mid-message).
+    /// answered in full and written out, the last one without a body (a body
+    /// still being read, or dropped unread, would leave the stream
+    /// mid-message), no upgrade ever asked.
     pub(crate) fn at_boundary(&self) -> bool {
-        self.ever_asked() && self.in_flight.load(Ordering::Acquire) == 0 && self.last_bodiless.load(Ordering::Acquire)
+        self.ever_asked()
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.last_bodiless.load(Ordering::Acquire)
+            && !self.write_waiting.load(Ordering::Acquire)
+            && !self.never_parked()
+    }
+
+    /// Whether the connection can never be parked.
+    pub(crate) fn never_parked(&self) -> bool {
+        self.upgrade_asked.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_parking(&self, parking: bool) {
@@ -91,10 +111,13 @@ impl Activity {
 pub(crate) struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    pub(crate) fn begin(activity: Arc<Activity>, bodiless: bool) -> Self {
+    pub(crate) fn begin(activity: Arc<Activity>, bodiless: bool, upgrade: bool) -> Self {
         activity.asked.fetch_add(1, Ordering::Relaxed);
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
         activity.last_bodiless.store(bodiless, Ordering::Release);
+        if upgrade {
+            activity.upgrade_asked.store(true, Ordering::Release);
+        }
         InFlight(activity)
     }
 }
@@ -168,7 +191,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ParkIo<S> {
 
     /// Puts back what hyper read and did not use (the start of a next request).
     pub(crate) fn put_back(&mut self, bytes: Bytes) {
-        self.unread = join(bytes, std::mem::take(&mut self.unread));
+        if bytes.is_empty() {
+            return;
+        }
+        // Copied: the bytes are a view of hyper's whole read buffer.
+        self.unread = join(Bytes::copy_from_slice(&bytes), std::mem::take(&mut self.unread));
     }
 
     /// Waits for the peer's next bytes and keeps them for hyper. `false`: the
@@ -203,12 +230,26 @@ fn join(front: Bytes, back: Bytes) -> Bytes {
     joined.freeze()
 }
 
+impl<S> ParkIo<S> {
+    fn wrote<T>(&self, result: Poll<T>) -> Poll<T> {
+        self.activity
+            .write_waiting
+            .store(result.is_pending(), Ordering::Relaxed);
+        result
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for ParkIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.unread.is_empty() {
             let n = self.unread.len().min(buf.remaining());
             buf.put_slice(&self.unread[..n]);
-            self.unread.advance(n);
+            if n == self.unread.len() {
+                // Empty, it would still hold its allocation.
+                self.unread = Bytes::new();
+            } else {
+                self.unread.advance(n);
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -217,7 +258,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for ParkIo<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for ParkIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(result)
     }
 
     fn poll_write_vectored(
@@ -225,7 +267,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ParkIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -233,7 +276,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ParkIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let result = Pin::new(&mut self.io).poll_flush(cx);
+        self.wrote(result)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -15,6 +15,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 use prometheus_client::metrics::gauge::Gauge;
@@ -77,6 +78,8 @@ pub(crate) async fn serve(
         // No per-request header timer: the connection's own clock (`Shared::drive`)
         // bounds a head that never ends, at no cost to the requests that do.
         .header_read_timeout(None)
+        // Not `pipeline_flush`: hyper would then call a response done with
+        // bytes unflushed, and a parked connection could lose them.
         .keep_alive(true);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
@@ -206,7 +209,9 @@ impl Shared {
         let seen = activity.clone();
         let router = self.router.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let in_flight = InFlight::begin(seen.clone(), req.body().is_end_stream());
+            // hyper marks a request that may upgrade (Upgrade:, CONNECT) thus.
+            let upgrade = req.extensions().get::<OnUpgrade>().is_some();
+            let in_flight = InFlight::begin(seen.clone(), req.body().is_end_stream(), upgrade);
             Answer {
                 handled: Some(router.handle(req, conn_info)),
                 in_flight: Some(in_flight),
@@ -239,25 +244,31 @@ impl Shared {
             return;
         }
         loop {
-            let mut conn = self
-                .h1
-                .serve_connection(TokioIo::new(io), service.clone())
-                .with_upgrades();
-            let parked = self
-                .drive(
-                    Pin::new(&mut conn),
-                    http1::UpgradeableConnection::graceful_shutdown,
-                    &activity,
-                    peer,
-                    true,
-                )
-                .await;
-            if !parked {
-                return;
-            }
+            let parts = {
+                // Boxed, and the box gone before the wait: a parked
+                // connection's task keeps no room for hyper's.
+                let mut conn = Box::new(
+                    self.h1
+                        .serve_connection(TokioIo::new(io), service.clone())
+                        .with_upgrades(),
+                );
+                let parked = self
+                    .drive(
+                        Pin::new(&mut *conn),
+                        http1::UpgradeableConnection::graceful_shutdown,
+                        &activity,
+                        peer,
+                        true,
+                    )
+                    .await;
+                if !parked {
+                    return;
+                }
+                conn.into_parts()
+            };
             // hyper is gone with its buffers; what it read past the last
             // request (a next request's start) is kept for the next one.
-            let Some(parts) = conn.into_parts() else { return };
+            let Some(parts) = parts else { return };
             io = parts.io.into_inner();
             io.put_back(parts.read_buf);
             activity.set_parking(false);
@@ -345,6 +356,15 @@ impl Shared {
                 }
                 () = &mut idle_check, if !draining => match activity.idle_for() {
                     Idle::Busy => idle_check.as_mut().reset(Instant::now() + first_check),
+                    Idle::Since(quiet) if quiet >= timeout && !activity.ever_asked() => {
+                        tracing::debug!(%peer, "no request within the header timeout; closing");
+                        return false;
+                    }
+                    Idle::Since(quiet) if quiet >= timeout => {
+                        tracing::debug!(%peer, "no request in flight for the header timeout; closing");
+                        draining = true;
+                        graceful_shutdown(conn.as_mut());
+                    }
                     Idle::Since(quiet) if park_after.is_some_and(|after| quiet >= after) && activity.at_boundary() => {
                         // hyper ends an idle HTTP/1 connection at once, without
                         // writing: one poll tells whether it was idle.
@@ -364,24 +384,16 @@ impl Shared {
                             }
                         }
                     }
-                    Idle::Since(quiet) if quiet < timeout => {
+                    Idle::Since(quiet) => {
                         let until_timeout = timeout - quiet;
                         // Next look: when it may be parked, or when it times out.
                         let next = match park_after {
+                            _ if activity.never_parked() => until_timeout,
                             Some(after) if quiet < after => after - quiet,
                             Some(after) => after.min(until_timeout),
                             None => until_timeout,
                         };
                         idle_check.as_mut().reset(Instant::now() + next);
-                    }
-                    Idle::Since(_) if !activity.ever_asked() => {
-                        tracing::debug!(%peer, "no request within the header timeout; closing");
-                        return false;
-                    }
-                    Idle::Since(_) => {
-                        tracing::debug!(%peer, "no request in flight for the header timeout; closing");
-                        draining = true;
-                        graceful_shutdown(conn.as_mut());
                     }
                 },
                 () = &mut stopping, if !draining => {

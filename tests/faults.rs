@@ -367,18 +367,26 @@ async fn quiet_keep_alive_connection_is_parked_and_serves_on() {
 }
 
 /// Only a connection at a request boundary is parked: after a request with a
-/// body (which may still be on its way) it stays with hyper; HTTP/2 is never
-/// parked. Both serve on.
+/// body (which may still be on its way) it stays with hyper; after a request
+/// that asked for an upgrade (hyper keeps it pending) it always does; HTTP/2
+/// is never parked. Each serves on.
 #[tokio::test]
-async fn connections_after_a_body_and_http2_stay_with_hyper() {
+async fn connections_after_a_body_an_upgrade_or_http2_stay_with_hyper() {
     let up = upstream(Transport::Tcp, |_req| async { Response::new(full("ok")) }).await;
     let proxy = Proxy::start(&up.target, &["--header-timeout", "10s"]);
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
+    let mut posted = TcpStream::connect(proxy.addr).await.unwrap();
+    posted
         .write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
         .await
         .unwrap();
-    answers(&mut stream, 1).await;
+    answers(&mut posted, 1).await;
+    // As `curl --http2` asks over plain HTTP; GitLab answers without switching.
+    let mut upgrader = TcpStream::connect(proxy.addr).await.unwrap();
+    let ask_upgrade = b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+        Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
+    upgrader.write_all(ask_upgrade).await.unwrap();
+    let answer = answers(&mut upgrader, 1).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let h2 = h2c_client();
     let resp = h2.get(proxy.url("/h2").parse().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -386,12 +394,25 @@ async fn connections_after_a_body_and_http2_stay_with_hyper() {
     tokio::time::sleep(Duration::from_millis(1800)).await;
     parked_becomes(&proxy, 0.0).await;
     // A bodiless request next: now it may park.
-    stream
+    posted
         .write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    answers(&mut stream, 1).await;
+    answers(&mut posted, 1).await;
     parked_becomes(&proxy, 1.0).await;
+    // Not the one that asked for an upgrade, even after a plain request.
+    upgrader
+        .write_all(b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    answers(&mut upgrader, 1).await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    parked_becomes(&proxy, 1.0).await;
+    upgrader
+        .write_all(b"GET /still HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    answers(&mut upgrader, 1).await;
     let resp = h2.get(proxy.url("/h2-again").parse().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
