@@ -149,9 +149,14 @@ pub(crate) fn accepts(request_headers: &HeaderMap, coding: &[u8]) -> bool {
 /// [`Encoding::ALL`]'s order, `*` applied; 0 when not acceptable.
 fn accepted_q(request_headers: &HeaderMap) -> [u16; 3] {
     // None = not listed.
+    let values = request_headers.get_all(header::ACCEPT_ENCODING);
+    if values.iter().next().is_none() {
+        // Most API clients send none: nothing to parse.
+        return [0; 3];
+    }
     let mut listed: [Option<u16>; 3] = [None; 3];
     let mut star: Option<u16> = None;
-    for value in request_headers.get_all(header::ACCEPT_ENCODING) {
+    for value in values {
         for element in value.as_bytes().split(|&b| b == b',') {
             let mut parts = element.split(|&b| b == b';');
             let coding = parts.next().unwrap_or_default().trim_ascii();

@@ -279,13 +279,16 @@ pub(crate) fn settle_host(
 /// literal in brackets; no user info, path, list or space.
 fn is_valid_host(value: &[u8]) -> bool {
     if value.first() != Some(&b'[') {
-        // A name or IPv4 address: checked byte by byte, no parse and no copy.
-        let (name, port) = match value.iter().position(|&b| b == b':') {
-            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
-            None => (value, None),
-        };
-        let name_ok = !name.is_empty() && name.iter().all(|&b| is_unreserved(b));
-        return name_ok && is_valid_port(port);
+        // A name or IPv4 address: checked byte by byte, in one pass, no parse and no copy.
+        for (i, &b) in value.iter().enumerate() {
+            if b == b':' {
+                return i > 0 && is_valid_port(Some(&value[i + 1..]));
+            }
+            if !is_unreserved(b) {
+                return false;
+            }
+        }
+        return !value.is_empty();
     }
     // An IPv6 literal: the URI parser splits off the port, std checks the address.
     let Ok(authority) = http::uri::Authority::try_from(value) else {
@@ -317,8 +320,20 @@ fn is_ipv6_literal(literal: &str) -> bool {
 
 /// RFC 3986 unreserved: letters, digits, `-._~`.
 fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+    UNRESERVED[usize::from(b)]
 }
+
+/// [`is_unreserved`] as a table: one load a byte, for every request's Host.
+const UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        i += 1;
+    }
+    table
+};
 
 /// No port, or 1 to 5 digits.
 fn is_valid_port(port: Option<&[u8]>) -> bool {

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::body::ProxyBody;
 use crate::config::DISCOVERY_SUFFIX;
 use crate::metrics::{Metrics, ServedLabels};
-use cache::{Cache, Published};
+use cache::{Cache, DiscoveryState, Published};
 use prometheus_client::metrics::counter::Counter;
 
 /// Key-set paths GitLab has had; all are answered with the united set.
@@ -106,10 +106,15 @@ impl Oidc {
     /// clock read already made, for its log line).
     pub(crate) fn answer_now<B>(&self, req: &Request<B>, now: Instant) -> Verdict {
         let path = req.uri().path();
-        let Some(document) = self.route(path) else {
+        // The hot path: nearly every request is GitLab's; tell with no locks.
+        if !self.may_route(path) {
+            return Verdict::NotOurs;
+        }
+        // Borrowed once for the routing and the answer.
+        let discovery = self.cache.discovery();
+        let Some(document) = self.route(path, discovery.as_deref()) else {
             return Verdict::NotOurs;
         };
-        let discovery = self.cache.discovery();
         if document == Document::Discovery
             && let Some(state) = &discovery
             && !state.by_path.iter().any(|(p, _)| p == path)
@@ -176,21 +181,22 @@ impl Oidc {
         resp
     }
 
-    /// Which document a path asks for. Paths only: `Host` and `X-Forwarded-Host`
-    /// never change what is served.
-    fn route(&self, path: &str) -> Option<Document> {
-        let settings = self.cache.settings();
-        // The hot path: nearly every request is GitLab's; tell with no locks.
+    /// Whether the path ends as one of the documents' paths does (`route` may
+    /// then say which); a string compare or four, no lock.
+    fn may_route(&self, path: &str) -> bool {
         let names = [
             DISCOVERY_SUFFIX,
             KEY_PATHS[0],
             KEY_PATHS[1],
-            settings.jwks_path.as_str(),
+            self.cache.settings().jwks_path.as_str(),
         ];
-        if !names.iter().any(|name| path.ends_with(name)) {
-            return None;
-        }
-        let known = self.cache.discovery();
+        names.iter().any(|name| path.ends_with(name))
+    }
+
+    /// Which document a path asks for. Paths only: `Host` and `X-Forwarded-Host`
+    /// never change what is served.
+    fn route(&self, path: &str, known: Option<&DiscoveryState>) -> Option<Document> {
+        let settings = self.cache.settings();
         let roots = || {
             let configured = settings
                 .external_url

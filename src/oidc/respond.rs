@@ -40,10 +40,13 @@ pub(crate) fn document(method: &Method, request: &HeaderMap, doc: &Published, st
 
 /// RFC 9110 §13.1.2: weak comparison, `*` matches anything held.
 fn if_none_match(request: &HeaderMap, etag: &HeaderValue) -> bool {
+    let asked = request.get_all(header::IF_NONE_MATCH);
+    if asked.iter().next().is_none() {
+        return false;
+    }
     let ours = etag.to_str().unwrap_or_default();
     let ours = ours.strip_prefix("W/").unwrap_or(ours);
-    request
-        .get_all(header::IF_NONE_MATCH)
+    asked
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
