@@ -91,8 +91,10 @@ impl Upstream {
                     path: Arc::from(path.as_path()),
                 };
                 let pool = Pool::Unix(builder.build(Connector::new(unix, timeout, budget.clone())));
-                // Only the pool key: the socket path decides where bytes go.
-                (pool, Scheme::HTTP, http::uri::Authority::from_static("workhorse.sock"))
+                // Only the pool key (Host is never taken from it): the socket
+                // path decides where bytes go. One byte: hyper-util hashes the
+                // key byte by byte with SipHash three times a request.
+                (pool, Scheme::HTTP, http::uri::Authority::from_static("u"))
             }
         };
         Ok(Upstream {
