@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -171,27 +172,39 @@ impl Shared {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        // The handshake boxed apart and freed once done: the connection's
+        // state, kept as long as it lives, is not sized for it.
+        let Some(tls) = Box::pin(self.handshake(acceptor, stream, client)).await else {
+            return;
+        };
+        self.http(tls, client, proxied).await
+    }
+
+    /// The TLS handshake, bounded by --tls-handshake-timeout; failures counted.
+    async fn handshake<S>(&self, acceptor: TlsAcceptor, stream: S, client: SocketAddr) -> Option<TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let handshake = tokio::select! {
             done = tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(stream)) => done,
-            () = self.shutdown.cancelled() => return,
+            () = self.shutdown.cancelled() => return None,
         };
-        match handshake {
-            Ok(Ok(tls)) => self.http(tls, client, proxied).await,
+        let reason = match handshake {
+            Ok(Ok(tls)) => return Some(tls),
             Ok(Err(e)) => {
-                self.metrics
-                    .tls_handshake_failures
-                    .get_or_create(&ErrorLabels { reason: "error" })
-                    .inc();
                 tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
+                "error"
             }
             Err(_) => {
-                self.metrics
-                    .tls_handshake_failures
-                    .get_or_create(&ErrorLabels { reason: "timeout" })
-                    .inc();
                 tracing::debug!(peer = %client, "TLS handshake timed out");
+                "timeout"
             }
-        }
+        };
+        self.metrics
+            .tls_handshake_failures
+            .get_or_create(&ErrorLabels { reason })
+            .inc();
+        None
     }
 
     async fn http<S>(self: Arc<Self>, stream: S, peer: SocketAddr, proxied: bool)
@@ -230,9 +243,9 @@ impl Shared {
             }
         };
         if h2 {
-            let conn = self.h2.serve_connection(TokioIo::new(io), service);
-            // Boxed: an HTTP/2 connection's state does not size every task.
-            let mut conn = Box::pin(conn);
+            // Boxed as it is made (no local holds it unboxed): an HTTP/2
+            // connection's state does not size every task.
+            let mut conn = Box::pin(self.h2.serve_connection(TokioIo::new(io), service));
             self.drive(
                 conn.as_mut(),
                 http2::Connection::graceful_shutdown,
@@ -268,9 +281,14 @@ impl Shared {
             };
             // hyper is gone with its buffers; what it read past the last
             // request (a next request's start) is kept for the next one.
-            let Some(parts) = parts else { return };
-            io = parts.io.into_inner();
-            io.put_back(parts.read_buf);
+            // In a block: `parts` (room for another stream) is not kept in the
+            // task's state while parked.
+            io = {
+                let Some(parts) = parts else { return };
+                let mut io = parts.io.into_inner();
+                io.put_back(parts.read_buf);
+                io
+            };
             activity.set_parking(false);
             let parked = Counted::new(&self.metrics.parked_connections);
             let more = self.next_bytes(&mut io, &activity, peer).await;
