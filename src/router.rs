@@ -163,15 +163,17 @@ impl Router {
             reads_html: s.error_pages.is_some() && error_pages::accepts_html(req.headers()),
             proto: forwarded.proto,
         };
-        let result = if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
+        // Loops first, the documents held in memory included: the refresher's
+        // own fetch, come back through a looping --upstream, must not be
+        // answered with the copy it is refreshing (it would never age).
+        let result = if headers::via_names(req.headers(), &s.via) {
+            Err(ProxyError::Downstream(DownstreamError::Loop))
+        } else if matches!(*req.method(), Method::CONNECT | Method::TRACE) {
             Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
         } else if let Err(problem) = self.settle_host(&mut req, &conn) {
             Err(ProxyError::Downstream(problem))
         } else if let Some(answer) = self.answer_now(&req, &conn, done.pending.record().start) {
-            // Held in memory: it goes no further, whatever its Via says.
             answer
-        } else if headers::via_names(req.headers(), &s.via) {
-            Err(ProxyError::Downstream(DownstreamError::Loop))
         } else {
             let router = Arc::clone(self);
             return Handled::Later(Box::pin(async move {
