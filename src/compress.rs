@@ -148,12 +148,12 @@ pub(crate) fn accepts(request_headers: &HeaderMap, coding: &[u8]) -> bool {
 /// The q (thousandths) the request's `Accept-Encoding` gives gzip, br and zstd, in
 /// [`Encoding::ALL`]'s order, `*` applied; 0 when not acceptable.
 fn accepted_q(request_headers: &HeaderMap) -> [u16; 3] {
-    // None = not listed.
     let values = request_headers.get_all(header::ACCEPT_ENCODING);
     if values.iter().next().is_none() {
         // Most API clients send none: nothing to parse.
         return [0; 3];
     }
+    // None = not listed.
     let mut listed: [Option<u16>; 3] = [None; 3];
     let mut star: Option<u16> = None;
     for value in values {

@@ -243,8 +243,7 @@ impl Shared {
             }
         };
         if h2 {
-            // Boxed as it is made (no local holds it unboxed): an HTTP/2
-            // connection's state does not size every task.
+            // Boxed: an HTTP/2 connection's state does not size every task.
             let mut conn = Box::pin(self.h2.serve_connection(TokioIo::new(io), service));
             self.drive(
                 conn.as_mut(),
@@ -256,6 +255,17 @@ impl Shared {
             .await;
             return;
         }
+        self.serve_h1(io, service, &activity, peer).await
+    }
+
+    /// HTTP/1: hyper serves the connection until it ends or is parked; a
+    /// parked one waits here for its next bytes, then hyper serves it again.
+    async fn serve_h1<S, F>(&self, mut io: ParkIo<S>, service: F, activity: &Activity, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        F: hyper::service::HttpService<Incoming, ResBody = Tracked<LoggedBody>> + Clone,
+        F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         loop {
             let parts = {
                 // Boxed, and the box gone before the wait: a parked
@@ -269,7 +279,7 @@ impl Shared {
                     .drive(
                         Pin::new(&mut *conn),
                         http1::UpgradeableConnection::graceful_shutdown,
-                        &activity,
+                        activity,
                         peer,
                         true,
                     )
@@ -291,7 +301,7 @@ impl Shared {
             };
             activity.set_parking(false);
             let parked = Counted::new(&self.metrics.parked_connections);
-            let more = self.next_bytes(&mut io, &activity, peer).await;
+            let more = self.next_bytes(&mut io, activity, peer).await;
             drop(parked);
             if !more {
                 return close(io).await;
@@ -384,22 +394,10 @@ impl Shared {
                         graceful_shutdown(conn.as_mut());
                     }
                     Idle::Since(quiet) if park_after.is_some_and(|after| quiet >= after) && activity.at_boundary() => {
-                        // hyper ends an idle HTTP/1 connection at once, without
-                        // writing: one poll tells whether it was idle.
-                        activity.set_parking(true);
-                        graceful_shutdown(conn.as_mut());
-                        match poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
-                            Poll::Ready(Ok(())) => return true,
-                            Poll::Ready(Err(e)) => {
-                                activity.set_parking(false);
-                                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                                return false;
-                            }
-                            Poll::Pending => {
-                                // Not at a boundary after all: it ends once its exchange does.
-                                activity.set_parking(false);
-                                draining = true;
-                            }
+                        match park(conn.as_mut(), graceful_shutdown, activity, peer).await {
+                            Some(parked) => return parked,
+                            // Not at a boundary after all: it ends once its exchange does.
+                            None => draining = true,
                         }
                     }
                     Idle::Since(quiet) => {
@@ -420,6 +418,35 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+/// Asks hyper to end an HTTP/1 connection so that it can be parked. hyper
+/// ends an idle one at once, without writing: one poll tells whether it was
+/// idle. `Some(true)`: ended, to be parked; `Some(false)`: ended with an
+/// error; `None`: still busy, now closing once its exchange ends.
+async fn park<C>(
+    mut conn: Pin<&mut C>,
+    graceful_shutdown: fn(Pin<&mut C>),
+    activity: &Activity,
+    peer: SocketAddr,
+) -> Option<bool>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    activity.set_parking(true);
+    graceful_shutdown(conn.as_mut());
+    let ended = poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await;
+    if !matches!(ended, Poll::Ready(Ok(()))) {
+        activity.set_parking(false);
+    }
+    match ended {
+        Poll::Ready(Ok(())) => Some(true),
+        Poll::Ready(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            Some(false)
+        }
+        Poll::Pending => None,
     }
 }
 

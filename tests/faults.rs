@@ -319,6 +319,13 @@ async fn answers(stream: &mut TcpStream, count: usize) -> String {
     String::from_utf8(got).unwrap()
 }
 
+/// Sends `GET path` on a connection already open and reads its "ok" answer.
+async fn get_on(stream: &mut TcpStream, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    answers(stream, 1).await
+}
+
 /// A keep-alive connection quiet for a second is parked (hyper's buffers
 /// freed) and serves on as before: the start of a next request sent before
 /// the park is kept, pipelined requests after it are all answered, in order,
@@ -394,25 +401,13 @@ async fn connections_after_a_body_an_upgrade_or_http2_stay_with_hyper() {
     tokio::time::sleep(Duration::from_millis(1800)).await;
     parked_becomes(&proxy, 0.0).await;
     // A bodiless request next: now it may park.
-    posted
-        .write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    answers(&mut posted, 1).await;
+    get_on(&mut posted, "/after").await;
     parked_becomes(&proxy, 1.0).await;
     // Not the one that asked for an upgrade, even after a plain request.
-    upgrader
-        .write_all(b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    answers(&mut upgrader, 1).await;
+    get_on(&mut upgrader, "/plain").await;
     tokio::time::sleep(Duration::from_millis(1800)).await;
     parked_becomes(&proxy, 1.0).await;
-    upgrader
-        .write_all(b"GET /still HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    answers(&mut upgrader, 1).await;
+    get_on(&mut upgrader, "/still").await;
     let resp = h2.get(proxy.url("/h2-again").parse().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
