@@ -30,7 +30,8 @@ pub(crate) const MIN_LENGTH: u64 = 250;
 /// 325 KB in 21 ms, zstd 3 336 KB in 4 ms.
 const GZIP_LEVEL: u32 = 2;
 const BR_QUALITY: u32 = 4;
-/// Window for the one-off OIDC copies.
+/// Largest window for the one-off OIDC copies; each gets the smallest that
+/// holds it (see `one_off_lgwin`).
 const BR_LGWIN: u32 = 22;
 /// Windows for streaming, kept small because every response being compressed
 /// holds one: brotli 2^18 and zstd 2^19 bytes instead of 4 and 2 MiB, which cost
@@ -377,13 +378,24 @@ pub(crate) fn encode_all(encoding: Encoding, data: &[u8]) -> Bytes {
             enc.finish().expect(VEC_WRITE)
         }
         Encoding::Br => {
-            let mut enc = brotli::CompressorWriter::new(Vec::with_capacity(data.len() / 2), 4096, 11, BR_LGWIN);
+            let lgwin = one_off_lgwin(data.len());
+            let mut enc = brotli::CompressorWriter::new(Vec::with_capacity(data.len() / 2), 4096, 11, lgwin);
             enc.write_all(data).expect(VEC_WRITE);
             enc.into_inner()
         }
         Encoding::Zstd => zstd::bulk::compress(data, *zstd::compression_level_range().end()).expect(VEC_WRITE),
     };
     Bytes::from(out)
+}
+
+/// The smallest brotli window (10..=22 bits) that holds `len` bytes: a wider one
+/// compresses no better, and quality 11 sizes its match finder by the window
+/// (~37 MB of short-lived heap at 22 bits, for a document of a few KB).
+fn one_off_lgwin(len: usize) -> u32 {
+    // Brotli's window is 2^lgwin - 16 bytes.
+    (10..BR_LGWIN)
+        .find(|&bits| (1usize << bits) - 16 >= len)
+        .unwrap_or(BR_LGWIN)
 }
 
 /// A synchronous encoder writing into a `Vec` that we empty after every step.
@@ -1348,6 +1360,20 @@ mod tests {
             assert_same(decode(encoding, &encode_all(encoding, b"")), b"", encoding);
             // Deterministic: every replica derives the same bytes.
             assert_eq!(encode_all(encoding, &doc), packed);
+        }
+    }
+
+    #[test]
+    fn one_off_window_fits_the_document() {
+        assert_eq!(one_off_lgwin(0), 10);
+        assert_eq!(one_off_lgwin(1008), 10);
+        assert_eq!(one_off_lgwin(1009), 11);
+        assert_eq!(one_off_lgwin(5_000), 13);
+        assert_eq!(one_off_lgwin(64 << 20), BR_LGWIN);
+        // At each edge the whole document is one window: it round-trips.
+        for len in [1008, 1009, 4080, 4081] {
+            let doc: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            assert_same(decode(Br, &encode_all(Br, &doc)), &doc, Br);
         }
     }
 

@@ -15,7 +15,7 @@ use support::*;
 const GIB: u64 = 1 << 30;
 const CHUNK: usize = 256 * 1024;
 /// The README says "a peak of ~20 MiB": this test's debug build with mimalloc
-/// (as the image and the Debian unit run it, MIMALLOC_PURGE_DELAY=0) starts at
+/// (the image and the Debian unit add MIMALLOC_PURGE_DELAY=10) starts at
 /// 12.5–13 MiB and peaks at 19.7–19.8 MiB after the 2 GiB (two runs on the 2-core
 /// development machine; glibc's malloc peaked at 14.2–15.4), so ~7 MiB for the
 /// bodies. Room of about a third for machine noise: a peak under 26 MiB, the
