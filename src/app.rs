@@ -39,6 +39,7 @@ use crate::routes::Routes;
 use crate::tls::sni::{CertDir, SniResolver};
 use crate::tls::{self, CertStore, TlsSettings};
 use crate::upstream::{self, Budget, Upstream, UpstreamSettings};
+use crate::workers::{self, Workers};
 
 pub struct RunningProxy {
     admin: SocketAddr,
@@ -47,6 +48,7 @@ pub struct RunningProxy {
     tracker: TaskTracker,
     accepting: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
+    workers: Arc<Workers>,
 }
 
 /// The bound sockets, before anything serves on them.
@@ -85,7 +87,9 @@ impl RunningProxy {
         config.check()?;
         let metrics = Arc::new(Metrics::new());
         let via = process_id()?;
-        let upstreams = upstreams(config, &metrics, &via)?;
+        let workers = Workers::start(workers::resolve(config.threads)).map_err(StartError::io("serving threads"))?;
+        let workers = Arc::new(workers);
+        let upstreams = upstreams(config, &metrics, &via, workers.count())?;
         let tls_stores = load_certificates(config, &metrics)?;
         let exporter = config
             .export
@@ -132,10 +136,18 @@ impl RunningProxy {
             admin = %admin,
             upstream = %config.upstream,
             forwarded_proto = config.forwarded_proto.as_str(),
+            threads = workers.count(),
             "listening"
         );
         let cache = parts.cache.clone();
-        let (accepting, background) = spawn(config, sockets, parts, tls_stores, &metrics, &draining, &tracker);
+        let (accepting, background) = spawn(
+            config,
+            sockets,
+            parts,
+            tls_stores,
+            &metrics,
+            (&draining, &tracker, &workers),
+        );
         Ok(RunningProxy {
             admin,
             cache,
@@ -143,6 +155,7 @@ impl RunningProxy {
             tracker,
             accepting,
             background,
+            workers,
         })
     }
 
@@ -174,6 +187,7 @@ impl RunningProxy {
         for task in self.background {
             task.abort();
         }
+        self.workers.stop();
     }
 }
 
@@ -190,7 +204,8 @@ struct Upstreams {
     kas_k8s_proxy: Option<Arc<Upstream>>,
 }
 
-fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId) -> Result<Upstreams, StartError> {
+/// Each with a pool per serving thread (`pools`); the refresher's has one.
+fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId, pools: usize) -> Result<Upstreams, StartError> {
     let budget = || {
         Some(Budget::new(
             config.max_upstream_connections,
@@ -198,11 +213,11 @@ fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId) -> Result<Ups
             metrics.clone(),
         ))
     };
-    let client = |target: &UpstreamTarget| upstream_to(target, config, via, budget());
+    let client = |target: &UpstreamTarget| upstream_to(target, config, via, (budget(), pools));
     let services = &config.services;
     Ok(Upstreams {
         passthrough: client(&config.upstream)?,
-        oidc: upstream_to(&config.upstream, config, via, None)?,
+        oidc: upstream_to(&config.upstream, config, via, (None, 1))?,
         routes: services
             .routes
             .iter()
@@ -213,12 +228,13 @@ fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId) -> Result<Ups
     })
 }
 
-/// A client of `target` (with `--upstream-ca` and the timeouts), within `budget` if any.
+/// A client of `target` (with `--upstream-ca` and the timeouts), within `budget`
+/// if any, with `pools` pools.
 fn upstream_to(
     target: &UpstreamTarget,
     config: &Config,
     via: &ViaId,
-    budget: Option<Arc<Budget>>,
+    (budget, pools): (Option<Arc<Budget>>, usize),
 ) -> Result<Arc<Upstream>, StartError> {
     let settings = UpstreamSettings {
         via: via.clone(),
@@ -226,6 +242,7 @@ fn upstream_to(
         extra_ca: config.upstream_ca.clone(),
         connect_timeout: config.connect_timeout,
         response_timeout: config.idle_timeout,
+        pools,
     };
     Upstream::new(&settings, budget).map(Arc::new).map_err(|e| match e {
         // rustls refusing its own defaults is no mistake of the user's.
@@ -292,7 +309,7 @@ fn oidc_cache(config: &Config) -> Result<Arc<Cache>, StartError> {
     let via = process_id()?;
     Ok(new_cache(
         config,
-        upstream_to(&config.upstream, config, &via, None)?,
+        upstream_to(&config.upstream, config, &via, (None, 1))?,
         &Arc::new(Metrics::new()),
     ))
 }
@@ -503,8 +520,7 @@ fn spawn(
     parts: Parts,
     tls_stores: TlsStores,
     metrics: &Arc<Metrics>,
-    draining: &CancellationToken,
-    tracker: &TaskTracker,
+    (draining, tracker, workers): (&CancellationToken, &TaskTracker, &Arc<Workers>),
 ) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
     let mut background = vec![
         tokio::spawn(admin::serve(sockets.admin, parts.admin)),
@@ -550,7 +566,7 @@ fn spawn(
             settings,
             metrics.clone(),
             draining.clone(),
-            tracker.clone(),
+            (tracker.clone(), workers.clone()),
         ))
     };
     let mut accepting = vec![accept(

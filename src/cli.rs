@@ -338,6 +338,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "GITLAB_OIDC_PROXY_MAX_UPSTREAM_CONNECTIONS", value_name = "N", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_upstream_connections: u32,
 
+    /// Threads that serve connections, each with its own pool of connections to
+    /// GitLab; 0: one per CPU core this process may use. A connection stays on
+    /// one thread for its life.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_THREADS", value_name = "N", default_value = "0")]
+    pub(crate) threads: usize,
+
     /// Longest silence in both directions on an upgraded connection (websocket,
     /// web terminal) before it is closed.
     #[arg(long, env = "GITLAB_OIDC_PROXY_UPGRADE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
@@ -721,6 +727,7 @@ impl ServeArgs {
             client_body_timeout: self.client_body_timeout,
             upgrade_idle_timeout: self.upgrade_idle_timeout,
             max_upstream_connections: self.max_upstream_connections,
+            threads: self.threads,
             shutdown_grace: self.shutdown_grace,
             compression: self.compression == Switch::On,
             proxy_protocol: self.proxy_protocol,

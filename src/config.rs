@@ -157,6 +157,8 @@ pub struct Config {
     pub upgrade_idle_timeout: Duration,
     /// Connections open to GitLab at once, idle pooled ones included.
     pub max_upstream_connections: u32,
+    /// `--threads`: serving threads, each with its own upstream pool; 0: one per core.
+    pub threads: usize,
     pub shutdown_grace: Duration,
     pub compression: bool,
     pub proxy_protocol: bool,
@@ -347,6 +349,7 @@ impl Config {
             client_body_timeout: secs(60),
             upgrade_idle_timeout: secs(3600),
             max_upstream_connections: 1024,
+            threads: 0,
             shutdown_grace: secs(30),
             compression: true,
             proxy_protocol: false,

@@ -46,5 +46,6 @@ mod router;
 mod routes;
 mod tls;
 mod upstream;
+mod workers;
 
 pub use error::StartError;

@@ -34,6 +34,7 @@ use crate::idle::{Activity, Idle, InFlight, PARK_AFTER, ParkIo, Tracked};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::proxy_protocol;
 use crate::router::{ConnInfo, Handled, ListenerKind, Router};
+use crate::workers::Workers;
 
 pub(crate) struct ListenerSettings {
     pub kind: ListenerKind,
@@ -72,7 +73,7 @@ pub(crate) async fn serve(
     settings: ListenerSettings,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-    tracker: TaskTracker,
+    (tracker, workers): (TaskTracker, Arc<Workers>),
 ) {
     let mut h1 = http1::Builder::new();
     h1
@@ -112,7 +113,7 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        tracker.spawn(async move {
+        workers.spawn(&tracker, stream, move |stream| async move {
             let _open = Counted::new(&shared.metrics.open_connections);
             shared.clone().connection(stream, peer).await;
         });

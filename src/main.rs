@@ -42,8 +42,12 @@ fn main() -> ExitCode {
         }
     };
     // The probe runs every few seconds in a container: one thread is plenty.
+    // `serve` starts its other serving threads itself (--threads), each with a
+    // single-threaded runtime like this one.
     let runtime = match &cli.command {
-        Command::Healthcheck(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Command::Healthcheck(_) | Command::Serve(_) => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        }
         _ => tokio::runtime::Runtime::new(),
     };
     let runtime = match runtime {
