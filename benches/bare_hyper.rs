@@ -1,6 +1,7 @@
 //! The reference for the cached OIDC documents (issue 15): a bare server on the
-//! stack the proxy is built on (tokio's multi-thread runtime, hyper-util's
-//! HTTP/1.1 + HTTP/2 connection builder, TCP_NODELAY) that answers every request
+//! stack the proxy is built on (a single-threaded tokio runtime, as each of the
+//! proxy's serving threads is, with the bench's one core; hyper-util's HTTP/1.1 +
+//! HTTP/2 connection builder; TCP_NODELAY) that answers every request
 //! with the same bytes and headers, doing nothing else: no routing, no log, no
 //! metric. benches/vs_nginx.sh runs it beside the proxy.
 //!
@@ -36,7 +37,7 @@ fn main() {
             HeaderValue::from_str(value.trim()).expect("a header value"),
         );
     }
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime")

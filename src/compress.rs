@@ -150,9 +150,13 @@ pub(crate) fn accepts(request_headers: &HeaderMap, coding: &[u8]) -> bool {
 /// [`Encoding::ALL`]'s order, `*` applied; 0 when not acceptable.
 fn accepted_q(request_headers: &HeaderMap) -> [u16; 3] {
     let values = request_headers.get_all(header::ACCEPT_ENCODING);
-    if values.iter().next().is_none() {
+    let mut each = values.iter();
+    match (each.next(), each.next()) {
         // Most API clients send none: nothing to parse.
-        return [0; 3];
+        (None, _) => return [0; 3],
+        // Python's http.client and urllib send this one (none of ours).
+        (Some(only), None) if only.as_bytes().eq_ignore_ascii_case(b"identity") => return [0; 3],
+        _ => {}
     }
     // None = not listed.
     let mut listed: [Option<u16>; 3] = [None; 3];
@@ -807,6 +811,8 @@ mod tests {
             (&[], None),
             (&[""], None),
             (&["identity"], None),
+            (&["IDENTITY"], None),
+            (&["identity", "gzip"], Some(Gzip)),
             (&["identity;q=0"], None),
             (&["deflate"], None),
             (&["gzip"], Some(Gzip)),
