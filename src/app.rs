@@ -89,7 +89,7 @@ impl RunningProxy {
         let via = process_id()?;
         let workers = Workers::start(workers::resolve(config.threads)).map_err(StartError::io("serving threads"))?;
         let workers = Arc::new(workers);
-        let upstreams = upstreams(config, &metrics, &via, workers.count())?;
+        let upstreams = upstreams(config, &metrics, &via)?;
         let tls_stores = load_certificates(config, &metrics)?;
         let exporter = config
             .export
@@ -204,8 +204,7 @@ struct Upstreams {
     kas_k8s_proxy: Option<Arc<Upstream>>,
 }
 
-/// Each with a pool per serving thread (`pools`); the refresher's has one.
-fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId, pools: usize) -> Result<Upstreams, StartError> {
+fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId) -> Result<Upstreams, StartError> {
     let budget = || {
         Some(Budget::new(
             config.max_upstream_connections,
@@ -213,11 +212,11 @@ fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId, pools: usize)
             metrics.clone(),
         ))
     };
-    let client = |target: &UpstreamTarget| upstream_to(target, config, via, (budget(), pools));
+    let client = |target: &UpstreamTarget| upstream_to(target, config, via, budget());
     let services = &config.services;
     Ok(Upstreams {
         passthrough: client(&config.upstream)?,
-        oidc: upstream_to(&config.upstream, config, via, (None, 1))?,
+        oidc: upstream_to(&config.upstream, config, via, None)?,
         routes: services
             .routes
             .iter()
@@ -228,13 +227,12 @@ fn upstreams(config: &Config, metrics: &Arc<Metrics>, via: &ViaId, pools: usize)
     })
 }
 
-/// A client of `target` (with `--upstream-ca` and the timeouts), within `budget`
-/// if any, with `pools` pools.
+/// A client of `target` (with `--upstream-ca` and the timeouts), within `budget` if any.
 fn upstream_to(
     target: &UpstreamTarget,
     config: &Config,
     via: &ViaId,
-    (budget, pools): (Option<Arc<Budget>>, usize),
+    budget: Option<Arc<Budget>>,
 ) -> Result<Arc<Upstream>, StartError> {
     let settings = UpstreamSettings {
         via: via.clone(),
@@ -242,7 +240,6 @@ fn upstream_to(
         extra_ca: config.upstream_ca.clone(),
         connect_timeout: config.connect_timeout,
         response_timeout: config.idle_timeout,
-        pools,
     };
     Upstream::new(&settings, budget).map(Arc::new).map_err(|e| match e {
         // rustls refusing its own defaults is no mistake of the user's.
@@ -309,7 +306,7 @@ fn oidc_cache(config: &Config) -> Result<Arc<Cache>, StartError> {
     let via = process_id()?;
     Ok(new_cache(
         config,
-        upstream_to(&config.upstream, config, &via, (None, 1))?,
+        upstream_to(&config.upstream, config, &via, None)?,
         &Arc::new(Metrics::new()),
     ))
 }

@@ -338,9 +338,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "GITLAB_OIDC_PROXY_MAX_UPSTREAM_CONNECTIONS", value_name = "N", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_upstream_connections: u32,
 
-    /// Threads that serve connections, each with its own pool of connections to
-    /// GitLab; 0: one per CPU core this process may use. A connection stays on
-    /// one thread for its life.
+    /// Threads that serve connections; 0: one per CPU core this process may use.
+    /// A connection stays on one thread for its life.
     #[arg(long, env = "GITLAB_OIDC_PROXY_THREADS", value_name = "N", default_value = "0")]
     pub(crate) threads: usize,
 

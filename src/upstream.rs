@@ -42,13 +42,10 @@ pub(crate) struct UpstreamSettings {
     /// Named in the `Via` of every request sent, so a request that loops back
     /// to this process is caught.
     pub via: ViaId,
-    /// One pool per serving thread (`--threads`): a request uses its thread's own.
-    pub pools: usize,
 }
 
 pub(crate) struct Upstream {
-    /// One per serving thread, indexed by `workers::current()`.
-    clients: Box<[Pool]>,
+    client: Pool,
     scheme: Scheme,
     authority: http::uri::Authority,
     response_timeout: Duration,
@@ -74,46 +71,34 @@ impl Upstream {
             // Host is the client's, set by the passthrough; never invent one.
             .set_host(false);
         let timeout = settings.connect_timeout;
-        // What every pool's connector is made of, read (the CA files) once.
-        enum Kind {
-            Tcp,
-            Tls(Box<rustls::ClientConfig>),
-            Unix(Arc<Path>),
-        }
-        let kind = match &settings.target {
-            UpstreamTarget::Http { .. } => Kind::Tcp,
-            UpstreamTarget::Https { .. } => Kind::Tls(Box::new(tls_client_config(
-                "--upstream-ca",
-                settings.extra_ca.as_deref(),
-            )?)),
-            UpstreamTarget::Unix { path } => Kind::Unix(Arc::from(path.as_path())),
-        };
-        let pool = || match &kind {
-            Kind::Tcp => Pool::Tcp(builder.build(Connector::new(tcp_connector(), timeout, budget.clone()))),
-            Kind::Tls(tls) => {
+        let (client, scheme, authority) = match &settings.target {
+            UpstreamTarget::Http { authority } => {
+                let pool = Pool::Tcp(builder.build(Connector::new(tcp_connector(), timeout, budget.clone())));
+                (pool, Scheme::HTTP, authority.clone())
+            }
+            UpstreamTarget::Https { authority } => {
+                let tls = tls_client_config("--upstream-ca", settings.extra_ca.as_deref())?;
                 let https = HttpsConnectorBuilder::new()
-                    .with_tls_config((**tls).clone())
+                    .with_tls_config(tls)
                     .https_only()
                     .enable_http1()
                     .wrap_connector(tcp_connector());
-                Pool::Tls(builder.build(Connector::new(https, timeout, budget.clone())))
+                let pool = Pool::Tls(builder.build(Connector::new(https, timeout, budget.clone())));
+                (pool, Scheme::HTTPS, authority.clone())
             }
-            Kind::Unix(path) => {
-                let unix = UnixConnector { path: path.clone() };
-                Pool::Unix(builder.build(Connector::new(unix, timeout, budget.clone())))
+            UpstreamTarget::Unix { path } => {
+                let unix = UnixConnector {
+                    path: Arc::from(path.as_path()),
+                };
+                let pool = Pool::Unix(builder.build(Connector::new(unix, timeout, budget.clone())));
+                // Only the pool key (Host is never taken from it): the socket
+                // path decides where bytes go. One byte: hyper-util hashes the
+                // key byte by byte with SipHash three times a request.
+                (pool, Scheme::HTTP, http::uri::Authority::from_static("u"))
             }
-        };
-        let clients = (0..settings.pools.max(1)).map(|_| pool()).collect();
-        let (scheme, authority) = match &settings.target {
-            UpstreamTarget::Http { authority } => (Scheme::HTTP, authority.clone()),
-            UpstreamTarget::Https { authority } => (Scheme::HTTPS, authority.clone()),
-            // Only the pool key (Host is never taken from it): the socket path
-            // decides where bytes go. One byte: hyper-util hashes the key byte
-            // by byte with SipHash three times a request.
-            UpstreamTarget::Unix { .. } => (Scheme::HTTP, http::uri::Authority::from_static("u")),
         };
         Ok(Upstream {
-            clients,
+            client,
             scheme,
             authority,
             response_timeout: settings.response_timeout,
@@ -152,7 +137,7 @@ impl Upstream {
         } else {
             (req, None)
         };
-        let exchange = match &self.clients[crate::workers::current() % self.clients.len()] {
+        let exchange = match &self.client {
             Pool::Tcp(c) => c.request(req),
             Pool::Tls(c) => c.request(req),
             Pool::Unix(c) => c.request(req),
@@ -512,7 +497,6 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             via: ViaId::new("test".into()),
-            pools: 1,
         }
     }
 

@@ -1,11 +1,10 @@
 //! Serving threads: connections are spread over `--threads` single-threaded
 //! tokio runtimes, the one that started the proxy and one per extra thread.
-//! A connection stays on its thread for life, and so do the upstream
-//! connections it uses (a pool per thread, `Upstream`): a request, its trip to
-//! GitLab and the answer are driven on one thread, with no hand-off between
-//! threads and none of a work-stealing scheduler's bookkeeping.
+//! A connection stays on its thread for life: no work-stealing scheduler's
+//! bookkeeping per wake-up. The pool of connections to GitLab stays shared
+//! (one per upstream): idle connections must never hold
+//! `--max-upstream-connections` against a request on another thread.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -15,17 +14,6 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-thread_local! {
-    /// This thread's place among the serving threads; 0 on every other thread.
-    static INDEX: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The serving thread the caller runs on (0 on any thread not started here):
-/// which upstream pool is its own.
-pub(crate) fn current() -> usize {
-    INDEX.with(Cell::get)
-}
 
 /// How many serving threads `--threads 0` means: one per core this process may use.
 pub(crate) fn resolve(threads: usize) -> usize {
@@ -62,7 +50,6 @@ impl Workers {
                         Err(e) => return drop(made.send(Err(e))),
                     };
                     let _ = made.send(Ok(runtime.handle().clone()));
-                    INDEX.with(|i| i.set(index));
                     runtime.block_on(until.cancelled());
                     // Whatever is left is dropped now; blocking work is not awaited.
                     runtime.shutdown_background();
@@ -158,7 +145,12 @@ mod tests {
             workers.spawn(&tracker, stream, |mut stream| async move {
                 let mut byte = [0u8; 1];
                 stream.read_exact(&mut byte).await.unwrap();
-                let place = current() as u8;
+                // serve-N, or the test's own thread for place 0.
+                let thread = std::thread::current();
+                let place = thread
+                    .name()
+                    .and_then(|n| n.strip_prefix("serve-"))
+                    .map_or(b'0', |n| n.as_bytes()[0]);
                 stream.write_all(&[byte[0], place]).await.unwrap();
             });
             client.write_all(b"x").await.unwrap();
@@ -171,7 +163,7 @@ mod tests {
             assert_eq!(reply[0], b'x');
             places.push(reply[1]);
         }
-        assert_eq!(places, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(places, b"012012");
         tracker.close();
         tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait())
             .await

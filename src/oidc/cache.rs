@@ -561,7 +561,6 @@ mod tests {
                 connect_timeout: Duration::from_secs(2),
                 response_timeout: Duration::from_secs(10),
                 via: ViaId::new("cache-test".into()),
-                pools: 1,
             },
             None,
         )
