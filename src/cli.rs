@@ -338,10 +338,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "GITLAB_OIDC_PROXY_MAX_UPSTREAM_CONNECTIONS", value_name = "N", default_value = "1024", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_upstream_connections: u32,
 
-    /// Threads that serve connections; 0: one per CPU core this process may use.
-    /// A connection stays on one thread for its life.
-    #[arg(long, env = "GITLAB_OIDC_PROXY_THREADS", value_name = "N", default_value = "0")]
-    pub(crate) threads: usize,
+    /// Threads that serve connections (at most 1024); 0: one per CPU core this
+    /// process may use. A connection goes to the one with the fewest open and
+    /// stays there; with more than one, accepting, the admin listener and the
+    /// OIDC refresher have the main thread to themselves.
+    #[arg(long, env = "GITLAB_OIDC_PROXY_THREADS", value_name = "N", default_value = "0", value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub(crate) threads: u16,
 
     /// Longest silence in both directions on an upgraded connection (websocket,
     /// web terminal) before it is closed.
@@ -726,7 +728,7 @@ impl ServeArgs {
             client_body_timeout: self.client_body_timeout,
             upgrade_idle_timeout: self.upgrade_idle_timeout,
             max_upstream_connections: self.max_upstream_connections,
-            threads: self.threads,
+            threads: usize::from(self.threads),
             shutdown_grace: self.shutdown_grace,
             compression: self.compression == Switch::On,
             proxy_protocol: self.proxy_protocol,
@@ -910,6 +912,7 @@ mod tests {
         "--shutdown-grace=5s",
         "--client-body-timeout=12s",
         "--max-upstream-connections=13",
+        "--threads=15",
         "--compression=off",
         "--assets-cache-size=1GB",
         "--assets-cache-max-entry=1MiB",
@@ -995,7 +998,7 @@ mod tests {
             ],
             [s(1), s(2), s(3), s(4), s(5), s(12)]
         );
-        assert!(!c.compression && c.proxy_protocol && c.max_upstream_connections == 13);
+        assert!(!c.compression && c.proxy_protocol && (c.max_upstream_connections, c.threads) == (13, 15));
         assert_eq!(
             (c.assets_cache.size, c.assets_cache.max_entry),
             (1_000_000_000, 1 << 20)
@@ -1109,6 +1112,15 @@ mod tests {
             let err = Cli::try_parse_from(["gitlab-oidc-proxy", "serve", "--upstream=http://127.0.0.1:1", lone])
                 .expect_err(lone);
             assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{lone}");
+        }
+    }
+
+    #[test]
+    fn threads_are_bounded() {
+        for bad in ["--threads=1025", "--threads=-1", "--threads=many"] {
+            let err = Cli::try_parse_from(["gitlab-oidc-proxy", "serve", "--upstream=http://127.0.0.1:1", bad])
+                .expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
         }
     }
 }

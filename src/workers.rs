@@ -1,14 +1,17 @@
 //! Serving threads: connections are spread over `--threads` single-threaded
-//! tokio runtimes, the one that started the proxy and one per extra thread.
-//! A connection stays on its thread for life: no work-stealing scheduler's
+//! tokio runtimes. With one, it is the runtime that started the proxy; with
+//! more, each is a thread of its own, and the starting runtime keeps only the
+//! accept loops, the admin listener and the refresher, so that busy connections
+//! never delay a health probe or an accept. A connection goes to the thread
+//! with the fewest open and stays there for life: no work-stealing scheduler's
 //! bookkeeping per wake-up. The pool of connections to GitLab stays shared
 //! (one per upstream): idle connections must never hold
 //! `--max-upstream-connections` against a request on another thread.
 
 use std::future::Future;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -24,20 +27,37 @@ pub(crate) fn resolve(threads: usize) -> usize {
 }
 
 pub(crate) struct Workers {
-    /// The extra threads' runtimes; place 0 is the caller's own runtime.
-    others: Vec<Handle>,
+    /// The serving threads' runtimes; none: the caller's runtime serves.
+    threads: Vec<Place>,
+    /// Where the search for the least busy thread starts, turned each time, so
+    /// that ties do not all go to the first.
     next: AtomicUsize,
     stop: CancellationToken,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    joins: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+struct Place {
+    runtime: Handle,
+    /// Connections open on this thread.
+    open: Arc<AtomicUsize>,
+}
+
+/// One open connection on a place, until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Workers {
-    /// Starts `count - 1` threads (the caller's runtime is the first place).
+    /// With `count` > 1, starts that many threads; else the caller's runtime serves.
     pub(crate) fn start(count: usize) -> std::io::Result<Workers> {
         let stop = CancellationToken::new();
-        let mut others = Vec::new();
         let mut threads = Vec::new();
-        for index in 1..count.max(1) {
+        let mut joins = Vec::new();
+        for index in (1..=count).filter(|_| count > 1) {
             // Built on its own thread, so that a failure never drops a runtime
             // inside the caller's (tokio forbids that).
             let (made, handle) = std::sync::mpsc::channel();
@@ -54,10 +74,12 @@ impl Workers {
                     // Whatever is left is dropped now; blocking work is not awaited.
                     runtime.shutdown_background();
                 })?;
-            threads.push(thread);
-            let handle = handle.recv().map_err(std::io::Error::other).and_then(|made| made);
-            match handle {
-                Ok(handle) => others.push(handle),
+            joins.push(thread);
+            match handle.recv().map_err(std::io::Error::other).and_then(|made| made) {
+                Ok(runtime) => threads.push(Place {
+                    runtime,
+                    open: Arc::default(),
+                }),
                 Err(e) => {
                     stop.cancel();
                     return Err(e);
@@ -65,27 +87,26 @@ impl Workers {
             }
         }
         Ok(Workers {
-            others,
+            threads,
             next: AtomicUsize::new(0),
             stop,
-            threads: Mutex::new(threads),
+            joins: Mutex::new(joins),
         })
     }
 
-    /// How many threads serve (the caller's included).
+    /// How many threads serve connections.
     pub(crate) fn count(&self) -> usize {
-        self.others.len() + 1
+        self.threads.len().max(1)
     }
 
-    /// Runs `serve(stream)` on the next thread in turn, tracked by `tracker`.
-    /// Called on the caller's runtime, where `stream` was accepted.
+    /// Runs `serve(stream)` on the serving thread with the fewest connections
+    /// open, tracked by `tracker`. Called where `stream` was accepted.
     pub(crate) fn spawn<F, Fut>(&self, tracker: &TaskTracker, stream: TcpStream, serve: F)
     where
         F: FnOnce(TcpStream) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let place = self.next.fetch_add(1, Ordering::Relaxed) % self.count();
-        let Some(handle) = place.checked_sub(1).map(|i| &self.others[i]) else {
+        let Some(place) = self.least_busy() else {
             tracker.spawn(serve(stream));
             return;
         };
@@ -98,7 +119,10 @@ impl Workers {
                 return;
             }
         };
-        handle.spawn(tracker.track_future(async move {
+        place.open.fetch_add(1, Ordering::Relaxed);
+        let open = Open(place.open.clone());
+        place.runtime.spawn(tracker.track_future(async move {
+            let _open = open;
             match TcpStream::from_std(stream) {
                 Ok(stream) => serve(stream).await,
                 Err(e) => tracing::warn!(error = %e, "cannot take over a connection"),
@@ -106,12 +130,22 @@ impl Workers {
         }));
     }
 
+    /// The thread with the fewest open connections; None when the caller's
+    /// runtime is the only one.
+    fn least_busy(&self) -> Option<&Place> {
+        let n = self.threads.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.threads[(first + i) % n.max(1)])
+            .min_by_key(|place| place.open.load(Ordering::Relaxed))
+    }
+
     /// Ends the extra threads; what still runs there is dropped.
     pub(crate) fn stop(&self) {
         self.stop.cancel();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let joins = std::mem::take(&mut *self.joins.lock().unwrap_or_else(|e| e.into_inner()));
         // They end at once (shutdown_background); joined so none outlives us.
-        for thread in threads {
+        for thread in joins {
             let _ = thread.join();
         }
     }
@@ -129,45 +163,81 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// Connections go round the threads; each is served on its thread's own
-    /// runtime (its socket registered there) and tracked until done.
+    /// The serving thread's name, or `-` for the caller's own runtime.
+    fn place() -> u8 {
+        let thread = std::thread::current();
+        thread
+            .name()
+            .and_then(|n| n.strip_prefix("serve-"))
+            .map_or(b'-', |n| n.as_bytes()[0])
+    }
+
+    /// Accepts one connection and serves it with `workers`: the server answers
+    /// the first byte with its thread, then holds the connection until EOF.
+    async fn connect(workers: &Workers, tracker: &TaskTracker, listener: &TcpListener) -> (TcpStream, u8) {
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        workers.spawn(tracker, stream, |mut stream| async move {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap();
+            stream.write_all(&[place()]).await.unwrap();
+            let _ = stream.read(&mut byte).await;
+        });
+        client.write_all(b"x").await.unwrap();
+        let mut reply = [0u8; 1];
+        client.read_exact(&mut reply).await.unwrap();
+        (client, reply[0])
+    }
+
+    /// Each connection goes to the thread with the fewest open, is served on
+    /// that thread's own runtime (its socket registered there), and is tracked
+    /// until done.
     #[tokio::test]
-    async fn connections_take_turns_across_threads() {
+    async fn connections_go_to_the_least_busy_thread() {
         let workers = Workers::start(3).unwrap();
         assert_eq!(workers.count(), 3);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let tracker = TaskTracker::new();
-        let mut clients = Vec::new();
-        for _ in 0..6 {
-            let mut client = TcpStream::connect(addr).await.unwrap();
-            let (stream, _) = listener.accept().await.unwrap();
-            workers.spawn(&tracker, stream, |mut stream| async move {
-                let mut byte = [0u8; 1];
-                stream.read_exact(&mut byte).await.unwrap();
-                // serve-N, or the test's own thread for place 0.
-                let thread = std::thread::current();
-                let place = thread
-                    .name()
-                    .and_then(|n| n.strip_prefix("serve-"))
-                    .map_or(b'0', |n| n.as_bytes()[0]);
-                stream.write_all(&[byte[0], place]).await.unwrap();
-            });
-            client.write_all(b"x").await.unwrap();
-            clients.push(client);
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            open.push(connect(&workers, &tracker, &listener).await);
         }
-        let mut places = Vec::new();
-        for client in &mut clients {
-            let mut reply = [0u8; 2];
-            client.read_exact(&mut reply).await.unwrap();
-            assert_eq!(reply[0], b'x');
-            places.push(reply[1]);
-        }
-        assert_eq!(places, b"012012");
+        let mut places: Vec<u8> = open.iter().map(|(_, place)| *place).collect();
+        places.sort_unstable();
+        assert_eq!(places, b"123", "one connection on each thread");
+
+        // The one on serve-2 closes: the next connection goes there.
+        let at = open.iter().position(|(_, place)| *place == b'2').unwrap();
+        drop(open.remove(at));
+        let freed = async {
+            while workers.threads[1].open.load(Ordering::Relaxed) != 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), freed)
+            .await
+            .expect("the closed connection's count went back to 0");
+        let (client, place) = connect(&workers, &tracker, &listener).await;
+        assert_eq!(place, b'2');
+
+        drop((client, open));
         tracker.close();
         tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait())
             .await
             .expect("every connection's task ended and was tracked");
+        workers.stop();
+    }
+
+    /// One thread: the caller's runtime serves, no thread is started.
+    #[tokio::test]
+    async fn one_thread_is_the_callers_runtime() {
+        let workers = Workers::start(1).unwrap();
+        assert_eq!(workers.count(), 1);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tracker = TaskTracker::new();
+        let (client, place) = connect(&workers, &tracker, &listener).await;
+        assert_eq!(place, b'-');
+        drop(client);
         workers.stop();
     }
 
