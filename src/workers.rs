@@ -71,7 +71,9 @@ impl Workers {
                     };
                     let _ = made.send(Ok(runtime.handle().clone()));
                     runtime.block_on(until.cancelled());
-                    // Whatever is left is dropped now; blocking work is not awaited.
+                    // Whatever is left is dropped now (logged as cut by the
+                    // shutdown); blocking work is not awaited.
+                    crate::access_log::cut_by_shutdown();
                     runtime.shutdown_background();
                 })?;
             joins.push(thread);

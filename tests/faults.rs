@@ -224,7 +224,8 @@ async fn shutdown_grace_bounds_a_stuck_request() {
         Response::new(empty())
     })
     .await;
-    let mut proxy = Proxy::start(&up.target, &["--shutdown-grace", "500ms"]);
+    // Two serving threads: the request is on one of them, not the main thread.
+    let mut proxy = Proxy::start(&up.target, &["--shutdown-grace", "500ms", "--threads", "2"]);
     let url = proxy.url("/api/v4/jobs/request");
     let _stuck = tokio::spawn(async move { client().get(url.parse().unwrap()).await });
     up.next_seen().await;
@@ -239,7 +240,19 @@ async fn shutdown_grace_bounds_a_stuck_request() {
         started.elapsed() >= Duration::from_millis(500),
         "did not wait for the grace period"
     );
-    assert!(proxy.logs().contains("grace period over"));
+    let logs = proxy.logs();
+    assert!(logs.contains("grace period over"));
+    // Cut by the shutdown, and logged as such: not as the client's leaving.
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["path"] == "/api/v4/jobs/request")
+        .unwrap_or_else(|| panic!("no access line for the cut request:\n{logs}"));
+    assert_eq!(
+        (&line["status"], &line["outcome"]),
+        (&499.into(), &"shutdown".into()),
+        "{line}"
+    );
 }
 
 #[tokio::test]

@@ -44,6 +44,22 @@ fn enabled() -> bool {
     tracing::enabled!(target: "access", tracing::Level::INFO)
 }
 
+thread_local! {
+    /// Set on a serving thread whose remaining requests the shutdown is about
+    /// to drop (the grace period over): they are logged `shutdown`, not as
+    /// the client's doing.
+    static CUT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// What this thread drops from now on, the shutdown cut.
+pub(crate) fn cut_by_shutdown() {
+    CUT.with(|cut| cut.set(true));
+}
+
+fn was_cut() -> bool {
+    CUT.with(std::cell::Cell::get)
+}
+
 /// What is known about a request when it arrives.
 pub(crate) struct RequestRecord {
     pub method: Method,
@@ -132,6 +148,8 @@ impl Drop for LoggedBody {
         // hyper drops a body it knows is empty (HEAD, 204, 304) without polling it.
         if self.outcome == "aborted" && self.inner.is_end_stream() {
             self.outcome = "complete";
+        } else if self.outcome == "aborted" && was_cut() {
+            self.outcome = "shutdown";
         }
         self.record
             .emit(self.status.as_u16(), self.bytes, self.outcome, &self.metrics);
@@ -199,7 +217,9 @@ impl PendingLog {
 impl Drop for PendingLog {
     fn drop(&mut self) {
         if let Some(record) = self.record.take() {
-            record.emit(499, 0, "client_gone", &self.metrics);
+            // No answer went out: 499 either way, as nginx logs a closed request.
+            let outcome = if was_cut() { "shutdown" } else { "client_gone" };
+            record.emit(499, 0, outcome, &self.metrics);
         }
     }
 }
