@@ -65,7 +65,14 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("serve-{index}"))
                 .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    // tokio's 512 blocking threads (DNS lookups of a named
+                    // upstream) shared out, not 512 on each serving thread.
+                    let blocking = (512 / count).max(8);
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .max_blocking_threads(blocking)
+                        .enable_all()
+                        .build()
+                    {
                         Ok(runtime) => runtime,
                         Err(e) => return drop(made.send(Err(e))),
                     };
