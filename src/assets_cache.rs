@@ -440,6 +440,11 @@ impl AssetsCache {
         })
     }
 
+    /// Whether `req` is one for the cache to look at (under `/assets/`).
+    pub(crate) fn covers<B>(req: &Request<B>) -> bool {
+        req.uri().path().starts_with(PREFIX)
+    }
+
     /// Answers a request on its way to GitLab: from memory when it can, else
     /// through `passthrough`, keeping a copy of a storable answer.
     pub(crate) async fn handle(
@@ -447,7 +452,7 @@ impl AssetsCache {
         req: Request<Incoming>,
         passthrough: &Passthrough,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        if !req.uri().path().starts_with(PREFIX) {
+        if !Self::covers(&req) {
             return passthrough.forward(req).await;
         }
         if !cacheable_request(&req) {
