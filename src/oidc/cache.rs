@@ -85,6 +85,19 @@ impl Published {
         }
     }
 
+    /// As `new`, keeping `previous`'s copies when the body is the same: a
+    /// refresh that changes nothing compresses nothing (brotli 11 and zstd 22
+    /// on the thread that refreshes, every `--refresh`).
+    pub(crate) fn renewed(body: Vec<u8>, fetched_at: Instant, style: &Style, previous: Option<&Published>) -> Self {
+        match previous {
+            Some(old) if old.body == body => Published {
+                fetched_at,
+                ..old.clone()
+            },
+            _ => Published::new(body, fetched_at, style),
+        }
+    }
+
     /// What to send for a negotiated encoding: that copy when held, else the document.
     pub(crate) fn representation(&self, choice: Option<Encoding>) -> Representation<'_> {
         match choice.and_then(|c| self.encoded.iter().find(|e| e.encoding == c)) {
@@ -433,23 +446,26 @@ impl Cache {
         }
         let now = Instant::now();
         let jwks_path = &self.settings.jwks_path;
-        let mut by_path = vec![(
-            issuer.discovery_path(),
-            Published::new(discovery::publish(&doc, &issuer, jwks_path), now, &self.style),
-        )];
+        let old = self.discovery();
+        let held = |path: &str| {
+            old.as_ref()
+                .and_then(|o| o.by_path.iter().find(|(p, _)| p == path).map(|(_, d)| d.clone()))
+        };
+        let publish = |issuer: &Issuer| {
+            let body = discovery::publish(&doc, issuer, jwks_path);
+            Published::renewed(body, now, &self.style, held(&issuer.discovery_path()).as_ref())
+        };
+        let mut by_path = vec![(issuer.discovery_path(), publish(&issuer))];
         for extra in &self.settings.extra_issuers {
             if extra.discovery_path() == issuer.discovery_path() && extra.url != issuer.url {
                 // Routing is by path: two issuers on one path cannot both be served.
                 tracing::warn!(target: "oidc", issuer = %extra.url, gitlab = %issuer.url, "--issuer has the same path as GitLab's issuer; GitLab's is published there");
             }
             if !by_path.iter().any(|(p, _)| *p == extra.discovery_path()) {
-                by_path.push((
-                    extra.discovery_path(),
-                    Published::new(discovery::publish(&doc, extra, jwks_path), now, &self.style),
-                ));
+                by_path.push((extra.discovery_path(), publish(extra)));
             }
         }
-        let changed = self.discovery().is_none_or(|old| {
+        let changed = old.is_none_or(|old| {
             old.by_path
                 .iter()
                 .map(|(_, d)| &d.body)
@@ -492,8 +508,14 @@ impl Cache {
             tracing::warn!(target: "oidc", error = %e, "key set refused; keeping the last good copy");
         })?;
         let kids: Vec<String> = merged.iter().map(|k| jwks::kid(k).to_owned()).collect();
-        let doc = Published::new(jwks::publish(&merged), Instant::now(), &self.style);
-        if self.keys().is_none_or(|old| old.doc.body != doc.body) {
+        let old = self.keys();
+        let doc = Published::renewed(
+            jwks::publish(&merged),
+            Instant::now(),
+            &self.style,
+            old.as_ref().map(|o| &o.doc),
+        );
+        if old.is_none_or(|old| old.doc.body != doc.body) {
             tracing::info!(target: "oidc", kids = ?kids, "key set published");
         }
         self.keys.send_replace(Some(Arc::new(KeysState { doc, kids })));
@@ -714,6 +736,30 @@ mod tests {
             Encoding::Zstd => out = zstd::decode_all(data).unwrap(),
         }
         out
+    }
+
+    #[test]
+    fn a_refresh_that_changes_nothing_keeps_the_copies() {
+        let body =
+            br#"{"keys":[{"kid":"a","kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWh","e":"AQAB"}]}"#
+                .repeat(4);
+        let style = Style::new(Duration::from_secs(60), true);
+        let first = Published::new(body.clone(), Instant::now(), &style);
+        let later = Instant::now() + Duration::from_secs(60);
+        let same = Published::renewed(body.clone(), later, &style, Some(&first));
+        assert!(Arc::ptr_eq(&same.encoded, &first.encoded), "compressed again");
+        assert_eq!(
+            (same.fetched_at, &same.etag, &same.body),
+            (later, &first.etag, &first.body)
+        );
+        let mut changed_body = body.clone();
+        changed_body[10] = b'b';
+        let changed = Published::renewed(changed_body.clone(), later, &style, Some(&first));
+        assert!(!Arc::ptr_eq(&changed.encoded, &first.encoded));
+        let made = Published::new(changed_body, later, &style);
+        assert_eq!((&changed.etag, &changed.body), (&made.etag, &made.body));
+        let fresh = Published::renewed(body, later, &style, None);
+        assert_eq!(fresh.etag, first.etag);
     }
 
     #[test]
