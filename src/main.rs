@@ -42,8 +42,9 @@ fn main() -> ExitCode {
         }
     };
     // The probe runs every few seconds in a container: one thread is plenty.
-    // `serve` starts its other serving threads itself (--threads), each with a
-    // single-threaded runtime like this one.
+    // `serve` runs its accept loops, admin listener and refresher here and
+    // starts its serving threads itself (--threads), each a single-threaded
+    // runtime like this one; with one thread, this runtime serves too.
     let runtime = match &cli.command {
         Command::Healthcheck(_) | Command::Serve(_) => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()
