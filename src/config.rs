@@ -157,7 +157,7 @@ pub struct Config {
     pub upgrade_idle_timeout: Duration,
     /// Connections open to GitLab at once, idle pooled ones included.
     pub max_upstream_connections: u32,
-    /// `--threads`: serving threads, each with its own upstream pool; 0: one per core.
+    /// `--threads`: serving threads; 0: one per core.
     pub threads: usize,
     pub shutdown_grace: Duration,
     pub compression: bool,

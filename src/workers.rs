@@ -198,15 +198,20 @@ mod tests {
         (client, reply[0])
     }
 
+    /// `threads` serving threads, a listener and a tracker for their connections.
+    async fn started(threads: usize) -> (Workers, TcpListener, TaskTracker) {
+        let workers = Workers::start(threads).unwrap();
+        assert_eq!(workers.count(), threads);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (workers, listener, TaskTracker::new())
+    }
+
     /// Each connection goes to the thread with the fewest open, is served on
     /// that thread's own runtime (its socket registered there), and is tracked
     /// until done.
     #[tokio::test]
     async fn connections_go_to_the_least_busy_thread() {
-        let workers = Workers::start(3).unwrap();
-        assert_eq!(workers.count(), 3);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tracker = TaskTracker::new();
+        let (workers, listener, tracker) = started(3).await;
         let mut open = Vec::new();
         for _ in 0..3 {
             open.push(connect(&workers, &tracker, &listener).await);
@@ -240,10 +245,7 @@ mod tests {
     /// One thread: the caller's runtime serves, no thread is started.
     #[tokio::test]
     async fn one_thread_is_the_callers_runtime() {
-        let workers = Workers::start(1).unwrap();
-        assert_eq!(workers.count(), 1);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tracker = TaskTracker::new();
+        let (workers, listener, tracker) = started(1).await;
         let (client, place) = connect(&workers, &tracker, &listener).await;
         assert_eq!(place, b'-');
         drop(client);

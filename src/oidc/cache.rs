@@ -447,13 +447,12 @@ impl Cache {
         let now = Instant::now();
         let jwks_path = &self.settings.jwks_path;
         let old = self.discovery();
-        let held = |path: &str| {
-            old.as_ref()
-                .and_then(|o| o.by_path.iter().find(|(p, _)| p == path).map(|(_, d)| d.clone()))
-        };
+        let held = old.as_ref().map_or(&[][..], |o| &o.by_path[..]);
         let publish = |issuer: &Issuer| {
             let body = discovery::publish(&doc, issuer, jwks_path);
-            Published::renewed(body, now, &self.style, held(&issuer.discovery_path()).as_ref())
+            let path = issuer.discovery_path();
+            let previous = held.iter().find(|(p, _)| *p == path).map(|(_, d)| d);
+            Published::renewed(body, now, &self.style, previous)
         };
         let mut by_path = vec![(issuer.discovery_path(), publish(&issuer))];
         for extra in &self.settings.extra_issuers {
