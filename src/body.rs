@@ -14,23 +14,68 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::BoxError;
 
-/// What every route returns and what goes to GitLab.
-pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+/// What every route returns and what goes to GitLab: bytes held in memory
+/// (the cached documents, the proxy's own answers) inline, a stream boxed. The
+/// held answers are the hot ones: they skip an allocation and a virtual call.
+pub(crate) struct ProxyBody(Kind);
+
+enum Kind {
+    /// `None` once sent, or when there was nothing to send.
+    Held(Option<Bytes>),
+    Stream(UnsyncBoxBody<Bytes, BoxError>),
+}
 
 pub(crate) fn boxed<B>(body: B) -> ProxyBody
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(Into::into).boxed_unsync()
+    ProxyBody(Kind::Stream(body.map_err(Into::into).boxed_unsync()))
 }
 
 pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    boxed(http_body_util::Full::new(bytes.into()))
+    let bytes = bytes.into();
+    // Empty data is no frame at all, as `http_body_util::Full` has it.
+    ProxyBody(Kind::Held(Some(bytes).filter(|b| !b.is_empty())))
 }
 
 pub(crate) fn empty() -> ProxyBody {
-    boxed(http_body_util::Empty::new())
+    ProxyBody(Kind::Held(None))
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Held(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Stream(stream) => Pin::new(stream).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Held(data) => data.is_none(),
+            Kind::Stream(stream) => stream.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Held(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Stream(stream) => stream.size_hint(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Kind::Held(data) => f.debug_tuple("Held").field(&data.as_ref().map(Bytes::len)).finish(),
+            Kind::Stream(_) => f.write_str("Stream"),
+        }
+    }
 }
 
 /// A short plain-text answer of the proxy's own (admin, ACME webroot).
@@ -143,6 +188,28 @@ impl Body for SignalOnDrop {
 mod tests {
     use super::*;
     use http_body_util::StreamBody;
+
+    #[tokio::test]
+    async fn held_bytes_are_one_frame_then_the_end() {
+        let mut body = full("abc");
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(3));
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "abc");
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert!(body.frame().await.is_none());
+        // Nothing held is no frame at all: hyper then sends no chunk.
+        for mut none in [empty(), full(Bytes::new())] {
+            assert!(none.is_end_stream());
+            assert_eq!(none.size_hint().exact(), Some(0));
+            assert!(none.frame().await.is_none());
+        }
+        // A stream is read through.
+        let mut stream = boxed(http_body_util::Full::new(Bytes::from_static(b"xy")));
+        assert_eq!(stream.size_hint().exact(), Some(2));
+        assert_eq!(stream.frame().await.unwrap().unwrap().into_data().unwrap(), "xy");
+        assert!(stream.frame().await.is_none());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_body_fails_after_silence_and_resets_on_data() {

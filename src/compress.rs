@@ -229,23 +229,16 @@ pub(crate) fn eligible(method: &Method, status: StatusCode, response_headers: &H
         return false;
     }
     let h = response_headers;
-    // Already encoded: only an empty or `identity` Content-Encoding lets us in.
-    let already_encoded = h.get_all(header::CONTENT_ENCODING).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .map(<[u8]>::trim_ascii)
-            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
+    // The checks that turn most answers away come first: small ones (most API
+    // answers) and binary ones (packs, images) then cost two lookups, not six.
+    // Every Content-Length (normally one) must parse and reach MIN_LENGTH.
+    let long_enough = h.get_all(header::CONTENT_LENGTH).iter().all(|v| {
+        std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|len| len >= MIN_LENGTH)
     });
-    if already_encoded || h.contains_key(header::CONTENT_RANGE) {
-        return false;
-    }
-    let no_transform = h.get_all(header::CACHE_CONTROL).iter().any(|v| {
-        v.as_bytes().split(|&b| b == b',').any(|directive| {
-            let name = directive.split(|&b| b == b'=').next().unwrap_or_default();
-            name.trim_ascii().eq_ignore_ascii_case(b"no-transform")
-        })
-    });
-    if no_transform {
+    if !long_enough {
         return false;
     }
     // Exactly one Content-Type, of a compressible type.
@@ -256,12 +249,21 @@ pub(crate) fn eligible(method: &Method, status: StatusCode, response_headers: &H
     if !compressible_type(content_type.as_bytes()) {
         return false;
     }
-    // Every Content-Length (normally one) must parse and reach MIN_LENGTH.
-    h.get_all(header::CONTENT_LENGTH).iter().all(|v| {
-        std::str::from_utf8(v.as_bytes())
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .is_some_and(|len| len >= MIN_LENGTH)
+    // Already encoded: only an empty or `identity` Content-Encoding lets us in.
+    let already_encoded = h.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
+    });
+    if already_encoded || h.contains_key(header::CONTENT_RANGE) {
+        return false;
+    }
+    !h.get_all(header::CACHE_CONTROL).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|directive| {
+            let name = directive.split(|&b| b == b'=').next().unwrap_or_default();
+            name.trim_ascii().eq_ignore_ascii_case(b"no-transform")
+        })
     })
 }
 

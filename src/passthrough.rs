@@ -82,10 +82,16 @@ impl Passthrough {
 
         // A client that goes silent mid-upload is cut after --client-body-timeout
         // (408, GitLab's request aborted), and its body's errors are told apart
-        // from GitLab's. (An empty body is never polled: its timer is never armed.)
-        let body = body::boxed(
-            IdleTimeoutBody::new(body, self.client_body_idle).map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }),
-        );
+        // from GitLab's. A request without a body (most) sends none: nothing to
+        // time, wrap or allocate.
+        let body = if http_body::Body::is_end_stream(&body) {
+            body::empty()
+        } else {
+            body::boxed(
+                IdleTimeoutBody::new(body, self.client_body_idle)
+                    .map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }),
+            )
+        };
         let mut resp = self.upstream.send(Request::from_parts(parts, body)).await?;
         if headers::has_conflicting_framing(resp.headers()) || headers::has_unsupported_transfer_coding(resp.headers())
         {

@@ -1,0 +1,243 @@
+//! Requests to GitLab (Workhorse) and the other services: TCP, TLS or a unix
+//! socket, over connections kept open between requests (`pool`), with a
+//! connect timeout that is told apart from a refused connection (504 vs 502).
+
+mod connect;
+mod pool;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::body::{IdleTimeout, ProxyBody};
+use crate::config::UpstreamTarget;
+use crate::error::{ClientBodyError, DownstreamError, ProxyError, UpstreamError};
+use crate::headers::{self, ViaId};
+use connect::Dial;
+pub(crate) use connect::{Budget, SetupError, tls_client_config};
+pub(crate) use pool::UpstreamBody;
+use pool::{Pool, PoolError};
+
+/// Settings the pool needs; read from the command line by `main`.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamSettings {
+    pub target: UpstreamTarget,
+    pub extra_ca: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Longest wait for response headers.
+    pub response_timeout: Duration,
+    /// Named in the `Via` of every request sent, so a request that loops back
+    /// to this process is caught.
+    pub via: ViaId,
+}
+
+pub(crate) struct Upstream {
+    pool: Pool,
+    response_timeout: Duration,
+    via: ViaId,
+    /// Counts the requests refused for want of a connection.
+    refusals: Option<Counter>,
+}
+
+impl Upstream {
+    /// A pool to `settings.target`; with a `budget`, its connections count against it.
+    pub(crate) fn new(settings: &UpstreamSettings, budget: Option<Arc<Budget>>) -> Result<Self, SetupError> {
+        let (dial, dial_uri) = Dial::to(&settings.target, settings.extra_ca.as_deref())?;
+        let refusals = budget.as_ref().map(|b| b.metrics.upstream_refusals.clone());
+        Ok(Upstream {
+            pool: Pool::new(dial, dial_uri, settings.connect_timeout, budget),
+            response_timeout: settings.response_timeout,
+            via: settings.via.clone(),
+            refusals,
+        })
+    }
+
+    /// The URI a request for `path_and_query` is sent with: origin-form, as
+    /// HTTP/1.1 to an origin server has it.
+    pub(crate) fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+        Uri::from(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        )
+    }
+
+    /// Sends a request and waits for the response headers (not the body). The
+    /// response timeout starts once the request body is sent: an upload may take
+    /// hours, its silences are bounded by the body's own idle limit.
+    /// `Via` names the protocol the request came in with; Workhorse gets HTTP/1.1.
+    pub(crate) async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<UpstreamBody>, ProxyError> {
+        let received = req.version();
+        headers::append_via(req.headers_mut(), received, &self.via);
+        *req.version_mut() = Version::HTTP_11;
+        let has_body = !http_body::Body::is_end_stream(req.body());
+        let (req, sent) = if has_body {
+            let (parts, body) = req.into_parts();
+            let (body, sent) = crate::body::with_end_signal(body);
+            (Request::from_parts(parts, body), Some(sent))
+        } else {
+            (req, None)
+        };
+        let exchange = self.pool.send(req);
+        tokio::pin!(exchange);
+        if let Some(sent) = sent {
+            tokio::select! {
+                biased;
+                result = &mut exchange => return result.map_err(|e| self.classify(e)),
+                _ = sent => {}
+            }
+        }
+        match tokio::time::timeout(self.response_timeout, exchange).await {
+            Err(_) => Err(ProxyError::Upstream(UpstreamError::ResponseTimeout)),
+            Ok(result) => result.map_err(|e| self.classify(e)),
+        }
+    }
+
+    fn classify(&self, err: PoolError) -> ProxyError {
+        match err {
+            PoolError::Busy => {
+                if let Some(refusals) = &self.refusals {
+                    refusals.inc();
+                }
+                ProxyError::Upstream(UpstreamError::Busy)
+            }
+            PoolError::ConnectTimeout => ProxyError::Upstream(UpstreamError::ConnectTimeout),
+            PoolError::Connect(e) => ProxyError::Upstream(UpstreamError::Connect(e)),
+            PoolError::Exchange(e) => classify_exchange(e),
+        }
+    }
+}
+
+/// A failed exchange: the client's request body (its error, or its silence),
+/// else GitLab's side.
+fn classify_exchange(err: hyper::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(body) = e.downcast_ref::<ClientBodyError>() {
+            tracing::debug!(error = %crate::error::chain(&err), "client request body failed");
+            if body.0.is::<IdleTimeout>() {
+                return ProxyError::Downstream(DownstreamError::RequestBodyTimeout);
+            }
+            return ProxyError::Downstream(DownstreamError::RequestBody);
+        }
+        source = e.source();
+    }
+    ProxyError::Upstream(UpstreamError::Exchange(Box::new(err)))
+}
+
+/// The listener of this process that `target` names, if any: a proxy sent to
+/// itself would wait on its own answers. A name that does not resolve in
+/// `within` is let be (the `Via` check still catches the loop).
+pub(crate) async fn own_listener(
+    target: &UpstreamTarget,
+    listeners: &[SocketAddr],
+    within: Duration,
+) -> Option<SocketAddr> {
+    let (UpstreamTarget::Http { authority } | UpstreamTarget::Https { authority }) = target else {
+        return None;
+    };
+    let default_port = if matches!(target, UpstreamTarget::Https { .. }) {
+        443
+    } else {
+        80
+    };
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(default_port);
+    let resolved: Vec<SocketAddr> = match tokio::time::timeout(within, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => return None,
+    };
+    listeners.iter().copied().find(|listener| {
+        resolved
+            .iter()
+            .any(|addr| addr.port() == listener.port() && reaches(addr.ip(), listener.ip()))
+    })
+}
+
+/// Whether a connection to `addr` lands on a socket bound to `bound`.
+fn reaches(addr: IpAddr, bound: IpAddr) -> bool {
+    if addr == bound {
+        return true;
+    }
+    // A wildcard listener takes every address of this host: those are the ones
+    // a socket can be bound to.
+    bound.is_unspecified() && (addr.is_loopback() || std::net::UdpSocket::bind((addr, 0)).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(target: &str) -> UpstreamSettings {
+        UpstreamSettings {
+            target: crate::config::parse_upstream(target).unwrap(),
+            extra_ca: None,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            via: ViaId::new("test".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn uris_keep_path_and_query() {
+        let up = Upstream::new(&settings("http://127.0.0.1:8181"), None).unwrap();
+        let pq = PathAndQuery::from_static("/api/v4/jobs/request?x=1");
+        // Origin-form: the connection, not the URI, says where it goes.
+        assert_eq!(up.uri_for(Some(&pq)).to_string(), "/api/v4/jobs/request?x=1");
+        assert_eq!(up.uri_for(None).to_string(), "/");
+        let unix = Upstream::new(&settings("unix:/tmp/none.sock"), None).unwrap();
+        assert_eq!(unix.uri_for(Some(&pq)).path_and_query(), Some(&pq));
+    }
+
+    #[tokio::test]
+    async fn missing_unix_socket_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.sock");
+        let up = Upstream::new(&settings(&format!("unix:{}", path.display())), None).unwrap();
+        let req = Request::get(up.uri_for(None)).body(crate::body::empty()).unwrap();
+        match up.send(req).await {
+            Err(ProxyError::Upstream(UpstreamError::Connect(e))) => {
+                assert!(crate::error::chain(e.as_ref()).contains("absent.sock"), "{e}")
+            }
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn own_listeners_are_found_through_names_and_wildcards() {
+        let target = |s: &str| crate::config::parse_upstream(s).unwrap();
+        let wildcard: SocketAddr = "0.0.0.0:18080".parse().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:19090".parse().unwrap();
+        let listeners = [wildcard, loopback];
+        let within = Duration::from_secs(2);
+        let found = |t: &str| {
+            let t = target(t);
+            async move { own_listener(&t, &listeners, within).await }
+        };
+        assert_eq!(found("http://127.0.0.1:18080").await, Some(wildcard));
+        assert_eq!(found("http://localhost:18080").await, Some(wildcard));
+        assert_eq!(found("https://127.0.0.1:19090").await, Some(loopback));
+        // Same port, other address; other port; a unix socket: no loop.
+        assert_eq!(found("http://127.0.0.2:19090").await, None);
+        assert_eq!(found("http://127.0.0.1:18081").await, None);
+        assert_eq!(found("unix:/run/gitlab.sock").await, None);
+        // Not an address of this host (TEST-NET-1): not ours even on a wildcard.
+        assert!(!reaches("192.0.2.1".parse().unwrap(), "0.0.0.0".parse().unwrap()));
+    }
+
+    #[test]
+    fn unreadable_ca_is_a_clear_error() {
+        let mut s = settings("https://gitlab.internal");
+        s.extra_ca = Some("/nonexistent/ca.pem".into());
+        let err = Upstream::new(&s, None).err().unwrap();
+        assert!(
+            err.to_string().starts_with("--upstream-ca /nonexistent/ca.pem"),
+            "{err}"
+        );
+    }
+}
