@@ -9,6 +9,7 @@
 //! a request takes one of its own thread's first, so the exchange crosses no
 //! thread.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -20,7 +21,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::connect::{Budget, Dial, Permit};
@@ -59,13 +60,18 @@ struct Shared {
     dial_uri: Uri,
     connect_timeout: Duration,
     budget: Option<Arc<Budget>>,
-    /// The most recently used last.
-    idle: Mutex<Vec<Idle>>,
-    /// Told when a connection is put back: a request waiting on a full budget takes it.
-    freed: Notify,
+    state: Mutex<State>,
     /// Advanced by the reaper at each look.
     looks: AtomicU64,
     reaper_started: AtomicBool,
+}
+
+struct State {
+    /// The most recently used last.
+    idle: Vec<Idle>,
+    /// Requests waiting on a full budget, the oldest first: a connection put
+    /// back goes to the oldest still waiting, before any newer request.
+    waiters: VecDeque<oneshot::Sender<Conn>>,
 }
 
 struct Idle {
@@ -88,8 +94,10 @@ impl Pool {
                 dial_uri,
                 connect_timeout,
                 budget,
-                idle: Mutex::new(Vec::new()),
-                freed: Notify::new(),
+                state: Mutex::new(State {
+                    idle: Vec::new(),
+                    waiters: VecDeque::new(),
+                }),
                 looks: AtomicU64::new(0),
                 reaper_started: AtomicBool::new(false),
             }),
@@ -130,24 +138,23 @@ impl Pool {
             return shared.open(Some(permit)).await.map(|c| (c, false));
         }
         let deadline = Instant::now() + budget.wait;
-        loop {
-            let freed = shared.freed.notified();
-            tokio::pin!(freed);
-            // Listening before looking: a connection put back in between is not missed.
-            freed.as_mut().enable();
-            if let Some(conn) = shared.take_idle() {
+        let handed = {
+            let mut state = shared.state();
+            // Looked for under the lock that `push` takes: none put back in between is missed.
+            if let Some(conn) = take_idle(&mut state.idle) {
                 return Ok((conn, true));
             }
-            tokio::select! {
-                biased;
-                () = &mut freed => {}
-                permit = budget.acquire_until(deadline) => {
-                    return match permit {
-                        Some(permit) => shared.open(Some(permit)).await.map(|c| (c, false)),
-                        None => Err(PoolError::Busy),
-                    };
-                }
-            }
+            let (tx, rx) = oneshot::channel();
+            state.waiters.push_back(tx);
+            rx
+        };
+        tokio::select! {
+            biased;
+            Ok(conn) = handed => Ok((conn, true)),
+            permit = budget.acquire_until(deadline) => match permit {
+                Some(permit) => shared.open(Some(permit)).await.map(|c| (c, false)),
+                None => Err(PoolError::Busy),
+            },
         }
     }
 
@@ -170,28 +177,12 @@ impl Pool {
 }
 
 impl Shared {
-    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently used idle connection that can take a request, one of
-    /// this thread's if one is near the top. Closed ones met on the way are dropped.
     fn take_idle(&self) -> Option<Conn> {
-        let here = this_thread();
-        let mut idle = self.idle();
-        loop {
-            let top = idle.len().checked_sub(1)?;
-            let at = idle
-                .iter()
-                .rev()
-                .take(AFFINITY_DEPTH)
-                .position(|i| i.conn.home == here)
-                .map_or(top, |down| top - down);
-            let Idle { conn, .. } = idle.remove(at);
-            if conn.send.is_ready() {
-                return Some(conn);
-            }
-        }
+        take_idle(&mut self.state().idle)
     }
 
     async fn open(&self, permit: Option<Permit>) -> Result<Conn, PoolError> {
@@ -222,30 +213,64 @@ impl Shared {
         }
     }
 
-    fn push(self: Arc<Self>, conn: Conn) {
-        let since = self.looks.load(Ordering::Relaxed);
-        self.idle().push(Idle { conn, since });
-        if self.budget.is_some() {
-            self.freed.notify_one();
+    fn push(self: Arc<Self>, mut conn: Conn) {
+        {
+            let mut state = self.state();
+            // The oldest request still waiting takes it; one that gave up
+            // (dropped, or took a place in the budget) hands it on.
+            while let Some(waiter) = state.waiters.pop_front() {
+                match waiter.send(conn) {
+                    Ok(()) => return,
+                    Err(back) => conn = back,
+                }
+            }
+            let since = self.looks.load(Ordering::Relaxed);
+            state.idle.push(Idle { conn, since });
         }
         if !self.reaper_started.swap(true, Ordering::Relaxed) {
-            reap(Arc::downgrade(&self));
+            reap(&self);
+        }
+    }
+}
+
+/// The most recently used idle connection that can take a request, one of
+/// this thread's if one is near the top. Closed ones met on the way are dropped.
+fn take_idle(idle: &mut Vec<Idle>) -> Option<Conn> {
+    let here = this_thread();
+    loop {
+        let top = idle.len().checked_sub(1)?;
+        let at = idle
+            .iter()
+            .rev()
+            .take(AFFINITY_DEPTH)
+            .position(|i| i.conn.home == here)
+            .map_or(top, |down| top - down);
+        let Idle { conn, .. } = idle.remove(at);
+        if conn.send.is_ready() {
+            return Some(conn);
         }
     }
 }
 
 /// Closes connections idle too long, so they give back their sockets and
-/// their places in the budget; ends with the pool.
-fn reap(pool: Weak<Shared>) {
-    tokio::spawn(async move {
+/// their places in the budget; ends with the pool. It runs on the runtime of
+/// the thread that first put a connection back; should that runtime stop
+/// first, the next connection put back starts it again elsewhere.
+fn reap(shared: &Arc<Shared>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        shared.reaper_started.store(false, Ordering::Relaxed);
+        return;
+    };
+    let started = Started(Arc::downgrade(shared));
+    runtime.spawn(async move {
         let mut every = tokio::time::interval_at(Instant::now() + REAP_EVERY, REAP_EVERY);
         loop {
             every.tick().await;
-            let Some(shared) = pool.upgrade() else { return };
+            let Some(shared) = started.0.upgrade() else { return };
             let looks = shared.looks.fetch_add(1, Ordering::Relaxed) + 1;
             let stale: Vec<Idle> = {
-                let mut idle = shared.idle();
-                let (keep, stale) = std::mem::take(&mut *idle)
+                let idle = &mut shared.state().idle;
+                let (keep, stale) = std::mem::take(idle)
                     .into_iter()
                     .partition(|i| looks - i.since < REAP_AFTER_LOOKS && !i.conn.send.is_closed());
                 *idle = keep;
@@ -255,6 +280,18 @@ fn reap(pool: Weak<Shared>) {
             drop(stale);
         }
     });
+}
+
+/// Held by the reaper's task: when the task ends (its runtime stopped), the
+/// pool may start another.
+struct Started(Weak<Shared>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.reaper_started.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A response body from the upstream; puts its connection back once read to the end.
@@ -295,8 +332,8 @@ impl Body for UpstreamBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.give_back(),
-            // hyper stops reading once a body says it has ended.
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back(),
+            // hyper stops reading once a body says it has ended, and after trailers.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || this.inner.is_end_stream() => this.give_back(),
             Poll::Ready(Some(Err(_))) => this.back = None,
             _ => {}
         }
@@ -357,7 +394,11 @@ mod tests {
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let body = body(req.uri().path());
-                        async move { Ok::<_, Infallible>(Response::new(body)) }
+                        // Declared, so hyper sends trailers when a body has some.
+                        let mut resp = Response::new(body);
+                        resp.headers_mut()
+                            .insert(http::header::TRAILER, http::HeaderValue::from_static("x-checksum"));
+                        async move { Ok::<_, Infallible>(resp) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -521,11 +562,11 @@ mod tests {
         let budget = Budget::new(4, Duration::from_secs(1), metrics.clone());
         let pool = pool(addr, Some(budget));
         assert_eq!(text(pool.send(get("/")).await.unwrap()).await, "ok");
-        assert_eq!(pool.shared.idle().len(), 1);
+        assert_eq!(pool.shared.state().idle.len(), 1);
         tokio::time::sleep(Duration::from_secs(59)).await;
-        assert_eq!(pool.shared.idle().len(), 1, "kept at 59 s");
+        assert_eq!(pool.shared.state().idle.len(), 1, "kept at 59 s");
         tokio::time::sleep(Duration::from_secs(32)).await;
-        assert!(pool.shared.idle().is_empty(), "closed by 91 s");
+        assert!(pool.shared.state().idle.is_empty(), "closed by 91 s");
         // The connection's task ends and gives its place back.
         for _ in 0..100 {
             if metrics.upstream_connections.get() == 0 {
@@ -536,5 +577,106 @@ mod tests {
         assert_eq!(metrics.upstream_connections.get(), 0);
         assert_eq!(text(pool.send(get("/")).await.unwrap()).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_not_overtaken_by_newer_requests() {
+        bounded(async {
+            let (addr, accepted) = server(|_| whole("ok")).await;
+            let budget = Budget::new(1, Duration::from_millis(500), Arc::new(Metrics::new()));
+            let pool = Arc::new(pool(addr, Some(budget)));
+            let mut resp = pool.send(get("/")).await.unwrap();
+            let waiting = tokio::spawn({
+                let pool = pool.clone();
+                async move {
+                    let resp = pool.send(get("/")).await?;
+                    Ok::<_, PoolError>(text(resp).await)
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Each answer read puts the connection back; the request made right
+            // after must not take it from the one already waiting.
+            let started = Instant::now();
+            let mut served = 0;
+            while started.elapsed() < Duration::from_millis(800) && !waiting.is_finished() {
+                assert_eq!(text(resp).await, "ok");
+                resp = pool.send(get("/")).await.unwrap();
+                served += 1;
+            }
+            let waited = waiting.await.unwrap();
+            assert!(
+                waited.is_ok(),
+                "waiter refused ({waited:?}) while {served} newer requests were served"
+            );
+            assert_eq!(text(resp).await, "ok");
+            assert!(served <= 1, "{served} newer requests went first");
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_body_read_outside_any_runtime_gives_its_connection_back_without_a_panic() {
+        bounded(async {
+            let (addr, accepted) = server(|_| whole("ok")).await;
+            let pool = pool(addr, None);
+            let resp = pool.send(get("/")).await.unwrap();
+            // The connection's task takes its end: ready before the body is read.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let read = std::thread::spawn(move || {
+                use futures_util::FutureExt;
+                let mut body = resp.into_body();
+                for _ in 0..500 {
+                    match body.frame().now_or_never() {
+                        Some(Some(frame)) => drop(frame.unwrap()),
+                        Some(None) => return,
+                        None => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+                panic!("the body never ended");
+            });
+            tokio::task::spawn_blocking(move || read.join())
+                .await
+                .unwrap()
+                .expect("no panic");
+            // Back in the pool: the next request needs no new connection.
+            assert_eq!(text(pool.send(get("/")).await.unwrap()).await, "ok");
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_answer_ended_with_trailers_is_used_again() {
+        bounded(async {
+            let (addr, accepted) = server(|_| {
+                let (tx, rx) = mpsc::channel(2);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+                tx.try_send(Ok(Frame::data(Bytes::from_static(b"ok")))).unwrap();
+                tx.try_send(Ok(Frame::trailers(trailers))).unwrap();
+                stream(rx)
+            })
+            .await;
+            let pool = pool(addr, None);
+            for _ in 0..2 {
+                // hyper sends trailers only to a client that says it takes them.
+                let mut req = get("/");
+                req.headers_mut()
+                    .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+                let mut body = pool.send(req).await.unwrap().into_body();
+                let mut saw_trailers = false;
+                // Read as hyper's server reads: nothing after the trailers.
+                while let Some(frame) = body.frame().await {
+                    if frame.unwrap().is_trailers() {
+                        saw_trailers = true;
+                        break;
+                    }
+                }
+                assert!(saw_trailers);
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        })
+        .await;
     }
 }
