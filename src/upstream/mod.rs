@@ -5,14 +5,20 @@
 mod connect;
 mod pool;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
+use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
 use crate::body::{IdleTimeout, ProxyBody};
 use crate::config::UpstreamTarget;
@@ -71,30 +77,26 @@ impl Upstream {
     /// response timeout starts once the request body is sent: an upload may take
     /// hours, its silences are bounded by the body's own idle limit.
     /// `Via` names the protocol the request came in with; Workhorse gets HTTP/1.1.
-    pub(crate) async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<UpstreamBody>, ProxyError> {
+    pub(crate) fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Sending<'_, impl Future<Output = Result<Response<UpstreamBody>, PoolError>> + '_> {
         let received = req.version();
         headers::append_via(req.headers_mut(), received, &self.via);
         *req.version_mut() = Version::HTTP_11;
         let has_body = !http_body::Body::is_end_stream(req.body());
-        let (req, sent) = if has_body {
+        let (req, body_sent) = if has_body {
             let (parts, body) = req.into_parts();
             let (body, sent) = crate::body::with_end_signal(body);
             (Request::from_parts(parts, body), Some(sent))
         } else {
             (req, None)
         };
-        let exchange = self.pool.send(req);
-        tokio::pin!(exchange);
-        if let Some(sent) = sent {
-            tokio::select! {
-                biased;
-                result = &mut exchange => return result.map_err(|e| self.classify(e)),
-                _ = sent => {}
-            }
-        }
-        match tokio::time::timeout(self.response_timeout, exchange).await {
-            Err(_) => Err(ProxyError::Upstream(UpstreamError::ResponseTimeout)),
-            Ok(result) => result.map_err(|e| self.classify(e)),
+        Sending {
+            exchange: self.pool.send(req),
+            body_sent,
+            deadline: None,
+            upstream: self,
         }
     }
 
@@ -109,6 +111,52 @@ impl Upstream {
             PoolError::ConnectTimeout => ProxyError::Upstream(UpstreamError::ConnectTimeout),
             PoolError::Connect(e) => ProxyError::Upstream(UpstreamError::Connect(e)),
             PoolError::Exchange(e) => classify_exchange(e),
+        }
+    }
+}
+
+pin_project! {
+    /// [`Upstream::send`]'s answer: the pool's exchange, bounded by the
+    /// response timeout from the moment the request body is sent in full. A
+    /// future of its own rather than an `async fn`: that one held the request
+    /// twice over and was copied whole into each caller's state.
+    pub(crate) struct Sending<'a, F> {
+        #[pin]
+        exchange: F,
+        // Ends once hyper is done with the request body; `None` when there
+        // was none, or once it ended.
+        body_sent: Option<oneshot::Receiver<()>>,
+        // Armed once the request body is sent.
+        #[pin]
+        deadline: Option<Sleep>,
+        upstream: &'a Upstream,
+    }
+}
+
+impl<F> Future for Sending<'_, F>
+where
+    F: Future<Output = Result<Response<UpstreamBody>, PoolError>>,
+{
+    type Output = Result<Response<UpstreamBody>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(result) = this.exchange.poll(cx) {
+            return Poll::Ready(result.map_err(|e| this.upstream.classify(e)));
+        }
+        if let Some(sent) = this.body_sent.as_mut() {
+            if Pin::new(sent).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            *this.body_sent = None;
+        }
+        if this.deadline.is_none() {
+            this.deadline
+                .set(Some(tokio::time::sleep(this.upstream.response_timeout)));
+        }
+        match this.deadline.as_pin_mut().map(|deadline| deadline.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(ProxyError::Upstream(UpstreamError::ResponseTimeout))),
+            _ => Poll::Pending,
         }
     }
 }

@@ -40,7 +40,7 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// Why no response came.
 #[derive(Debug)]
-pub(super) enum PoolError {
+pub(crate) enum PoolError {
     /// `--max-upstream-connections` reached, and none freed within the wait.
     Busy,
     ConnectTimeout,
