@@ -1,13 +1,13 @@
 //! The connections to one upstream, kept open between requests: HTTP/1.1 over
 //! hyper's connection API.
 //!
-//! hyper-util's pool cost about a seventh of a small pass-through request
-//! (callgrind): a race of checkout against connect, the pool key hashed three
-//! times, and a task spawned per request to put the connection back once its
-//! body ended. Here a connection goes back when its response body ends, from
-//! the body itself; each is driven by a task on the thread that opened it, and
-//! a request takes one of its own thread's first, so the exchange crosses no
-//! thread.
+//! hyper-util's pool cost about an eighth of a small pass-through request
+//! (callgrind, ~6k of ~49k instructions): a race of checkout against connect,
+//! the pool key hashed three times, and a task spawned per request to put the
+//! connection back once its body ended. Here a connection goes back when its
+//! response body ends, from the body itself; each is driven by a task on the
+//! thread that opened it, and a request takes one of its own thread's first
+//! when one is idle, so the exchange then crosses no thread.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
