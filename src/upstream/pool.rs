@@ -144,6 +144,9 @@ impl Pool {
             if let Some(conn) = take_idle(&mut state.idle) {
                 return Ok((conn, true));
             }
+            // Requests that gave up (took a place, or ran out of time) leave
+            // their senders behind; only a connection put back would clear them.
+            state.waiters.retain(|waiter| !waiter.is_closed());
             let (tx, rx) = oneshot::channel();
             state.waiters.push_back(tx);
             rx
@@ -444,6 +447,13 @@ mod tests {
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
+    /// Returns once a request waits on the pool's full budget.
+    async fn until_waiting(pool: &Pool) {
+        while pool.shared.state().waiters.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// No test may hang.
     async fn bounded<T>(f: impl Future<Output = T>) -> T {
         tokio::time::timeout(Duration::from_secs(10), f)
@@ -538,7 +548,7 @@ mod tests {
                     (answer, started.elapsed())
                 }
             });
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            until_waiting(&pool).await;
             assert!(!waiting.is_finished(), "the budget is full");
             held_tx
                 .send(Ok(Frame::data(Bytes::from_static(b"done"))))
@@ -593,7 +603,7 @@ mod tests {
                     Ok::<_, PoolError>(text(resp).await)
                 }
             });
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            until_waiting(&pool).await;
             // Each answer read puts the connection back; the request made right
             // after must not take it from the one already waiting.
             let started = Instant::now();
@@ -676,6 +686,27 @@ mod tests {
                 assert!(saw_trailers);
             }
             assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn requests_that_gave_up_waiting_are_not_kept() {
+        bounded(async {
+            let (addr, _) = server(|_| whole("ok")).await;
+            let budget = Budget::new(1, Duration::from_millis(20), Arc::new(Metrics::new()));
+            let pool = pool(addr, Some(budget));
+            let held = pool.send(get("/")).await.unwrap();
+            for _ in 0..5 {
+                assert!(matches!(pool.send(get("/")).await, Err(PoolError::Busy)));
+            }
+            // Each refused request left its place in the queue; the next one to wait clears them.
+            assert!(
+                pool.shared.state().waiters.len() <= 1,
+                "{}",
+                pool.shared.state().waiters.len()
+            );
+            drop(held);
         })
         .await;
     }
