@@ -38,6 +38,12 @@ struct State {
     writing: bool,
     /// How many times a flush asked for everything to be written.
     flushes_asked: u64,
+    /// Flushes waiting for the writer (most of the time none: no wake then).
+    flushing: u32,
+    /// The writer was woken for a full buffer and has not taken it yet: the
+    /// lines appended meanwhile wake it no more (each wake is a system call,
+    /// and on a shared core the writer may run only much later).
+    woken: bool,
 }
 
 static STDERR: OnceLock<&'static LineBuffer> = OnceLock::new();
@@ -126,7 +132,8 @@ impl LineBuffer {
             return;
         }
         write(&mut state.buf);
-        if state.buf.len() >= FLUSH_AT {
+        if state.buf.len() >= FLUSH_AT && !state.woken {
+            state.woken = true;
             self.wake.notify_one();
         }
     }
@@ -136,6 +143,7 @@ impl LineBuffer {
     pub(crate) fn flush(&self) {
         let mut state = self.lock();
         state.flushes_asked += 1;
+        state.flushing += 1;
         self.wake.notify_one();
         while !state.buf.is_empty() || state.writing {
             let (next, waited) = self
@@ -144,9 +152,10 @@ impl LineBuffer {
                 .unwrap_or_else(PoisonError::into_inner);
             state = next;
             if waited.timed_out() {
-                return;
+                break;
             }
         }
+        state.flushing -= 1;
     }
 
     /// The writer thread: takes what is held every [`FLUSH_EVERY`], when
@@ -165,6 +174,7 @@ impl LineBuffer {
                 .0;
             std::mem::swap(&mut state.buf, &mut spare);
             state.writing = !spare.is_empty();
+            state.woken = false;
             drop(state);
             if !spare.is_empty() {
                 // Nothing to do about a failed write but to go on: the log is not the service.
@@ -176,7 +186,7 @@ impl LineBuffer {
             }
             let mut state = self.lock();
             state.writing = false;
-            if state.buf.is_empty() {
+            if state.buf.is_empty() && state.flushing > 0 {
                 self.written.notify_all();
             }
         }
