@@ -21,11 +21,13 @@ use cli::{CheckArgs, Cli, Command, HealthcheckArgs};
 
 /// mimalloc: after a burst of connections closes, glibc's malloc kept the memory
 /// (RSS grew burst after burst); mimalloc returns freed pages to the system, and
-/// costs fewer instructions per allocation (README, Performance). The feature
+/// costs fewer instructions per allocation (README, Performance). Linked as
+/// `malloc` itself (the crate's `override` feature), not as the global
+/// allocator: that one sends every allocation down mimalloc's aligned path,
+/// which is slow for sizes that are not a power of two. The feature
 /// `system-allocator` leaves it out, for heap profilers that watch malloc.
 #[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+extern crate mimalloc;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -440,3 +440,14 @@ fn demo_help_documents_every_option_with_its_default() {
     }
     assert!(help.contains("busy GitLab") && help.contains("5 s"), "{help}");
 }
+
+/// The allocator is mimalloc as `malloc` itself (README, Performance): it
+/// announces itself when asked to, which glibc's malloc cannot.
+#[cfg(not(feature = "system-allocator"))]
+#[test]
+fn mimalloc_is_the_allocator() {
+    let out = run(&["--version"], &[("MIMALLOC_VERBOSE", "1")]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mimalloc: process init"), "{stderr}");
+}

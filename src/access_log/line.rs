@@ -1,7 +1,7 @@
 //! One access line, in the layout `tracing`'s formatter gives the other log
 //! lines (text or JSON), so a log reader sees one format whichever wrote it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::time::SystemTime;
 
@@ -115,29 +115,46 @@ fn version(v: Version) -> &'static [u8] {
 thread_local! {
     /// The last second formatted on this thread (`2026-12-02T12:00:00`): the
     /// date changes once a second, the lines many times.
-    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    static SECOND: Cell<(u64, [u8; SECOND_LEN])> = const { Cell::new((u64::MAX, [0; SECOND_LEN])) };
     /// The last client address formatted on this thread: a keep-alive client
     /// sends many requests.
     static CLIENT: RefCell<Option<(IpAddr, String)>> = const { RefCell::new(None) };
 }
 
+/// `2026-12-02T12:00:00`: four-digit years, as in any time a log line is written.
+const SECOND_LEN: usize = 19;
+
 /// RFC 3339 in UTC with microseconds, as `tracing` writes its timestamps.
 fn timestamp(now: SystemTime, out: &mut Vec<u8>) {
     let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    SECOND.with_borrow_mut(|(secs, text)| {
-        if *secs != since.as_secs() {
-            *secs = since.as_secs();
-            *text = humantime::format_rfc3339_seconds(now).to_string();
-            text.pop(); // the `Z`, written after the fraction
+    let (secs, mut text) = SECOND.get();
+    if secs != since.as_secs() {
+        let formatted = humantime::format_rfc3339_seconds(now).to_string();
+        match formatted.as_bytes().get(..SECOND_LEN) {
+            Some(date) if formatted.len() == SECOND_LEN + 1 => {
+                text.copy_from_slice(date);
+                SECOND.set((since.as_secs(), text));
+            }
+            // Past the year 9999 (or a clock set far off): as it comes, uncached.
+            _ => {
+                out.extend_from_slice(formatted.trim_end_matches('Z').as_bytes());
+                return fraction(since.subsec_micros(), out);
+            }
         }
-        out.extend_from_slice(text.as_bytes());
-    });
-    let mut digits = itoa::Buffer::new();
-    let micros = digits.format(since.subsec_micros()).as_bytes();
-    out.push(b'.');
-    out.extend(std::iter::repeat_n(b'0', 6 - micros.len()));
-    out.extend_from_slice(micros);
-    out.push(b'Z');
+    }
+    out.extend_from_slice(&text);
+    fraction(since.subsec_micros(), out);
+}
+
+/// `.123456Z`: six digits always, made without a formatter.
+fn fraction(micros: u32, out: &mut Vec<u8>) {
+    let mut text = *b".000000Z";
+    let mut rest = micros;
+    for digit in text[1..7].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&text);
 }
 
 fn client(addr: IpAddr, out: &mut Vec<u8>) {
@@ -198,6 +215,30 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out)
         );
+    }
+
+    #[test]
+    fn each_second_is_shown_as_its_own() {
+        // The formatted second is kept per thread: a new second, or an earlier
+        // one (a clock set back), is formatted again.
+        for (micros, shown) in [
+            (1_796_212_800_999_999, "2026-12-02T12:00:00.999999Z"),
+            (1_796_212_801_000_000, "2026-12-02T12:00:01.000000Z"),
+            (1_796_212_800_000_000, "2026-12-02T12:00:00.000000Z"),
+            (1_796_299_199_000_042, "2026-12-03T11:59:59.000042Z"),
+        ] {
+            let mut out = Vec::new();
+            line(&Method::GET, "/").write(
+                LogFormat::Text,
+                SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
+                &mut out,
+            );
+            assert!(
+                out.starts_with(format!("{shown}  INFO").as_bytes()),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
     }
 
     #[test]

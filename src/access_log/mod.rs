@@ -93,26 +93,20 @@ impl RequestRecord {
 }
 
 /// Wraps a response body; logs and records metrics once, when it ends or is dropped.
+/// Small (hyper moves a response several times): what is logged is boxed,
+/// once per request, when it arrives (`PendingLog`).
 pub(crate) struct LoggedBody {
     inner: ProxyBody,
+    log: Box<Log>,
+}
+
+/// A request's record and what its answer did, for its line and metrics.
+struct Log {
     record: RequestRecord,
-    status: StatusCode,
+    status: u16,
     bytes: u64,
     outcome: &'static str,
     metrics: Arc<Metrics>,
-}
-
-impl LoggedBody {
-    pub(crate) fn new(inner: ProxyBody, record: RequestRecord, status: StatusCode, metrics: Arc<Metrics>) -> Self {
-        LoggedBody {
-            inner,
-            record,
-            status,
-            bytes: 0,
-            outcome: "aborted",
-            metrics,
-        }
-    }
 }
 
 impl Body for LoggedBody {
@@ -124,11 +118,11 @@ impl Body for LoggedBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
+                    self.log.bytes += data.len() as u64;
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.outcome = "upstream_body_error",
-            Poll::Ready(None) => self.outcome = "complete",
+            Poll::Ready(Some(Err(_))) => self.log.outcome = "upstream_body_error",
+            Poll::Ready(None) => self.log.outcome = "complete",
             Poll::Pending => {}
         }
         polled
@@ -146,13 +140,13 @@ impl Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         // hyper drops a body it knows is empty (HEAD, 204, 304) without polling it.
-        if self.outcome == "aborted" && self.inner.is_end_stream() {
-            self.outcome = "complete";
-        } else if self.outcome == "aborted" && was_cut() {
-            self.outcome = "shutdown";
+        let log = &mut *self.log;
+        if log.outcome == "aborted" && self.inner.is_end_stream() {
+            log.outcome = "complete";
+        } else if log.outcome == "aborted" && was_cut() {
+            log.outcome = "shutdown";
         }
-        self.record
-            .emit(self.status.as_u16(), self.bytes, self.outcome, &self.metrics);
+        log.record.emit(log.status, log.bytes, log.outcome, &log.metrics);
     }
 }
 
@@ -191,35 +185,44 @@ impl RequestRecord {
 /// first (hyper drops the handler), the request is still logged: status 499
 /// (nginx's "client closed request"), outcome `client_gone`.
 pub(crate) struct PendingLog {
-    record: Option<RequestRecord>,
-    metrics: Arc<Metrics>,
+    log: Option<Box<Log>>,
 }
 
 impl PendingLog {
     pub(crate) fn new(record: RequestRecord, metrics: Arc<Metrics>) -> Self {
-        PendingLog {
-            record: Some(record),
+        let log = Log {
+            record,
+            // Until a response exists: what its drop logs (below), as nginx
+            // logs a closed request.
+            status: 499,
+            bytes: 0,
+            outcome: "client_gone",
             metrics,
+        };
+        PendingLog {
+            log: Some(Box::new(log)),
         }
     }
 
     pub(crate) fn record(&self) -> &RequestRecord {
-        self.record.as_ref().expect("taken only by into_body")
+        &self.log.as_ref().expect("taken only by into_body").record
     }
 
     /// The response is ready: its body carries the record from here on.
-    pub(crate) fn into_body(mut self, body: ProxyBody, status: StatusCode) -> LoggedBody {
-        let record = self.record.take().expect("taken once");
-        LoggedBody::new(body, record, status, self.metrics.clone())
+    pub(crate) fn into_body(mut self, inner: ProxyBody, status: StatusCode) -> LoggedBody {
+        let mut log = self.log.take().expect("taken once");
+        log.status = status.as_u16();
+        log.outcome = "aborted";
+        LoggedBody { inner, log }
     }
 }
 
 impl Drop for PendingLog {
     fn drop(&mut self) {
-        if let Some(record) = self.record.take() {
-            // No answer went out: 499 either way, as nginx logs a closed request.
-            let outcome = if was_cut() { "shutdown" } else { "client_gone" };
-            record.emit(499, 0, outcome, &self.metrics);
+        if let Some(log) = self.log.take() {
+            // No answer went out.
+            let outcome = if was_cut() { "shutdown" } else { log.outcome };
+            log.record.emit(log.status, 0, outcome, &log.metrics);
         }
     }
 }
