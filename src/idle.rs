@@ -16,8 +16,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
 /// How long an HTTP/1 connection has no request in flight before it is parked.
 /// Long enough that a busy keep-alive client never pays for it.
