@@ -46,6 +46,7 @@ mod router;
 mod routes;
 mod tls;
 mod upstream;
+mod woken;
 mod workers;
 
 pub use error::StartError;

@@ -34,6 +34,7 @@ use crate::idle::{Activity, Idle, InFlight, PARK_AFTER, ParkIo, Tracked};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::proxy_protocol;
 use crate::router::{ConnInfo, Handled, ListenerKind, Router};
+use crate::woken::Woken;
 use crate::workers::Workers;
 
 pub(crate) struct ListenerSettings {
@@ -367,11 +368,13 @@ impl Shared {
             None
         };
         let first_check = park_after.unwrap_or(timeout);
-        let idle_check = tokio::time::sleep(first_check);
+        // Both polled only when they fire (or the clock is moved), not at each
+        // wake of the connection's task.
+        let idle_check = Woken::new(tokio::time::sleep(first_check));
         tokio::pin!(idle_check);
         let mut draining = false;
         // Made once: a wake polls it, it is not rebuilt each time round.
-        let stopping = self.shutdown.cancelled();
+        let stopping = Woken::new(self.shutdown.cancelled());
         tokio::pin!(stopping);
         loop {
             tokio::select! {
@@ -384,7 +387,7 @@ impl Shared {
                     return false;
                 }
                 () = &mut idle_check, if !draining => match activity.idle_for() {
-                    Idle::Busy => idle_check.as_mut().reset(Instant::now() + first_check),
+                    Idle::Busy => idle_check.as_mut().inner_mut().reset(Instant::now() + first_check),
                     Idle::Since(quiet) if quiet >= timeout && !activity.ever_asked() => {
                         tracing::debug!(%peer, "no request within the header timeout; closing");
                         return false;
@@ -410,7 +413,7 @@ impl Shared {
                             Some(after) => after.min(until_timeout),
                             None => until_timeout,
                         };
-                        idle_check.as_mut().reset(Instant::now() + next);
+                        idle_check.as_mut().inner_mut().reset(Instant::now() + next);
                     }
                 },
                 () = &mut stopping, if !draining => {
