@@ -133,7 +133,6 @@ mod tests {
     #[tokio::test]
     async fn the_task_is_woken_and_a_changed_timer_is_polled_again() {
         // A timer wrapped: its expiry wakes the task that awaits it.
-        let started = tokio::time::Instant::now();
         let mut sleep = std::pin::pin!(Woken::new(tokio::time::sleep(Duration::from_secs(3600))));
         // Polled once (registered for an hour), then moved to 20 ms from now:
         // without the poll that the change asks for, it would wait the hour.
@@ -145,6 +144,5 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), sleep)
             .await
             .expect("woken by its timer");
-        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
