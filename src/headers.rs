@@ -238,8 +238,25 @@ impl ViaId {
     }
 }
 
+/// Which of `names` a message carries: bit `i` for `names[i]`, found in one
+/// walk over its field names. A lookup by name hashes the name and probes even
+/// when the field is absent, as those looked for on every request nearly
+/// always are; over the handful of fields a request has, the walk costs less.
+pub(crate) fn present(headers: &HeaderMap, names: &[HeaderName]) -> u32 {
+    let mut found = 0;
+    for name in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == name) {
+            found |= 1 << i;
+        }
+    }
+    found
+}
+
 /// True when a `Via` entry names this process as one the request already passed.
 pub(crate) fn via_names(headers: &HeaderMap, id: &ViaId) -> bool {
+    if present(headers, &[header::VIA]) == 0 {
+        return false;
+    }
     headers
         .get_all(header::VIA)
         .iter()
@@ -586,6 +603,27 @@ mod tests {
     }
 
     #[test]
+    fn present_names_each_field_carried_once_whatever_its_count() {
+        let names = [
+            header::VIA,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("x-gitlab-token"),
+        ];
+        assert_eq!(present(&HeaderMap::new(), &names), 0);
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("gitlab.example.com"));
+        h.insert(header::USER_AGENT, HeaderValue::from_static("curl"));
+        assert_eq!(present(&h, &names), 0);
+        h.append(header::IF_NONE_MATCH, HeaderValue::from_static("\"a\""));
+        h.append(header::IF_NONE_MATCH, HeaderValue::from_static("\"b\""));
+        assert_eq!(present(&h, &names), 0b010);
+        h.insert("X-GitLab-Token", HeaderValue::from_static("t"));
+        h.insert(header::VIA, HeaderValue::from_static("1.1 lb"));
+        assert_eq!(present(&h, &names), 0b111);
+        assert_eq!(present(&h, &[]), 0);
+    }
+
+    #[test]
     fn via_loop_is_our_own_id_only() {
         let me = ViaId::new("a1b2c3".into());
         assert!(!via_names(&HeaderMap::new(), &me));
@@ -598,6 +636,11 @@ mod tests {
         assert!(!via_names(&via(&["1.1 a1b2"]), &me));
         assert!(!via_names(&via(&["1.1 proxy (a1b2c3)"]), &me));
         assert!(!via_names(&via(&["a1b2c3 other"]), &me));
+        // Found among the other fields of a request.
+        let mut h = via(&["1.1 a1b2c3"]);
+        h.insert(header::HOST, HeaderValue::from_static("gitlab.example.com"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(via_names(&h, &me));
     }
 
     #[test]

@@ -10,19 +10,22 @@ use super::cache::Published;
 use super::style::Style;
 use crate::body::{self, ProxyBody};
 use crate::compress;
+use crate::headers;
 
 const ALLOWED: &str = "GET, HEAD, OPTIONS";
 
 /// 200 with the document, or 304 when the client already holds it. With
 /// compression on, the copy precompressed in the client's preferred encoding.
 pub(crate) fn document(method: &Method, request: &HeaderMap, doc: &Published, style: &Style) -> Response<ProxyBody> {
-    let choice = if style.compression {
+    // One walk over the request's fields for both: most verifiers send neither.
+    let asks = headers::present(request, &[header::ACCEPT_ENCODING, header::IF_NONE_MATCH]);
+    let choice = if style.compression && asks & 1 != 0 {
         compress::negotiate(request)
     } else {
         None
     };
     let rep = doc.representation(choice);
-    if if_none_match(request, rep.etag) {
+    if asks & 2 != 0 && if_none_match(request, rep.etag) {
         let mut resp = Response::new(body::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         style.validators(resp.headers_mut(), rep.etag);
