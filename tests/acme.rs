@@ -38,6 +38,7 @@ fn free_port() -> u16 {
 struct Pebble {
     children: Vec<Child>,
     directory: String,
+    challtest_mgmt: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -53,7 +54,22 @@ impl Drop for Pebble {
 impl Pebble {
     /// pebble validating on `http_port` (HTTP-01) and `tls_port` (TLS-ALPN-01),
     /// its own listener under a certificate of `pki` (trust `pki.root_path`).
+    /// Its own ports are picked free and then bound by pebble, so a test
+    /// running beside it may take one first: a start is only kept once its
+    /// directory answers under `pki`'s certificate, otherwise it is retried
+    /// on new ports.
     fn start(pki: &Pki, http_port: u16, tls_port: u16) -> Pebble {
+        for _ in 0..5 {
+            let mut pebble = Pebble::spawn(pki, http_port, tls_port);
+            if pebble.answers(pki) {
+                return pebble;
+            }
+            eprintln!("pebble did not answer under its certificate; retrying on new ports");
+        }
+        panic!("pebble never answered its directory in 5 starts");
+    }
+
+    fn spawn(pki: &Pki, http_port: u16, tls_port: u16) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
         let leaf = pki.leaf();
         let cert = dir.path().join("cert.pem");
@@ -90,23 +106,37 @@ impl Pebble {
             .stderr(Stdio::null())
             .spawn()
             .expect("pebble runs");
-        let started = Pebble {
+        Pebble {
             children: vec![challtestsrv, pebble],
             directory: format!("https://127.0.0.1:{listen}/dir"),
+            challtest_mgmt,
             _dir: dir,
-        };
-        for port in [listen, challtest_mgmt] {
-            wait_listening(port);
         }
-        started
     }
-}
 
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
+    /// Both processes alive, the DNS server's management port open, and the
+    /// directory served under `pki`'s certificate (not another pebble's).
+    fn answers(&mut self, pki: &Pki) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.children.iter_mut().any(|c| !matches!(c.try_wait(), Ok(None))) {
+                return false;
+            }
+            let directory = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", "--max-time", "2", "--cacert"])
+                .arg(&pki.root_path)
+                .arg(&self.directory)
+                .status()
+                .is_ok_and(|s| s.success());
+            let dns = std::net::TcpStream::connect(("127.0.0.1", self.challtest_mgmt)).is_ok();
+            if directory && dns {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
