@@ -340,8 +340,8 @@ pub(crate) struct ServeArgs {
 
     /// Threads that serve connections (at most 1024); 0: one per CPU core this
     /// process may use. A connection goes to the one with the fewest open and
-    /// stays there; with more than one, accepting, the admin listener and the
-    /// OIDC refresher have the main thread to themselves.
+    /// stays there; accepting, the admin listener, the OIDC refresher and the
+    /// connections' idle timers keep the main thread to themselves.
     #[arg(long, env = "GITLAB_OIDC_PROXY_THREADS", value_name = "N", default_value = "0", value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub(crate) threads: u16,
 

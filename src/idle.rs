@@ -14,8 +14,6 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How long an HTTP/1 connection has no request in flight before it is parked.
@@ -106,8 +104,12 @@ impl Activity {
 }
 
 /// One request in flight on a connection, until its response body is done
-/// (or the request is dropped, the client gone).
-pub(crate) struct InFlight(Arc<Activity>);
+/// (or the request is dropped, the client gone). Carried by the request's
+/// access record, which ends it with the clock read it makes anyway.
+pub(crate) struct InFlight {
+    activity: Arc<Activity>,
+    ended: bool,
+}
 
 impl InFlight {
     pub(crate) fn begin(activity: Arc<Activity>, bodiless: bool, upgrade: bool) -> Self {
@@ -117,48 +119,30 @@ impl InFlight {
         if upgrade {
             activity.upgrade_asked.store(true, Ordering::Release);
         }
-        InFlight(activity)
+        InFlight { activity, ended: false }
     }
-}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let a = &self.0;
-        let ms = a.start.elapsed().as_millis() as u64;
+    /// The request ended at `at`.
+    pub(crate) fn end_at(mut self, at: Instant) {
+        self.end(at);
+    }
+
+    fn end(&mut self, at: Instant) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let a = &self.activity;
+        let ms = at.saturating_duration_since(a.start).as_millis() as u64;
         a.quiet_since_ms.fetch_max(ms, Ordering::AcqRel);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-pin_project! {
-    /// A response body that keeps its request counted as in flight.
-    pub(crate) struct Tracked<B> {
-        #[pin]
-        body: B,
-        in_flight: InFlight,
-    }
-}
-
-impl<B> Tracked<B> {
-    pub(crate) fn new(body: B, in_flight: InFlight) -> Self {
-        Tracked { body, in_flight }
-    }
-}
-
-impl<B: Body> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(Instant::now());
+        }
     }
 }
 

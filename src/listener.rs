@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::LoggedBody;
 use crate::config::Proto;
 use crate::headers;
-use crate::idle::{Activity, Idle, InFlight, PARK_AFTER, ParkIo, Tracked};
+use crate::idle::{Activity, Idle, InFlight, PARK_AFTER, ParkIo};
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::proxy_protocol;
 use crate::router::{ConnInfo, Handled, ListenerKind, Router};
@@ -65,6 +65,8 @@ struct Shared {
     settings: ListenerSettings,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Where the connections' idle timers are kept ([`Workers::clock`]).
+    clock: tokio::runtime::Handle,
 }
 
 /// Accepts until `shutdown` fires. Connection tasks go into `tracker`.
@@ -97,6 +99,7 @@ pub(crate) async fn serve(
         settings,
         metrics,
         shutdown: shutdown.clone(),
+        clock: workers.clock().clone(),
     });
 
     loop {
@@ -228,8 +231,7 @@ impl Shared {
             let upgrade = req.extensions().get::<OnUpgrade>().is_some();
             let in_flight = InFlight::begin(seen.clone(), req.body().is_end_stream(), upgrade);
             Answer {
-                handled: Some(router.handle(req, conn_info)),
-                in_flight: Some(in_flight),
+                handled: Some(router.handle(req, conn_info, in_flight)),
             }
         });
         let mut io = ParkIo::new(stream, activity.clone());
@@ -265,7 +267,7 @@ impl Shared {
     async fn serve_h1<S, F>(&self, mut io: ParkIo<S>, service: F, activity: &Activity, peer: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        F: hyper::service::HttpService<Incoming, ResBody = Tracked<LoggedBody>> + Clone,
+        F: hyper::service::HttpService<Incoming, ResBody = LoggedBody> + Clone,
         F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         loop {
@@ -324,9 +326,13 @@ impl Shared {
             Idle::Busy => Duration::ZERO,
         };
         let left = self.settings.header_timeout.saturating_sub(quiet);
+        let read = {
+            let _on = self.clock.enter();
+            tokio::time::timeout(left, io.read_more())
+        };
         tokio::select! {
             biased;
-            read = tokio::time::timeout(left, io.read_more()) => match read {
+            read = read => match read {
                 Ok(Ok(more)) => more,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -370,7 +376,12 @@ impl Shared {
         let first_check = park_after.unwrap_or(timeout);
         // Both polled only when they fire (or the clock is moved), not at each
         // wake of the connection's task.
-        let idle_check = Woken::new(tokio::time::sleep(first_check));
+        let idle_check = {
+            // Kept by the starting runtime: this thread's own would read the
+            // clock at each of its wake-ups for as long as a timer is pending.
+            let _on = self.clock.enter();
+            Woken::new(tokio::time::sleep(first_check))
+        };
         tokio::pin!(idle_check);
         let mut draining = false;
         // Made once: a wake polls it, it is not rebuilt each time round.
@@ -481,11 +492,10 @@ async fn close<S: AsyncWrite + Unpin>(mut io: S) {
 /// boxed by the router.
 struct Answer {
     handled: Option<Handled>,
-    in_flight: Option<InFlight>,
 }
 
 impl Future for Answer {
-    type Output = Result<Response<Tracked<LoggedBody>>, Infallible>;
+    type Output = Result<Response<LoggedBody>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let resp = match self.handled.take().expect("an answer is not polled once ready") {
@@ -498,7 +508,6 @@ impl Future for Answer {
                 }
             },
         };
-        let in_flight = self.in_flight.take().expect("taken with the answer");
-        Poll::Ready(Ok(resp.map(|body| Tracked::new(body, in_flight))))
+        Poll::Ready(Ok(resp))
     }
 }

@@ -21,6 +21,7 @@ use crate::config::Proto;
 use crate::error::{Answer, DownstreamError, ProxyError};
 use crate::error_pages::{self, ErrorPages};
 use crate::headers::{self, HostProblem, ViaId};
+use crate::idle::InFlight;
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::oidc::{Oidc, Verdict};
 use crate::passthrough::Passthrough;
@@ -35,6 +36,21 @@ use crate::routes::{Destination, Routes};
 pub(crate) enum Handled {
     Now(Response<LoggedBody>),
     Later(Pin<Box<dyn Future<Output = Response<LoggedBody>> + Send>>),
+}
+
+/// [`Router::decide`]'s answer.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "lives on the stack for the moment of the decision: boxing the answer would cost the cached documents an allocation"
+)]
+enum Decision {
+    /// Answered or refused without waiting.
+    Now(Result<Response<ProxyBody>, ProxyError>),
+    /// GitLab's, not an OIDC document: the pass-through.
+    PassToGitlab,
+    /// Anything else (challenges, redirects, other services, a cold document):
+    /// [`Router::route`] in full.
+    Route,
 }
 
 /// What a request's answer needs once it is known.
@@ -147,7 +163,7 @@ impl Router {
     /// OIDC document, a refusal), else a boxed continuation. So the cached
     /// documents never build, move or allocate the pass-through's futures, and
     /// a connection's slot for the request in flight stays small.
-    pub(crate) fn handle(self: &Arc<Self>, mut req: Request<Incoming>, conn: ConnInfo) -> Handled {
+    pub(crate) fn handle(self: &Arc<Self>, mut req: Request<Incoming>, conn: ConnInfo, in_flight: InFlight) -> Handled {
         let s = &self.settings;
         let trusted: &[IpNet] = if conn.proxied { &[] } else { &s.trusted_proxies };
         // Read only: the forwarding headers are rewritten for what goes on (`forward_as`).
@@ -160,7 +176,7 @@ impl Router {
             conn.kind.label(),
         );
         let done = Done {
-            pending: PendingLog::new(record, self.metrics.clone()),
+            pending: PendingLog::new(record, self.metrics.clone(), Some(in_flight)),
             // Read before the request is handed on: a browser may get GitLab's page.
             reads_html: s.error_pages.is_some() && error_pages::accepts_html(req.headers()),
             proto: forwarded.proto,
@@ -174,38 +190,51 @@ impl Router {
             Err(ProxyError::Downstream(DownstreamError::MethodNotAllowed))
         } else if let Err(problem) = self.settle_host(&mut req, &conn) {
             Err(ProxyError::Downstream(problem))
-        } else if let Some(answer) = self.answer_now(&req, &conn, done.pending.record().start) {
-            answer
         } else {
-            let router = Arc::clone(self);
-            return Handled::Later(Box::pin(async move {
-                let result = router.route(req, &conn, done.proto).await;
-                router.finish(result, done)
-            }));
+            match self.decide(&req, &conn, done.pending.record().start) {
+                Decision::Now(result) => result,
+                // One box holds the whole pass-through: routed already, nothing
+                // is decided twice and no future is moved into another box.
+                Decision::PassToGitlab => {
+                    let router = Arc::clone(self);
+                    let req = self.forward_as(req, &conn);
+                    return Handled::Later(Box::pin(async move {
+                        let result = router.pass_to_gitlab(req).await;
+                        router.finish(result, done)
+                    }));
+                }
+                Decision::Route => {
+                    let router = Arc::clone(self);
+                    return Handled::Later(Box::pin(async move {
+                        let result = router.route(req, &conn, done.proto).await;
+                        router.finish(result, done)
+                    }));
+                }
+            }
         };
         Handled::Now(self.finish(result, done))
     }
 
-    /// The answer when it is held in memory: an OIDC document of GitLab's
-    /// (or its refusal). None: [`Self::route`] decides.
-    fn answer_now(
-        &self,
-        req: &Request<Incoming>,
-        conn: &ConnInfo,
-        arrived: std::time::Instant,
-    ) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+    /// Where a request goes, told without waiting: nearly all are GitLab's
+    /// (passed through) or a held OIDC document (answered now).
+    fn decide(&self, req: &Request<Incoming>, conn: &ConnInfo, arrived: std::time::Instant) -> Decision {
         let s = &self.settings;
         if conn.kind == ListenerKind::Plain && (s.acme.is_some() || s.acme_webroot.is_some() || s.redirect.is_some()) {
             // Challenges and redirects come first there: routed in full.
-            return None;
+            return Decision::Route;
         }
         if conn.kind != ListenerKind::Oidc && !matches!(self.routes.pick(req.headers(), req.uri()), Destination::Gitlab)
         {
-            return None;
+            return Decision::Route;
         }
         match self.oidc.answer_now(req, tokio::time::Instant::from_std(arrived)) {
-            Verdict::Answer(resp) => Some(Ok(resp)),
-            Verdict::NotOurs | Verdict::Cold(_) => None,
+            Verdict::Answer(resp) => Decision::Now(Ok(resp)),
+            // Not held yet: the route waits for the first copy.
+            Verdict::Cold(_) => Decision::Route,
+            Verdict::NotOurs if conn.kind == ListenerKind::Oidc => {
+                Decision::Now(Err(ProxyError::Downstream(DownstreamError::NotOidc)))
+            }
+            Verdict::NotOurs => Decision::PassToGitlab,
         }
     }
 

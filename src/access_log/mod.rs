@@ -11,6 +11,7 @@
 
 mod line;
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::body::ProxyBody;
 use crate::config::LogFormat;
 use crate::error::BoxError;
+use crate::idle::InFlight;
 use crate::log_writer;
 use crate::metrics::Metrics;
 
@@ -48,7 +50,7 @@ thread_local! {
     /// Set on a serving thread whose remaining requests the shutdown is about
     /// to drop (the grace period over): they are logged `shutdown`, not as
     /// the client's doing.
-    static CUT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static CUT: Cell<bool> = const { Cell::new(false) };
 }
 
 /// What this thread drops from now on, the shutdown cut.
@@ -57,7 +59,7 @@ pub(crate) fn cut_by_shutdown() {
 }
 
 fn was_cut() -> bool {
-    CUT.with(std::cell::Cell::get)
+    CUT.with(Cell::get)
 }
 
 /// What is known about a request when it arrives.
@@ -107,6 +109,19 @@ struct Log {
     bytes: u64,
     outcome: &'static str,
     metrics: Arc<Metrics>,
+    /// The connection's count of requests in flight, ended with this line's
+    /// clock read (a read per request fewer).
+    in_flight: Option<InFlight>,
+}
+
+impl Log {
+    /// The line and the metrics, then the end of the request on its connection.
+    fn emit(&mut self, bytes: u64, outcome: &'static str) {
+        let end = self.record.emit(self.status, bytes, outcome, &self.metrics);
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.end_at(end);
+        }
+    }
 }
 
 impl Body for LoggedBody {
@@ -146,7 +161,7 @@ impl Drop for LoggedBody {
         } else if log.outcome == "aborted" && was_cut() {
             log.outcome = "shutdown";
         }
-        log.record.emit(log.status, log.bytes, log.outcome, &log.metrics);
+        log.emit(log.bytes, log.outcome);
     }
 }
 
@@ -156,15 +171,17 @@ impl RequestRecord {
         self.target.as_ref().map_or("/", |t| t.path())
     }
 
-    /// The access line and the request metrics: once per request, from here only.
-    fn emit(&self, status: u16, bytes: u64, outcome: &'static str, metrics: &Metrics) {
-        let elapsed = self.start.elapsed();
+    /// The access line and the request metrics: once per request, from here
+    /// only. Returns the request's end, as read for its duration.
+    fn emit(&self, status: u16, bytes: u64, outcome: &'static str, metrics: &Metrics) -> Instant {
+        let end = Instant::now();
+        let elapsed = end.saturating_duration_since(self.start);
         metrics.request_counters.get(&self.method, status, self.listener).inc();
         metrics.request_duration.observe(elapsed.as_secs_f64());
         metrics.response_bytes.inc_by(bytes);
         let (format, on) = SETTINGS.get().copied().unwrap_or_else(|| (LogFormat::Text, enabled()));
         if !on {
-            return;
+            return end;
         }
         let line = Line {
             client: self.client,
@@ -178,6 +195,7 @@ impl RequestRecord {
             outcome,
         };
         log_writer::stderr().append(|buf| line.write(format, std::time::SystemTime::now(), buf));
+        end
     }
 }
 
@@ -189,7 +207,7 @@ pub(crate) struct PendingLog {
 }
 
 impl PendingLog {
-    pub(crate) fn new(record: RequestRecord, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(record: RequestRecord, metrics: Arc<Metrics>, in_flight: Option<InFlight>) -> Self {
         let log = Log {
             record,
             // Until a response exists: what its drop logs (below), as nginx
@@ -198,6 +216,7 @@ impl PendingLog {
             bytes: 0,
             outcome: "client_gone",
             metrics,
+            in_flight,
         };
         PendingLog {
             log: Some(Box::new(log)),
@@ -219,10 +238,10 @@ impl PendingLog {
 
 impl Drop for PendingLog {
     fn drop(&mut self) {
-        if let Some(log) = self.log.take() {
+        if let Some(mut log) = self.log.take() {
             // No answer went out.
             let outcome = if was_cut() { "shutdown" } else { log.outcome };
-            log.record.emit(log.status, 0, outcome, &log.metrics);
+            log.emit(0, outcome);
         }
     }
 }
