@@ -18,14 +18,16 @@ const ALLOWED: &str = "GET, HEAD, OPTIONS";
 /// compression on, the copy precompressed in the client's preferred encoding.
 pub(crate) fn document(method: &Method, request: &HeaderMap, doc: &Published, style: &Style) -> Response<ProxyBody> {
     // One walk over the request's fields for both: most verifiers send neither.
+    const ENCODINGS: u32 = 1 << 0;
+    const VALIDATOR: u32 = 1 << 1;
     let asks = headers::present(request, &[header::ACCEPT_ENCODING, header::IF_NONE_MATCH]);
-    let choice = if style.compression && asks & 1 != 0 {
+    let choice = if style.compression && asks & ENCODINGS != 0 {
         compress::negotiate(request)
     } else {
         None
     };
     let rep = doc.representation(choice);
-    if asks & 2 != 0 && if_none_match(request, rep.etag) {
+    if asks & VALIDATOR != 0 && if_none_match(request, rep.etag) {
         let mut resp = Response::new(body::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         style.validators(resp.headers_mut(), rep.etag);
