@@ -487,7 +487,8 @@ async fn close<S: AsyncWrite + Unpin>(mut io: S) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
 }
 
-/// The service's future: the router's answer, tracked until its body ends.
+/// The service's future: the router's answer (its access record carries the
+/// request's in-flight count until its body ends).
 /// Small (hyper holds one per connection); the waiting, when there is any, is
 /// boxed by the router.
 struct Answer {

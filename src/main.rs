@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     // The probe runs every few seconds in a container: one thread is plenty.
     // `serve` runs its accept loops, admin listener and refresher here and
     // starts its serving threads itself (--threads), each a single-threaded
-    // runtime like this one; with one thread, this runtime serves too.
+    // runtime like this one, and keeps their connections' idle timers.
     let runtime = match &cli.command {
         Command::Healthcheck(_) | Command::Serve(_) => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()

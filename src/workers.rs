@@ -2,9 +2,13 @@
 //! tokio runtimes, each a thread of its own. The starting runtime keeps the
 //! accept loops, the admin listener, the refresher and the connections' idle
 //! clocks ([`Workers::clock`]), so that busy connections never delay a health
-//! probe or an accept, and a serving thread holds no timer of its own while
-//! it answers from memory: tokio reads the clock twice per wake-up of a
-//! runtime that has one pending (~300 instructions per cached answer). A connection goes to the thread
+//! probe or an accept, and a serving thread answering HTTP/1 requests from
+//! memory holds no timer: tokio reads the clock twice per wake-up of a
+//! runtime that has one pending (~300 instructions per cached answer). The
+//! per-request timers (GitLab's response and body silences), HTTP/2's
+//! keep-alive and the handshake timeouts stay on the serving thread: kept on
+//! the starting runtime they would put every thread's requests behind its one
+//! timer lock. A connection goes to the thread
 //! with the fewest open and stays there for life: no work-stealing scheduler's
 //! bookkeeping per wake-up. The pool of connections to GitLab stays shared
 //! (one per upstream): idle connections must never hold
@@ -153,8 +157,8 @@ impl Workers {
         }));
     }
 
-    /// The thread with the fewest open connections; None when the caller's
-    /// runtime is the only one.
+    /// The thread with the fewest open connections; None only when started
+    /// with none (the caller's runtime then serves).
     fn least_busy(&self) -> Option<&Place> {
         let n = self.threads.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed);
@@ -163,7 +167,7 @@ impl Workers {
             .min_by_key(|place| place.open.load(Ordering::Relaxed))
     }
 
-    /// Ends the extra threads; what still runs there is dropped.
+    /// Ends the serving threads; what still runs there is dropped.
     pub(crate) fn stop(&self) {
         self.stop.cancel();
         let joins = std::mem::take(&mut *self.joins.lock().unwrap_or_else(|e| e.into_inner()));
@@ -175,8 +179,11 @@ impl Workers {
 }
 
 impl Drop for Workers {
+    /// Joined here too (they end at once): the starting runtime, which keeps
+    /// their timers, must outlive them however the proxy ends, or a timer
+    /// they poll would find its runtime gone (tokio panics then).
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.stop();
     }
 }
 
@@ -267,29 +274,45 @@ mod tests {
         workers.stop();
     }
 
-    /// A timer made under [`Workers::clock`] fires on the starting runtime
-    /// while a serving thread awaits it.
-    #[tokio::test]
-    async fn a_timer_made_on_the_clock_fires_for_a_serving_thread() {
+    /// A timer made under [`Workers::clock`] is kept by the starting runtime
+    /// while a serving thread awaits it: with the starting runtime's clock
+    /// paused, an hour's sleep fires once that clock is moved an hour on (on
+    /// the serving thread's own clock it would not fire for an hour).
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_made_on_the_clock_is_kept_by_the_starting_runtime() {
+        use std::io::Read;
+        let hour = std::time::Duration::from_secs(3600);
         let (workers, listener, tracker) = started(1).await;
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (stream, _) = listener.accept().await.unwrap();
         let clock = workers.clock().clone();
+        let (armed, is_armed) = tokio::sync::oneshot::channel();
         workers.spawn(&tracker, stream, move |mut stream| async move {
-            let sleep = {
+            let mut sleep = {
                 let _on = clock.enter();
-                tokio::time::sleep(std::time::Duration::from_millis(20))
+                Box::pin(tokio::time::sleep(hour))
             };
+            // Polled once, so registered, before the clock is moved.
+            assert!(futures_poll_once(sleep.as_mut()).await.is_pending());
+            let _ = armed.send(());
             sleep.await;
             stream.write_all(&[place()]).await.unwrap();
         });
-        let mut reply = [0u8; 1];
-        tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut reply))
-            .await
-            .expect("the timer fired")
+        is_armed.await.unwrap();
+        tokio::time::advance(hour).await;
+        // Read with the real clock: the serving thread answers once its timer fired.
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
+        let mut reply = [0u8; 1];
+        client.read_exact(&mut reply).expect("the hour's timer fired");
         assert_eq!(reply[0], b'1');
         workers.stop();
+    }
+
+    /// Polls `fut` once.
+    async fn futures_poll_once<F: Future + Unpin>(mut fut: F) -> std::task::Poll<F::Output> {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await
     }
 
     #[test]
