@@ -176,7 +176,7 @@ impl Router {
             conn.kind.label(),
         );
         let done = Done {
-            pending: PendingLog::new(record, self.metrics.clone(), Some(in_flight)),
+            pending: PendingLog::new(record, self.metrics.clone(), in_flight),
             // Read before the request is handed on: a browser may get GitLab's page.
             reads_html: s.error_pages.is_some() && error_pages::accepts_html(req.headers()),
             proto: forwarded.proto,

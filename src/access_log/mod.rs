@@ -207,7 +207,7 @@ pub(crate) struct PendingLog {
 }
 
 impl PendingLog {
-    pub(crate) fn new(record: RequestRecord, metrics: Arc<Metrics>, in_flight: Option<InFlight>) -> Self {
+    pub(crate) fn new(record: RequestRecord, metrics: Arc<Metrics>, in_flight: InFlight) -> Self {
         let log = Log {
             record,
             // Until a response exists: what its drop logs (below), as nginx
@@ -216,7 +216,7 @@ impl PendingLog {
             bytes: 0,
             outcome: "client_gone",
             metrics,
-            in_flight,
+            in_flight: Some(in_flight),
         };
         PendingLog {
             log: Some(Box::new(log)),
