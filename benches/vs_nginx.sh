@@ -6,7 +6,8 @@
 #      logs on and with both off; then large bodies, TLS, gzip, handshakes and
 #      the cached /assets file against nginx;
 #   2. user-space instructions per request (callgrind: the same count whatever
-#      else the machine does), ours beside the bare server;
+#      else the machine does), ours beside the bare server (cached documents)
+#      and beside nginx (pass-through);
 #   3. memory: RSS per idle keep-alive connection, and after the connections
 #      close (three bursts), ours beside the nginx worker; then the /assets
 #      cache's RSS under a working set twice its size.
@@ -310,19 +311,48 @@ instructions_per_request() {
 if wanted instructions; then
   ig=18490 ig_admin=18491
   bare_ir=$(instructions_per_request $ig /-/jwks "$bare" "127.0.0.1:$ig" "$work/jwks.body" "${jwks_headers[@]}")
+  # nginx's own count for the pass-through: one process (no master, so that
+  # callgrind sees the worker), omnibus's settings as above, its log off or on.
+  nginx_ir() {
+    cat >"$work/nginx_cg.conf" <<EOF
+daemon off;
+master_process off;
+pid $work/nginx_cg.pid;
+error_log $work/nginx_cg.err warn;
+events { worker_connections 1024; }
+http {
+  upstream gitlab-workhorse { server unix:$work/backend.sock; keepalive 64; }
+  log_format gitlab_access '\$remote_addr - \$remote_user [\$time_local] "\$request" \$status \$body_bytes_sent "\$http_referer" "\$http_user_agent"';
+  keepalive_timeout 300s;
+  keepalive_requests 100000;
+  server {
+    listen 127.0.0.1:$ig;
+    access_log $1;
+    location / { include $work/proxy_headers.conf; }
+  }
+}
+EOF
+    instructions_per_request $ig /ok.json nginx -c "$work/nginx_cg.conf" -p "$work"
+  }
+  nginx_on_ir=$(nginx_ir "$work/nginx_cg_access.log gitlab_access")
+  nginx_off_ir=$(nginx_ir off)
+  # label, path, RUST_LOG, the reference's count
   ir_row() {
-    local label=$1 path=$2 log=$3
+    local label=$1 path=$2 log=$3 ref=$4
     local ir
     ir=$(export RUST_LOG=$log; instructions_per_request $ig "$path" "$bin" serve --upstream "unix:$work/backend.sock" \
       --listen "127.0.0.1:$ig" --admin-listen "127.0.0.1:$ig_admin")
-    awk -v l="$label" -v ir="$ir" -v b="$bare_ir" 'BEGIN { printf "%-44s %10d %8.2f\n", l, ir, ir / b }'
+    awk -v l="$label" -v ir="$ir" -v b="$ref" 'BEGIN { printf "%-50s %10d %8.2f\n", l, ir, ir / b }'
   }
-  printf '%-44s %10s %8s\n' "instructions per request (callgrind)" count "× bare"
-  printf '%-44s %10d %8.2f\n' "bare hyper, the same /-/jwks bytes" "$bare_ir" 1
-  ir_row "ours, cached /-/jwks, default logging" /-/jwks info
-  ir_row "ours, cached /-/jwks, RUST_LOG=warn" /-/jwks warn
-  ir_row "ours, pass-through {\"ok\":true}, default logging" /ok.json info
-  ir_row "ours, pass-through {\"ok\":true}, RUST_LOG=warn" /ok.json warn
+  ref_row() { printf '%-50s %10d %8s\n' "$1" "$2" 1; }
+  printf '%-50s %10s %8s\n' "instructions per request (callgrind)" count "× ref"
+  ref_row "bare hyper, the same /-/jwks bytes (ref)" "$bare_ir"
+  ir_row "ours, cached /-/jwks, default logging" /-/jwks info "$bare_ir"
+  ir_row "ours, cached /-/jwks, RUST_LOG=warn" /-/jwks warn "$bare_ir"
+  ref_row "nginx, pass-through {\"ok\":true}, log on (ref)" "$nginx_on_ir"
+  ir_row "ours, pass-through {\"ok\":true}, default logging" /ok.json info "$nginx_on_ir"
+  ref_row "nginx, pass-through {\"ok\":true}, log off (ref)" "$nginx_off_ir"
+  ir_row "ours, pass-through {\"ok\":true}, RUST_LOG=warn" /ok.json warn "$nginx_off_ir"
 fi
 
 # Memory per idle keep-alive connection: IDLE_CONNECTIONS clients, each after one

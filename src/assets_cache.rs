@@ -299,7 +299,8 @@ pub(crate) struct Entry {
 
 impl Entry {
     fn new(mut headers: HeaderMap, body: Bytes, plan: &Storable, key_len: usize) -> Entry {
-        headers::strip_hop_by_hop(&mut headers);
+        let fields = headers::Fields::of(&headers);
+        headers::strip_hop_by_hop(&mut headers, fields);
         for name in NOT_STORED {
             headers.remove(name);
         }

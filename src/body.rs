@@ -95,14 +95,17 @@ pub(crate) struct IdleTimeout(pub Duration);
 
 pin_project! {
     /// Fails the body when the peer goes silent for longer than `idle`, so a stuck
-    /// GitLab cannot hold a client forever. Any frame restarts the clock. The
-    /// timer is only armed once the body has to wait: a body that is always
-    /// ready (most small answers) never touches the timer wheel.
+    /// GitLab cannot hold a client forever. The silence is counted from when the
+    /// body first has to wait after a frame (or from its first wait): time the
+    /// client took to ask for more is not the peer's. The timer is only armed,
+    /// and the clock only read, once the body has to wait: a body that is always
+    /// ready (most small answers) never touches either.
     pub struct IdleTimeoutBody<B> {
         #[pin]
         inner: B,
         sleep: Option<Pin<Box<Sleep>>>,
-        last_frame: Instant,
+        // A frame came since the timer was set: set it afresh at the next wait.
+        framed: bool,
         idle: Duration,
     }
 }
@@ -112,7 +115,7 @@ impl<B> IdleTimeoutBody<B> {
         IdleTimeoutBody {
             inner,
             sleep: None,
-            last_frame: Instant::now(),
+            framed: false,
             idle,
         }
     }
@@ -129,17 +132,20 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            *this.last_frame = Instant::now();
+            *this.framed = true;
             return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
         }
-        let deadline = *this.last_frame + *this.idle;
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() != deadline {
-            // Frames came since it was armed: move it, no allocation.
-            sleep.as_mut().reset(deadline);
-        }
+        let sleep = match this.sleep {
+            None => this.sleep.insert(Box::pin(tokio::time::sleep(*this.idle))),
+            Some(sleep) => {
+                if *this.framed {
+                    // Moved, no allocation.
+                    sleep.as_mut().reset(Instant::now() + *this.idle);
+                }
+                sleep
+            }
+        };
+        *this.framed = false;
         match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle))))),
             Poll::Pending => Poll::Pending,
@@ -216,18 +222,45 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
         let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
         let mut body = std::pin::pin!(IdleTimeoutBody::new(StreamBody::new(stream), Duration::from_secs(10)));
+        let start = Instant::now();
+        // The peer: a frame after 9 s of silence, another 9 s later, then nothing.
+        let peer = tokio::spawn(async move {
+            for data in ["a", "b"] {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                tx.send(Ok(Frame::data(Bytes::from_static(data.as_bytes()))))
+                    .await
+                    .unwrap();
+            }
+            // Held open: the body waits on silence, not on an end.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
 
-        tokio::time::advance(Duration::from_secs(9)).await;
-        tx.send(Ok(Frame::data(Bytes::from_static(b"a")))).await.unwrap();
-        let first = body.frame().await.unwrap().unwrap();
-        assert_eq!(first.into_data().unwrap(), "a");
-
-        // 9 s after the frame is still within the limit: the clock was reset.
-        tokio::time::advance(Duration::from_secs(9)).await;
-        tx.send(Ok(Frame::data(Bytes::from_static(b"b")))).await.unwrap();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "a");
+        // 18 s after the first wait began: within the limit only if "a" reset the clock.
         assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "b");
-
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.is::<IdleTimeout>(), "{err}");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(28),
+            "10 s of silence after the last frame"
+        );
+        peer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_body_counts_only_the_time_spent_waiting_on_the_peer() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        let mut body = std::pin::pin!(IdleTimeoutBody::new(StreamBody::new(stream), Duration::from_secs(10)));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a")))).await.unwrap();
+        // A slow reader: 30 s pass before the body is first asked for a frame.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "a");
+        let start = Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<IdleTimeout>(), "{err}");
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        drop(tx);
     }
 }

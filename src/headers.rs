@@ -58,6 +58,12 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
     })
 }
 
+/// One of `HOP_BY_HOP`, in any case (`keep-alive` as nginx and most clients
+/// send it is looked for first).
+fn is_hop_by_hop_name(token: &[u8]) -> bool {
+    token == b"keep-alive" || HOP_BY_HOP.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(token))
+}
+
 /// Headers that a client could use to pose as a proxy: set or believed only from
 /// trusted peers. Rack/Rails read several of these for the request's scheme,
 /// host and address.
@@ -98,33 +104,81 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
         .map(<[u8]>::trim_ascii)
 }
 
-/// Removes hop-by-hop headers and those the `Connection` header nominates,
-/// except protected end-to-end ones.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One look at each name first: most messages carry none of them (or only
-    // `Connection`), and a removal by name costs a lookup even when absent.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name.as_str()) {
-            present |= 1 << i;
+/// What one walk over a message's field names found: which hop-by-hop ones,
+/// and whether `Content-Length` and any `X-Accel-*` are there. The rules below
+/// take it instead of looking each name up: a lookup hashes the name and
+/// probes even when the field is absent, as these nearly always are, and a
+/// message passes several rules. Stale once the names change (the rules that
+/// remove fields use it last).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Fields {
+    /// Bit `i` for `HOP_BY_HOP[i]`.
+    hop: u16,
+    /// A `Connection` line that may name other fields: anything but one
+    /// hop-by-hop name (`keep-alive`, `upgrade`), which go anyway.
+    connection_lists: bool,
+    content_length: bool,
+    accel: bool,
+}
+
+const CONNECTION_BIT: u16 = 1 << 0;
+const TRANSFER_ENCODING_BIT: u16 = 1 << 7;
+const UPGRADE_BIT: u16 = 1 << 8;
+
+impl Fields {
+    pub(crate) fn of(headers: &HeaderMap) -> Fields {
+        let mut found = Fields::default();
+        for name in headers.keys() {
+            if name == header::CONTENT_LENGTH {
+                found.content_length = true;
+                continue;
+            }
+            let name = name.as_str();
+            if let Some(i) = hop_by_hop_index(name) {
+                found.hop |= 1 << i;
+            } else if name.starts_with("x-accel-") {
+                found.accel = true;
+            }
         }
+        if found.hop & CONNECTION_BIT != 0 {
+            found.connection_lists = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|line| !is_hop_by_hop_name(line.as_bytes().trim_ascii()));
+        }
+        found
     }
-    if present == 0 {
+
+    /// Both `Content-Length` and `Transfer-Encoding`: which one ends the body
+    /// is in doubt (RFC 9112 §6.1), so the message is refused rather than relayed.
+    pub(crate) fn conflicting_framing(self) -> bool {
+        self.content_length && self.hop & TRANSFER_ENCODING_BIT != 0
+    }
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header nominates,
+/// except protected end-to-end ones. `found`: [`Fields::of`] these headers.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, found: Fields) {
+    // Most messages carry none of them (or only `Connection`), and a removal
+    // by name costs a lookup even when absent.
+    if found.hop == 0 {
         return;
     }
-    // The names `Connection` lists, but not the hop-by-hop ones (`keep-alive`,
-    // `upgrade`): they go below, without a name parsed for each.
-    let listed: Vec<HeaderName> = connection_tokens(headers)
-        .filter(|t| !HOP_BY_HOP.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(t)))
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect();
-    for name in listed {
-        if !is_protected(&name) {
-            headers.remove(&name);
+    if found.connection_lists {
+        // The names `Connection` lists, but not the hop-by-hop ones (`keep-alive`,
+        // `upgrade`): they go below, without a name parsed for each.
+        let listed: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| !is_hop_by_hop_name(t))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for name in listed {
+            if !is_protected(&name) {
+                headers.remove(&name);
+            }
         }
     }
     for (i, name) in HOP_BY_HOP_NAMES.iter().enumerate() {
-        if present & (1 << i) != 0 {
+        if found.hop & (1 << i) != 0 {
             headers.remove(name);
         }
     }
@@ -133,7 +187,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// True when a message's transfer codings are anything but one `chunked`: any
 /// other coding (`gzip`, `identity`, an empty one) or `chunked` twice leaves its
 /// bytes or its end in doubt. nginx answers such a request 501, such a response 502.
-pub(crate) fn has_unsupported_transfer_coding(headers: &HeaderMap) -> bool {
+pub(crate) fn has_unsupported_transfer_coding(headers: &HeaderMap, found: Fields) -> bool {
+    if found.hop & TRANSFER_ENCODING_BIT == 0 {
+        return false;
+    }
     let mut codings = 0;
     for value in headers.get_all(header::TRANSFER_ENCODING) {
         let Ok(value) = value.to_str() else {
@@ -181,7 +238,10 @@ pub(crate) fn own_values(headers: &mut HeaderMap) {
 
 /// Response-only extra: `X-Accel-*` are instructions to nginx from Workhorse
 /// (`X-Accel-Buffering: no`); nginx consumes them and so do we (we never buffer).
-pub(crate) fn strip_response_internal(headers: &mut HeaderMap) {
+pub(crate) fn strip_response_internal(headers: &mut HeaderMap, found: Fields) {
+    if !found.accel {
+        return;
+    }
     let internal: Vec<HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().starts_with("x-accel-"))
@@ -194,8 +254,8 @@ pub(crate) fn strip_response_internal(headers: &mut HeaderMap) {
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` plus
 /// `Upgrade: websocket`), if any. HTTP/2 has no such mechanism.
-pub(crate) fn requested_upgrade(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
-    if version != Version::HTTP_11 {
+pub(crate) fn requested_upgrade(version: Version, headers: &HeaderMap, found: Fields) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 || found.hop & (CONNECTION_BIT | UPGRADE_BIT) != CONNECTION_BIT | UPGRADE_BIT {
         return None;
     }
     let wants = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"));
@@ -209,12 +269,6 @@ pub(crate) fn requested_upgrade(version: Version, headers: &HeaderMap) -> Option
 pub(crate) fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
-}
-
-/// A message with both `Content-Length` and `Transfer-Encoding`: which one ends
-/// the body is in doubt (RFC 9112 §6.1), so it is refused rather than relayed.
-pub(crate) fn has_conflicting_framing(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 /// This process's name in `Via` (RFC 9110 §7.6.3): random per process, so a
@@ -581,7 +635,7 @@ mod tests {
             for v in values {
                 h.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
             }
-            has_unsupported_transfer_coding(&h)
+            has_unsupported_transfer_coding(&h, Fields::of(&h))
         };
         assert!(!te(&[]));
         assert!(!te(&["chunked"]));
@@ -667,6 +721,80 @@ mod tests {
         h
     }
 
+    #[test]
+    fn fields_name_each_hop_by_hop_header_by_its_place() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let found = Fields::of(&map(&[("accept", "*/*"), (name, "x")]));
+            assert_eq!(found.hop, 1 << i, "{name}");
+            assert_eq!(HOP_BY_HOP_NAMES[i].as_str(), *name);
+            assert!(!found.content_length && !found.accel);
+        }
+        assert_eq!(Fields::of(&map(&[("connection", "close")])).hop, CONNECTION_BIT);
+        assert_eq!(
+            Fields::of(&map(&[("transfer-encoding", "chunked")])).hop,
+            TRANSFER_ENCODING_BIT
+        );
+        assert_eq!(Fields::of(&map(&[("upgrade", "websocket")])).hop, UPGRADE_BIT);
+        let found = Fields::of(&map(&[
+            ("Content-Length", "2"),
+            ("X-Accel-Buffering", "no"),
+            ("x-accelerated", "not nginx's"),
+        ]));
+        assert_eq!(
+            found,
+            Fields {
+                content_length: true,
+                accel: true,
+                ..Fields::default()
+            }
+        );
+        assert_eq!(Fields::of(&map(&[("x-accelerated", "1")])), Fields::default());
+    }
+
+    #[test]
+    fn fields_tell_a_connection_line_that_may_name_other_fields() {
+        let lists = |lines: &[&str]| {
+            let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("connection", *l)).collect();
+            Fields::of(&map(&pairs)).connection_lists
+        };
+        // Only hop-by-hop names, one a line: nothing else to remove.
+        assert!(!lists(&["keep-alive"]));
+        assert!(!lists(&[" Keep-Alive "]));
+        assert!(!lists(&["Upgrade", "keep-alive"]));
+        // Anything else might name a field, on any of the lines.
+        assert!(lists(&["close"]));
+        assert!(lists(&["keep-alive, x-secret"]));
+        assert!(lists(&["keep-alive", "x-secret"]));
+        assert!(lists(&[""]));
+        // A field it names goes; on the plain path, nothing but the hop-by-hop ones.
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+        ]);
+        strip(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&[
+            ("connection", "Keep-Alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "1"),
+        ]);
+        strip(&mut h);
+        assert_eq!(h, map(&[("x-kept", "1")]));
+    }
+
+    /// The rules that remove fields, given the walk over the names they are
+    /// given in production.
+    fn strip(h: &mut HeaderMap) {
+        let found = Fields::of(h);
+        strip_hop_by_hop(h, found);
+    }
+
+    fn strip_internal(h: &mut HeaderMap) {
+        let found = Fields::of(h);
+        strip_response_internal(h, found);
+    }
+
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| crate::config::parse_cidr(s).unwrap()).collect()
     }
@@ -691,7 +819,7 @@ mod tests {
             ("content-type", "text/plain"),
             ("x-custom", "kept"),
         ]);
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert_eq!(h.len(), 2, "left: {h:?}");
         assert_eq!(get(&h, "content-type"), Some("text/plain"));
         assert_eq!(get(&h, "x-custom"), Some("kept"));
@@ -708,7 +836,7 @@ mod tests {
         // Each alone, in any case the client wrote it, is stripped.
         for name in HOP_BY_HOP {
             let mut h = map(&[(&name.to_uppercase(), "x"), ("x-kept", "1")]);
-            strip_hop_by_hop(&mut h);
+            strip(&mut h);
             assert_eq!(h.len(), 1, "{name}: {h:?}");
         }
     }
@@ -722,7 +850,7 @@ mod tests {
             ("x-bar", "2"),
             ("x-baz", "3"),
         ]);
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert!(h.get("x-foo").is_none());
         assert!(h.get("x-bar").is_none());
         assert_eq!(get(&h, "x-baz"), Some("3"));
@@ -746,7 +874,7 @@ mod tests {
             ("x-real-ip", "192.0.2.1"),
             ("forwarded", "for=192.0.2.1"),
         ]);
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert_eq!(h.len(), 9, "only Connection itself goes: {h:?}");
         assert_eq!(get(&h, "host"), Some("gitlab.example.com"));
     }
@@ -763,7 +891,7 @@ mod tests {
             ("job-token", "job-secret"),
             ("x-a", "1"),
         ]);
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert_eq!(get(&h, "private-token"), Some("glpat-secret"), "{h:?}");
         assert_eq!(get(&h, "job-token"), Some("job-secret"), "{h:?}");
         assert!(h.get("x-a").is_none() && h.get("connection").is_none(), "{h:?}");
@@ -773,7 +901,7 @@ mod tests {
     #[test]
     fn garbage_connection_tokens_are_ignored() {
         let mut h = map(&[("connection", "bad header name, x-a"), ("x-a", "1"), ("x-b", "2")]);
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert!(h.get("x-a").is_none());
         assert_eq!(get(&h, "x-b"), Some("2"));
     }
@@ -787,10 +915,10 @@ mod tests {
             HeaderValue::from_bytes(b"keep-a\x94ve, Upgrade, x-a").unwrap(),
         );
         assert_eq!(
-            requested_upgrade(Version::HTTP_11, &h),
+            requested_upgrade(Version::HTTP_11, &h, Fields::of(&h)),
             Some(HeaderValue::from_static("websocket"))
         );
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert!(h.get("x-a").is_none());
         assert_eq!(get(&h, "x-b"), Some("2"));
     }
@@ -802,7 +930,7 @@ mod tests {
             ("x-accel-redirect", "/x"),
             ("x-gitlab-meta", "{}"),
         ]);
-        strip_response_internal(&mut h);
+        strip_internal(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-gitlab-meta"));
     }
@@ -821,7 +949,7 @@ mod tests {
     fn nothing_hop_by_hop_nothing_changed() {
         let mut h = map(&[("host", "a"), ("x-a", "1"), ("content-type", "text/plain")]);
         let before = h.clone();
-        strip_hop_by_hop(&mut h);
+        strip(&mut h);
         assert_eq!(h, before);
     }
 
@@ -829,17 +957,23 @@ mod tests {
     fn upgrade_detection() {
         let ws = map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
         assert_eq!(
-            requested_upgrade(Version::HTTP_11, &ws),
+            requested_upgrade(Version::HTTP_11, &ws, Fields::of(&ws)),
             Some(HeaderValue::from_static("websocket"))
         );
-        assert_eq!(requested_upgrade(Version::HTTP_2, &ws), None);
-        assert_eq!(requested_upgrade(Version::HTTP_10, &ws), None);
+        assert_eq!(requested_upgrade(Version::HTTP_2, &ws, Fields::of(&ws)), None);
+        assert_eq!(requested_upgrade(Version::HTTP_10, &ws, Fields::of(&ws)), None);
         let no_conn = map(&[("upgrade", "websocket")]);
-        assert_eq!(requested_upgrade(Version::HTTP_11, &no_conn), None);
+        assert_eq!(
+            requested_upgrade(Version::HTTP_11, &no_conn, Fields::of(&no_conn)),
+            None
+        );
         let no_proto = map(&[("connection", "upgrade")]);
-        assert_eq!(requested_upgrade(Version::HTTP_11, &no_proto), None);
+        assert_eq!(
+            requested_upgrade(Version::HTTP_11, &no_proto, Fields::of(&no_proto)),
+            None
+        );
         let empty = map(&[("connection", "upgrade"), ("upgrade", "")]);
-        assert_eq!(requested_upgrade(Version::HTTP_11, &empty), None);
+        assert_eq!(requested_upgrade(Version::HTTP_11, &empty, Fields::of(&empty)), None);
 
         let mut h = HeaderMap::new();
         set_upgrade(&mut h, HeaderValue::from_static("websocket"));
@@ -860,13 +994,10 @@ mod tests {
 
     #[test]
     fn both_lengths_conflict() {
-        assert!(has_conflicting_framing(&map(&[
-            ("content-length", "2"),
-            ("transfer-encoding", "chunked")
-        ])));
-        assert!(!has_conflicting_framing(&map(&[("content-length", "2")])));
-        assert!(!has_conflicting_framing(&map(&[("transfer-encoding", "chunked")])));
-        assert!(!has_conflicting_framing(&HeaderMap::new()));
+        assert!(Fields::of(&map(&[("content-length", "2"), ("transfer-encoding", "chunked")])).conflicting_framing());
+        assert!(!Fields::of(&map(&[("content-length", "2")])).conflicting_framing());
+        assert!(!Fields::of(&map(&[("transfer-encoding", "chunked")])).conflicting_framing());
+        assert!(!Fields::of(&HeaderMap::new()).conflicting_framing());
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Forwarding to GitLab: bodies stream both ways untouched, hop-by-hop headers
 //! stay on their hop, and HTTP/1.1 upgrades (websockets) become byte tunnels.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -18,7 +21,7 @@ use crate::body::{self, IdleTimeoutBody, ProxyBody};
 use crate::error::{BoxError, ClientBodyError, DownstreamError, ProxyError, UpstreamError};
 use crate::headers;
 use crate::metrics::Metrics;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamBody};
 
 /// The silences the pass-through allows (`--idle-timeout`, `--client-body-timeout`,
 /// `--upgrade-idle-timeout`).
@@ -60,17 +63,31 @@ impl Passthrough {
     }
 
     /// Sends the request to GitLab and returns its response, streaming. The
-    /// forwarding headers have already been set by the router.
-    pub(crate) async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    /// forwarding headers have already been set by the router. Not an `async
+    /// fn`: that one kept the request twice in its state, and the router's
+    /// box holds this future whole.
+    pub(crate) fn forward(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + '_ {
+        match self.outgoing(req) {
+            Ok((req, asked)) => Either::Left(self.upstream.send(req).map(move |sent| self.incoming(sent?, asked))),
+            Err(refused) => Either::Right(std::future::ready(Err(refused))),
+        }
+    }
+
+    /// The request as GitLab gets it, and what the answer depends on.
+    fn outgoing(&self, mut req: Request<Incoming>) -> Result<(Request<ProxyBody>, Asked), ProxyError> {
         let client_version = req.version();
-        let upgrade = headers::requested_upgrade(client_version, req.headers());
+        let fields = headers::Fields::of(req.headers());
+        let upgrade = headers::requested_upgrade(client_version, req.headers(), fields);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
-        if headers::has_unsupported_transfer_coding(req.headers()) {
+        if headers::has_unsupported_transfer_coding(req.headers(), fields) {
             return Err(ProxyError::Downstream(DownstreamError::UnsupportedTransferCoding));
         }
         let (mut parts, body) = req.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_hop_by_hop(&mut parts.headers, fields);
         if client_version == Version::HTTP_2 {
             // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one.
             headers::merge_cookies(&mut parts.headers);
@@ -92,9 +109,17 @@ impl Passthrough {
                     .map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }),
             )
         };
-        let mut resp = self.upstream.send(Request::from_parts(parts, body)).await?;
-        if headers::has_conflicting_framing(resp.headers()) || headers::has_unsupported_transfer_coding(resp.headers())
-        {
+        let asked = Asked {
+            version: client_version,
+            upgrade: client_upgrade,
+        };
+        Ok((Request::from_parts(parts, body), asked))
+    }
+
+    /// GitLab's response as the client gets it.
+    fn incoming(&self, mut resp: Response<UpstreamBody>, asked: Asked) -> Result<Response<ProxyBody>, ProxyError> {
+        let fields = headers::Fields::of(resp.headers());
+        if fields.conflicting_framing() || headers::has_unsupported_transfer_coding(resp.headers(), fields) {
             // The body's end or its bytes are in doubt: a client could take a cut
             // body as whole, read the rest as the next response, or get gzip
             // bytes as plain ones. The connection is dropped.
@@ -102,7 +127,7 @@ impl Passthrough {
         }
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
+            let Some(client_upgrade) = asked.upgrade else {
                 return Err(ProxyError::Upstream(UpstreamError::Exchange(
                     "upstream switched protocols without being asked".into(),
                 )));
@@ -111,8 +136,8 @@ impl Passthrough {
             let protocol = resp.headers().get(header::UPGRADE).cloned();
             self.spawn_tunnel(client_upgrade, upstream_upgrade);
             let (mut parts, _) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers);
-            headers::strip_response_internal(&mut parts.headers);
+            headers::strip_hop_by_hop(&mut parts.headers, fields);
+            headers::strip_response_internal(&mut parts.headers, fields);
             if let Some(protocol) = protocol {
                 headers::set_upgrade(&mut parts.headers, protocol);
             }
@@ -120,14 +145,14 @@ impl Passthrough {
         }
 
         let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        headers::strip_response_internal(&mut parts.headers);
-        if client_version == Version::HTTP_2 {
+        headers::strip_hop_by_hop(&mut parts.headers, fields);
+        headers::strip_response_internal(&mut parts.headers, fields);
+        if asked.version == Version::HTTP_2 {
             headers::own_values(&mut parts.headers);
         }
         // Answer in the client's protocol, not GitLab's (an HTTP/1.0 upstream
         // must not turn the client's connection into HTTP/1.0).
-        parts.version = client_version;
+        parts.version = asked.version;
         Ok(Response::from_parts(
             parts,
             body::boxed(IdleTimeoutBody::new(body, self.body_idle)),
@@ -167,6 +192,13 @@ impl Passthrough {
             }
         });
     }
+}
+
+/// What the client asked that GitLab's answer is made for.
+struct Asked {
+    version: Version,
+    /// The client's side of an upgrade it asked for.
+    upgrade: Option<OnUpgrade>,
 }
 
 enum Relay {

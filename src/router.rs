@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use ipnet::IpNet;
@@ -151,11 +153,15 @@ impl Router {
 
     /// To GitLab, through the `/assets/` cache when it is on. The cache's
     /// future is boxed: inline, its ~3 KB would be set up and moved for every
-    /// request, those it never looks at too.
-    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    /// request, those it never looks at too. Not an `async fn`, nor are the
+    /// two below: each kept the request in its state once more.
+    fn forward(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + '_ {
         match &self.assets {
-            Some(cache) if AssetsCache::covers(&req) => Box::pin(cache.handle(req, &self.passthrough)).await,
-            _ => self.passthrough.forward(req).await,
+            Some(cache) if AssetsCache::covers(&req) => Either::Left(Box::pin(cache.handle(req, &self.passthrough))),
+            _ => Either::Right(self.passthrough.forward(req)),
         }
     }
 
@@ -331,18 +337,21 @@ impl Router {
     }
 
     /// Everything of GitLab's but the OIDC documents: compressed like omnibus nginx does.
-    async fn pass_to_gitlab(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
-        if self.settings.compression {
+    fn pass_to_gitlab(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + '_ {
+        let compression = self.settings.compression.then(|| {
             // nginx's gzip_http_version 1.1: an HTTP/1.0 client gets identity.
             let choice = (req.version() != Version::HTTP_10)
                 .then(|| compress::negotiate(req.headers()))
                 .flatten();
-            let method = req.method().clone();
-            let forwarded = self.forward(req).await;
-            forwarded.map(|resp| compress::apply(&method, choice, resp))
-        } else {
-            self.forward(req).await
-        }
+            (req.method().clone(), choice)
+        });
+        self.forward(req).map(move |forwarded| match compression {
+            Some((method, choice)) => forwarded.map(|resp| compress::apply(&method, choice, resp)),
+            None => forwarded,
+        })
     }
 
     fn settle_host(&self, req: &mut Request<Incoming>, conn: &ConnInfo) -> Result<(), DownstreamError> {

@@ -28,9 +28,8 @@ use ipnet::IpNet;
 
 use crate::config::{Proto, parse_cidr};
 use crate::headers::{
-    FORWARDING, Forwarded, HOP_BY_HOP, PROTECTED, apply_forwarding, has_conflicting_framing,
-    has_unsupported_transfer_coding, is_trusted, merge_cookies, requested_upgrade, set_upgrade, settle_host,
-    strip_hop_by_hop,
+    FORWARDING, Forwarded, HOP_BY_HOP, PROTECTED, apply_forwarding, has_unsupported_transfer_coding, is_trusted,
+    merge_cookies, requested_upgrade, set_upgrade, settle_host, strip_hop_by_hop,
 };
 
 /// The name an HTTP/1.0 request without `Host` gets (`--external-url`'s host).
@@ -97,7 +96,7 @@ pub fn run(data: &[u8]) {
     let input = Input::parse(data);
     let mut headers = input.headers.clone();
     assert_eq!(
-        has_conflicting_framing(&headers),
+        crate::headers::Fields::of(&headers).conflicting_framing(),
         headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING)
     );
 
@@ -114,7 +113,9 @@ pub fn run(data: &[u8]) {
         return;
     }
 
-    let upgrade = requested_upgrade(input.version, &headers);
+    // One walk over the settled names, for the rules below (as the pass-through has it).
+    let fields = crate::headers::Fields::of(&headers);
+    let upgrade = requested_upgrade(input.version, &headers, fields);
     check_upgrade(input.version, &headers, upgrade.as_ref());
     // Exactly one coding, and that one `chunked`.
     let codings: Vec<_> = headers
@@ -126,13 +127,13 @@ pub fn run(data: &[u8]) {
         || codings
             .iter()
             .any(|coding| !String::from_utf8_lossy(coding).trim().eq_ignore_ascii_case("chunked"));
-    assert_eq!(has_unsupported_transfer_coding(&headers), unsupported);
+    assert_eq!(has_unsupported_transfer_coding(&headers, fields), unsupported);
     if unsupported {
         return;
     }
 
     let before = headers.clone();
-    strip_hop_by_hop(&mut headers);
+    strip_hop_by_hop(&mut headers, fields);
     check_stripped(&before, &headers);
     if input.version == Version::HTTP_2 {
         merge_cookies(&mut headers);
