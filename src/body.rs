@@ -235,10 +235,17 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         });
 
-        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "a");
-        // 18 s after the first wait began: within the limit only if "a" reset the clock.
-        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "b");
-        let err = body.frame().await.unwrap().unwrap_err();
+        // Bounded: a timer pushed back at every wait would never fire (paused
+        // clock: the bound is only reached if nothing else is pending).
+        let frames = async {
+            assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "a");
+            // 18 s after the first wait began: within the limit only if "a" reset the clock.
+            assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "b");
+            body.frame().await.unwrap().unwrap_err()
+        };
+        let err = tokio::time::timeout(Duration::from_secs(600), frames)
+            .await
+            .expect("the silence after the last frame ends the body");
         assert!(err.is::<IdleTimeout>(), "{err}");
         assert_eq!(
             start.elapsed(),
@@ -258,7 +265,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "a");
         let start = Instant::now();
-        let err = body.frame().await.unwrap().unwrap_err();
+        let err = tokio::time::timeout(Duration::from_secs(600), body.frame())
+            .await
+            .expect("the silence ends the body")
+            .unwrap()
+            .unwrap_err();
         assert!(err.is::<IdleTimeout>(), "{err}");
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         drop(tx);

@@ -108,8 +108,9 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 /// and whether `Content-Length` and any `X-Accel-*` are there. The rules below
 /// take it instead of looking each name up: a lookup hashes the name and
 /// probes even when the field is absent, as these nearly always are, and a
-/// message passes several rules. Stale once the names change (the rules that
-/// remove fields use it last).
+/// message passes several rules. Made before the rules that remove fields, it
+/// may name more than is left after them (a removal then finds nothing), never
+/// less: fields must not be added between the walk and the rules.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Fields {
     /// Bit `i` for `HOP_BY_HOP[i]`.
