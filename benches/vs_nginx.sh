@@ -111,6 +111,8 @@ http {
 }
 EOF
 
+# omnibus's access log format, for both nginx configurations below.
+log_format='log_format gitlab_access '"'"'$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"'"'"';'
 # What omnibus sets in each location in front of Workhorse (keepalive added, so the
 # comparison is with a tuned nginx, not a handicapped one).
 cat >"$work/proxy_headers.conf" <<EOF
@@ -140,7 +142,7 @@ http {
   gzip on; gzip_comp_level 2; gzip_min_length 250; gzip_vary on; gzip_http_version 1.0;
   gzip_types text/plain text/css application/x-javascript text/xml application/xml application/xml+rss text/javascript application/json;
   keepalive_timeout 300s;
-  log_format gitlab_access '\$remote_addr - \$remote_user [\$time_local] "\$request" \$status \$body_bytes_sent "\$http_referer" "\$http_user_agent"';
+  $log_format
   server {
     listen 127.0.0.1:$nginx_off;
     listen 127.0.0.1:$nginx_tls ssl http2;
@@ -322,7 +324,7 @@ error_log $work/nginx_cg.err warn;
 events { worker_connections 1024; }
 http {
   upstream gitlab-workhorse { server unix:$work/backend.sock; keepalive 64; }
-  log_format gitlab_access '\$remote_addr - \$remote_user [\$time_local] "\$request" \$status \$body_bytes_sent "\$http_referer" "\$http_user_agent"';
+  $log_format
   keepalive_timeout 300s;
   keepalive_requests 100000;
   server {

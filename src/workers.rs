@@ -293,7 +293,7 @@ mod tests {
                 Box::pin(tokio::time::sleep(hour))
             };
             // Polled once, so registered, before the clock is moved.
-            assert!(futures_poll_once(sleep.as_mut()).await.is_pending());
+            assert!(futures_util::poll!(sleep.as_mut()).is_pending());
             let _ = armed.send(());
             sleep.await;
             stream.write_all(&[place()]).await.unwrap();
@@ -308,11 +308,6 @@ mod tests {
         client.read_exact(&mut reply).expect("the hour's timer fired");
         assert_eq!(reply[0], b'1');
         workers.stop();
-    }
-
-    /// Polls `fut` once.
-    async fn futures_poll_once<F: Future + Unpin>(mut fut: F) -> std::task::Poll<F::Output> {
-        std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await
     }
 
     #[test]
