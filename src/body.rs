@@ -161,35 +161,6 @@ where
     }
 }
 
-/// Wraps a request body so the sender learns when it has been sent in full:
-/// hyper drops a body once it is done with it, which closes the channel.
-pub(crate) fn with_end_signal(body: ProxyBody) -> (ProxyBody, tokio::sync::oneshot::Receiver<()>) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    (boxed(SignalOnDrop { inner: body, _tx: tx }), rx)
-}
-
-struct SignalOnDrop {
-    inner: ProxyBody,
-    _tx: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Body for SignalOnDrop {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

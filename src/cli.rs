@@ -320,9 +320,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "GITLAB_OIDC_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub(crate) connect_timeout: Duration,
 
-    /// Longest silence from GitLab: before its response headers once the request
-    /// is sent (then 504) and within its response body (then the response is cut).
-    /// Like nginx's proxy_read_timeout; there is no limit on a request's total time.
+    /// Longest silence from GitLab: taking nothing of a request body the client is
+    /// sending and before its response headers once the request is sent (then 504),
+    /// within its response body (then the response is cut). Like nginx's
+    /// proxy_read_timeout and proxy_send_timeout; there is no limit on a request's
+    /// total time.
     #[arg(long, env = "GITLAB_OIDC_PROXY_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
     pub(crate) idle_timeout: Duration,
 

@@ -74,6 +74,10 @@ pub(crate) enum UpstreamError {
     /// No response headers within `--idle-timeout` after the request was sent: 504.
     #[error("upstream sent no response headers in time")]
     ResponseTimeout,
+    /// GitLab took none of the request body for `--idle-timeout` (it stopped
+    /// reading an upload): 504, as nginx's `proxy_send_timeout`.
+    #[error("upstream took none of the request body in time")]
+    SendTimeout,
     /// A response whose length or bytes cannot be trusted (`Content-Length` and
     /// `Transfer-Encoding` together, RFC 9112 §6.1, or a transfer coding other
     /// than one `chunked`): 502, as nginx.
@@ -162,6 +166,11 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT,
                 "response_timeout",
                 "gateway timeout: GitLab did not answer in time\n",
+            ),
+            ProxyError::Upstream(UpstreamError::SendTimeout) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "send_timeout",
+                "gateway timeout: GitLab stopped taking the request body\n",
             ),
         };
         Answer { status, label, body }
@@ -261,7 +270,7 @@ mod tests {
     #[test]
     fn statuses_map_in_one_place() {
         let io = || -> BoxError { Box::new(std::io::Error::other("secret-cause")) };
-        let cases: [(ProxyError, StatusCode, &str); 12] = [
+        let cases: [(ProxyError, StatusCode, &str); 13] = [
             (DownstreamError::NotOidc.into(), StatusCode::NOT_FOUND, "not_oidc"),
             (
                 UpstreamError::Busy.into(),
@@ -298,6 +307,11 @@ mod tests {
                 UpstreamError::ResponseTimeout.into(),
                 StatusCode::GATEWAY_TIMEOUT,
                 "response_timeout",
+            ),
+            (
+                UpstreamError::SendTimeout.into(),
+                StatusCode::GATEWAY_TIMEOUT,
+                "send_timeout",
             ),
             (
                 DownstreamError::MethodNotAllowed.into(),

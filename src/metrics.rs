@@ -258,10 +258,11 @@ const PROXY_PROTOCOL_REJECTED: Described = (
 
 /// Every `reason` an upstream error is counted under (error.rs's tests keep
 /// this list and the labels in step).
-pub(crate) const UPSTREAM_ERROR_REASONS: [&str; 6] = [
+pub(crate) const UPSTREAM_ERROR_REASONS: [&str; 7] = [
     "connect_failed",
     "connect_timeout",
     "response_timeout",
+    "send_timeout",
     "upstream_failed",
     "upstream_framing",
     "upstream_busy",
@@ -583,7 +584,7 @@ gitlab_oidc_proxy_log_lines_dropped_total 0
             assert!(text.lines().any(|l| l == series), "{series} missing:\n{text}");
         }
         let count = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
-        assert_eq!(count("gitlab_oidc_proxy_upstream_errors_total{"), 6);
+        assert_eq!(count("gitlab_oidc_proxy_upstream_errors_total{"), 7);
         assert_eq!(count("gitlab_oidc_proxy_oidc_responses_total{"), 6);
         assert_eq!(count("gitlab_oidc_proxy_oidc_refreshes_total{"), 4);
         // Requests are labelled by status: nothing to know in advance.

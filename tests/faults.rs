@@ -656,6 +656,62 @@ async fn stalled_upload_gets_408_aborts_gitlabs_request_and_is_not_blamed_on_git
     assert_eq!(requests_with_status(&proxy, 408).await, Some(1.0));
 }
 
+/// GitLab reads an upload's head and then nothing more: once the socket
+/// buffers between it and the client are full, nothing moves. The client keeps
+/// trying to send; the answer is a 504 after --idle-timeout, blamed on GitLab.
+#[tokio::test]
+async fn upload_gitlab_stops_taking_is_504_after_idle_timeout() {
+    let (target, _dir, _task) = raw_upstream(Transport::Tcp, |mut s| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        // Holds the connection open, reading nothing.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    })
+    .await;
+    let proxy = Proxy::start(&target, &["--idle-timeout", "1s"]);
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    let uploader = tokio::spawn(async move {
+        writer
+            .write_all(b"PUT /stuck HTTP/1.1\r\nHost: gitlab.example.com\r\nContent-Length: 1073741824\r\n\r\n")
+            .await
+            .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0usize;
+        // Until the proxy stops reading or closes: far past every buffer.
+        while sent < 1 << 30 {
+            match tokio::time::timeout(Duration::from_secs(20), writer.write_all(&chunk)).await {
+                Ok(Ok(())) => sent += chunk.len(),
+                _ => break,
+            }
+        }
+        sent
+    });
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(15), reader.read(&mut answer))
+        .await
+        .expect("a stalled upload held its request open")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 504 "), "{answer}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "cut before the timeout");
+    uploader.abort();
+    let logs = proxy.wait_for_log("send_timeout").await;
+    assert!(logs.contains(r#""path":"/stuck""#), "{logs}");
+    assert_eq!(
+        metric_value(
+            &proxy.metrics().await,
+            r#"gitlab_oidc_proxy_upstream_errors_total{reason="send_timeout"}"#
+        ),
+        Some(1.0)
+    );
+}
+
 #[tokio::test]
 async fn aborted_upload_gets_400_and_is_not_blamed_on_gitlab() {
     let (up, mut events) = progress_reader().await;

@@ -4,6 +4,7 @@
 
 mod connect;
 mod pool;
+mod progress;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +18,6 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use crate::body::{IdleTimeout, ProxyBody};
@@ -73,10 +73,13 @@ impl Upstream {
         )
     }
 
-    /// Sends a request and waits for the response headers (not the body). The
-    /// response timeout starts once the request body is sent: an upload may take
-    /// hours, its silences are bounded by the body's own idle limit.
-    /// `Via` names the protocol the request came in with; Workhorse gets HTTP/1.1.
+    /// Sends a request and waits for the response headers (not the body), for
+    /// as long as GitLab is not silent for the response timeout: while the
+    /// request body is being sent, GitLab not taking any of it for that long
+    /// ends the exchange (an upload may take hours, and the client's silences
+    /// are bounded by the body's own idle limit); once it is sent, the wait for
+    /// the answer starts. `Via` names the protocol the request came in with;
+    /// Workhorse gets HTTP/1.1.
     pub(crate) fn send(
         &self,
         mut req: Request<ProxyBody>,
@@ -85,16 +88,16 @@ impl Upstream {
         headers::append_via(req.headers_mut(), received, &self.via);
         *req.version_mut() = Version::HTTP_11;
         let has_body = !http_body::Body::is_end_stream(req.body());
-        let (req, body_sent) = if has_body {
+        let (req, progress) = if has_body {
             let (parts, body) = req.into_parts();
-            let (body, sent) = crate::body::with_end_signal(body);
-            (Request::from_parts(parts, body), Some(sent))
+            let (body, progress) = progress::watched(body);
+            (Request::from_parts(parts, body), Some(progress))
         } else {
             (req, None)
         };
         Sending {
             exchange: self.pool.send(req),
-            body_sent,
+            progress,
             deadline: None,
             upstream: self,
         }
@@ -116,17 +119,17 @@ impl Upstream {
 }
 
 pin_project! {
-    /// [`Upstream::send`]'s answer: the pool's exchange, bounded by the
-    /// response timeout from the moment the request body is sent in full. A
-    /// future of its own rather than an `async fn`: that one held the request
-    /// twice over and was copied whole into each caller's state.
+    /// [`Upstream::send`]'s answer: the pool's exchange, bounded by one timer
+    /// for GitLab's silences. A future of its own rather than an `async fn`:
+    /// that one held the request twice over and was copied whole into each
+    /// caller's state.
     pub(crate) struct Sending<'a, F> {
         #[pin]
         exchange: F,
-        // Ends once hyper is done with the request body; `None` when there
-        // was none, or once it ended.
-        body_sent: Option<oneshot::Receiver<()>>,
-        // Armed once the request body is sent.
+        // The request body's way to GitLab; `None` when there was none.
+        progress: Option<Arc<progress::Progress>>,
+        // Armed at the first poll; when it fires with a body, the body's
+        // progress says whether anything is overdue or when to look again.
         #[pin]
         deadline: Option<Sleep>,
         upstream: &'a Upstream,
@@ -144,20 +147,30 @@ where
         if let Poll::Ready(result) = this.exchange.poll(cx) {
             return Poll::Ready(result.map_err(|e| this.upstream.classify(e)));
         }
-        if let Some(sent) = this.body_sent.as_mut() {
-            if Pin::new(sent).poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            *this.body_sent = None;
-        }
+        let limit = this.upstream.response_timeout;
         if this.deadline.is_none() {
-            this.deadline
-                .set(Some(tokio::time::sleep(this.upstream.response_timeout)));
+            this.deadline.set(Some(tokio::time::sleep(limit)));
         }
-        match this.deadline.as_pin_mut().map(|deadline| deadline.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(ProxyError::Upstream(UpstreamError::ResponseTimeout))),
-            _ => Poll::Pending,
+        let Some(mut deadline) = this.deadline.as_pin_mut() else {
+            return Poll::Pending;
+        };
+        // Each fired deadline either ends the exchange or moves to a later
+        // instant, so this loop ends with a pending timer or an error.
+        while deadline.as_mut().poll(cx).is_ready() {
+            let Some(progress) = this.progress.as_ref() else {
+                return Poll::Ready(Err(ProxyError::Upstream(UpstreamError::ResponseTimeout)));
+            };
+            match progress.verdict(deadline.deadline(), limit) {
+                progress::Verdict::WaitUntil(at) => deadline.as_mut().reset(at),
+                progress::Verdict::NotTaken => {
+                    return Poll::Ready(Err(ProxyError::Upstream(UpstreamError::SendTimeout)));
+                }
+                progress::Verdict::NotAnswered => {
+                    return Poll::Ready(Err(ProxyError::Upstream(UpstreamError::ResponseTimeout)));
+                }
+            }
         }
+        Poll::Pending
     }
 }
 
