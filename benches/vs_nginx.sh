@@ -3,11 +3,12 @@
 #   1. throughput and p99 latency (wrk): the cached key set against a bare hyper
 #      server with the same bytes (benches/bare_hyper.rs); pass-through against
 #      nginx as omnibus configures it (+ upstream keepalive), with both access
-#      logs on and with both off; then large bodies, TLS, gzip, handshakes and
-#      the cached /assets file against nginx;
+#      logs on and with both off, and the stack floor (benches/bare_hyper.rs
+#      proxy: hyper passing requests as they are) against the same nginx; then
+#      large bodies, TLS, gzip, handshakes and the cached /assets file against nginx;
 #   2. user-space instructions per request (callgrind: the same count whatever
 #      else the machine does), ours beside the bare server (cached documents)
-#      and beside nginx (pass-through);
+#      and beside nginx (pass-through), and the stack floor's;
 #   3. memory: RSS per idle keep-alive connection, and after the connections
 #      close (three bursts), ours beside the nginx worker; then the /assets
 #      cache's RSS under a working set twice its size.
@@ -127,7 +128,7 @@ EOF
 # One worker: the servers share one core. Port "off" has no access log, "on" the
 # one omnibus writes (unbuffered, a line per request).
 nginx_off=18481 nginx_on=18482 nginx_tls=18483
-ours_off=18484 ours_on=18485 ours_tls=18486 bare_port=18487 admin_off=18488 admin_on=18489
+ours_off=18484 ours_on=18485 ours_tls=18486 bare_port=18487 admin_off=18488 admin_on=18489 floor_port=18480
 cat >"$work/nginx.conf" <<EOF
 worker_processes 1;
 pid $work/nginx.pid;
@@ -196,6 +197,11 @@ mapfile -t jwks_headers < <(tr -d '\r' <"$work/jwks.head" | grep -iE '^(content-
 "${server[@]}" "$bare" "127.0.0.1:$bare_port" "$work/jwks.body" "${jwks_headers[@]}" >/dev/null &
 pids+=($!)
 wait_for "http://127.0.0.1:$bare_port/"
+# The floor under any pass-through on our stack: hyper passing requests as they
+# are, over one upstream connection per client connection (benches/bare_hyper.rs).
+"${server[@]}" "$bare" proxy "127.0.0.1:$floor_port" "$work/backend.sock" >/dev/null &
+pids+=($!)
+wait_for "http://127.0.0.1:$floor_port/ok.json"
 
 # Measure only what works: whole files, gzip where omnibus gzips, cache hits.
 for port in $nginx_off $ours_off; do
@@ -239,6 +245,7 @@ scenarios=(
   "cached /-/jwks, log off|bare hyper|/-/jwks|$CONNECTIONS|http|$bare_port|$ours_off|"
   "pass-through {\"ok\":true}, logs on|nginx|/ok.json|$CONNECTIONS|http|$nginx_on|$ours_on|"
   "pass-through {\"ok\":true}, logs off|nginx|/ok.json|$CONNECTIONS|http|$nginx_off|$ours_off|"
+  "stack floor: bare hyper pass-through|nginx|/ok.json|$CONNECTIONS|http|$nginx_off|$floor_port|"
   "large 10MiB GET, logs off|nginx|/large|8|http|$nginx_off|$ours_off|"
   "tls 1KiB GET, logs off|nginx|/small|$CONNECTIONS|https|$nginx_tls|$ours_tls|"
   "tls 64KiB JSON gzip, logs off|nginx|/api.json|$CONNECTIONS|https|$nginx_tls|$ours_tls|Accept-Encoding: gzip"
@@ -338,6 +345,7 @@ EOF
   }
   nginx_on_ir=$(nginx_ir "$work/nginx_cg_access.log gitlab_access")
   nginx_off_ir=$(nginx_ir off)
+  floor_ir=$(instructions_per_request $ig /ok.json "$bare" proxy "127.0.0.1:$ig" "$work/backend.sock")
   # label, path, RUST_LOG, the reference's count
   ir_row() {
     local label=$1 path=$2 log=$3 ref=$4
@@ -355,6 +363,9 @@ EOF
   ir_row "ours, pass-through {\"ok\":true}, default logging" /ok.json info "$nginx_on_ir"
   ref_row "nginx, pass-through {\"ok\":true}, log off (ref)" "$nginx_off_ir"
   ir_row "ours, pass-through {\"ok\":true}, RUST_LOG=warn" /ok.json warn "$nginx_off_ir"
+  # What hyper and tokio cost for the two exchanges of a pass-through, before
+  # anything of ours: the part of the count no change here can remove.
+  awk -v ir="$floor_ir" -v b="$nginx_off_ir" 'BEGIN { printf "%-50s %10d %8.2f\n", "stack floor: bare hyper pass-through", ir, ir / b }'
 fi
 
 # Memory per idle keep-alive connection: IDLE_CONNECTIONS clients, each after one
