@@ -2,10 +2,17 @@
 //! bound both of GitLab's silences in an exchange: not taking the upload (nginx's
 //! `proxy_send_timeout`) and, once it is sent, not answering.
 //!
-//! hyper asks the body for a frame only when it has room to write one. A body
-//! left unasked while it has a frame to give means GitLab's socket is full:
-//! GitLab stopped reading. A body waiting on the client is the client's silence,
-//! which `--client-body-timeout` bounds; it is not counted here.
+//! hyper asks the body for a frame only when its write buffer (~400 KiB) has
+//! room for one. A body left unasked while it has a frame to give means that
+//! buffer is not draining: GitLab stopped reading. Frames go to hyper in pieces
+//! of at most [`PIECE`], so that room comes back, and a piece is taken, each
+//! time GitLab reads that much: a GitLab reading slowly but steadily is never
+//! taken for a silent one (whole client frames, up to ~400 KiB, would need
+//! GitLab to read that much within each period). A body waiting on the client
+//! is the client's silence, which `--client-body-timeout` bounds; it is not
+//! counted here. What is left in the buffers once the last piece is taken
+//! counts as sent: a GitLab that stops reading only those bytes gets the
+//! response timeout's 504 rather than this one.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +26,9 @@ use tokio::time::Instant;
 
 use crate::body::{self, ProxyBody};
 use crate::error::BoxError;
+
+/// The largest piece of a client's frame handed to hyper at once.
+const PIECE: usize = 64 * 1024;
 
 /// The body is waiting on the client for its next bytes.
 const WAITING_ON_CLIENT: u64 = u64::MAX;
@@ -83,6 +93,7 @@ pub(super) fn watched(body: ProxyBody) -> (ProxyBody, Arc<Progress>) {
     });
     let watched = Watched {
         inner: body,
+        rest: Bytes::new(),
         progress: progress.clone(),
         ended: false,
     };
@@ -91,11 +102,18 @@ pub(super) fn watched(body: ProxyBody) -> (ProxyBody, Arc<Progress>) {
 
 struct Watched {
     inner: ProxyBody,
+    /// What is left of the client's last frame, handed on before asking for more.
+    rest: Bytes,
     progress: Arc<Progress>,
     ended: bool,
 }
 
 impl Watched {
+    /// hyper took a piece: GitLab made room for it.
+    fn taken(&self) {
+        self.progress.record(self.progress.since_start());
+    }
+
     fn end(&mut self) {
         if !self.ended {
             self.ended = true;
@@ -109,26 +127,47 @@ impl Body for Watched {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Pending => self.progress.record(WAITING_ON_CLIENT),
-            Poll::Ready(Some(Ok(_))) => {
-                let now = self.progress.since_start();
-                self.progress.record(now)
+        let this = &mut *self;
+        if this.rest.is_empty() {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => {
+                    this.progress.record(WAITING_ON_CLIENT);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => this.rest = data,
+                    Err(trailers) => {
+                        this.taken();
+                        return Poll::Ready(Some(Ok(trailers)));
+                    }
+                },
+                // An error ends the exchange on its own; the end of the body
+                // starts the wait for GitLab's answer.
+                end @ Poll::Ready(None | Some(Err(_))) => {
+                    this.end();
+                    return end;
+                }
             }
-            // An error ends the exchange on its own; the end of the body
-            // starts the wait for GitLab's answer.
-            Poll::Ready(None | Some(Err(_))) => self.end(),
         }
-        polled
+        let piece = this.rest.split_to(this.rest.len().min(PIECE));
+        this.taken();
+        Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        // The inner body's count no longer holds what is kept here.
+        let inner = self.inner.size_hint();
+        let held = self.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + held);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
     }
 }
 
@@ -205,6 +244,29 @@ mod tests {
         let dropped = start + Duration::from_secs(7);
         assert_eq!(progress.verdict(dropped, LIMIT), Verdict::WaitUntil(dropped + LIMIT));
         assert_eq!(progress.verdict(dropped + LIMIT, LIMIT), Verdict::NotAnswered);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_frame_goes_in_pieces_each_counted_as_taken() {
+        let whole = Bytes::from(vec![7u8; 3 * PIECE + 100]);
+        let (mut body, progress) = watched(body::full(whole.clone()));
+        let mut pieces = Vec::new();
+        while !body.is_end_stream() {
+            // The length still to come stays exact, as Content-Length framing needs.
+            let left = whole.len() - pieces.iter().map(Bytes::len).sum::<usize>();
+            assert_eq!(body.size_hint().exact(), Some(left as u64));
+            tokio::time::advance(Duration::from_secs(4)).await;
+            pieces.push(body.frame().await.unwrap().unwrap().into_data().unwrap());
+            // Each piece taken restarts the count.
+            let now = Instant::now();
+            assert_eq!(progress.verdict(now, LIMIT), Verdict::WaitUntil(now + LIMIT));
+        }
+        assert_eq!(
+            pieces.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [PIECE, PIECE, PIECE, 100]
+        );
+        assert_eq!(pieces.concat(), whole);
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]
