@@ -3,8 +3,8 @@
 #   1. throughput and p99 latency (wrk): the cached key set against a bare hyper
 #      server with the same bytes (benches/bare_hyper.rs); pass-through against
 #      nginx as omnibus configures it (+ upstream keepalive), with both access
-#      logs on and with both off, and the stack floor (benches/bare_hyper.rs
-#      proxy: hyper passing requests as they are) against the same nginx; then
+#      logs on and with both off, and the stack floor (benches/bare_hyper_proxy.rs:
+#      hyper passing requests as they are) against the same nginx; then
 #      large bodies, TLS, gzip, handshakes and the cached /assets file against nginx;
 #   2. user-space instructions per request (callgrind: the same count whatever
 #      else the machine does), ours beside the bare server (cached documents)
@@ -42,14 +42,18 @@ server=(taskset -c "$SERVER_CPU")
 client=(taskset -c "$CLIENT_CPU")
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-# BIN=... BARE=... use binaries already built (another checkout's, say).
+# BIN=... BARE=... FLOOR=... use binaries already built (another checkout's, say).
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet --bin gitlab-oidc-proxy
   BIN=${CARGO_TARGET_DIR:-target}/release/gitlab-oidc-proxy
 fi
 bin=$BIN
-bare=${BARE:-$(cargo bench --no-run --quiet --bench bare_hyper --message-format=json |
-  python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("target", {}).get("name") == "bare_hyper" and m.get("executable")][-1])')}
+bench_bin() {
+  cargo bench --no-run --quiet --bench "$1" --message-format=json |
+    python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("target", {}).get("name") == sys.argv[1] and m.get("executable")][-1])' "$1"
+}
+bare=${BARE:-$(bench_bin bare_hyper)}
+floor=${FLOOR:-$(bench_bin bare_hyper_proxy)}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -198,8 +202,8 @@ mapfile -t jwks_headers < <(tr -d '\r' <"$work/jwks.head" | grep -iE '^(content-
 pids+=($!)
 wait_for "http://127.0.0.1:$bare_port/"
 # The floor under any pass-through on our stack: hyper passing requests as they
-# are, over one upstream connection per client connection (benches/bare_hyper.rs).
-"${server[@]}" "$bare" proxy "127.0.0.1:$floor_port" "$work/backend.sock" >/dev/null &
+# are, over one upstream connection per client connection (benches/bare_hyper_proxy.rs).
+"${server[@]}" "$floor" "127.0.0.1:$floor_port" "$work/backend.sock" >/dev/null &
 pids+=($!)
 wait_for "http://127.0.0.1:$floor_port/ok.json"
 
@@ -345,7 +349,7 @@ EOF
   }
   nginx_on_ir=$(nginx_ir "$work/nginx_cg_access.log gitlab_access")
   nginx_off_ir=$(nginx_ir off)
-  floor_ir=$(instructions_per_request $ig /ok.json "$bare" proxy "127.0.0.1:$ig" "$work/backend.sock")
+  floor_ir=$(instructions_per_request $ig /ok.json "$floor" "127.0.0.1:$ig" "$work/backend.sock")
   # label, path, RUST_LOG, the reference's count
   ir_row() {
     local label=$1 path=$2 log=$3 ref=$4
